@@ -1,0 +1,143 @@
+"""Registry of module classes that :func:`dfcompress.load` can rebuild from JSON.
+
+A compressed model contains modules that its original constructor does not
+build (quantized wrappers, packed binary convolutions, ...). So that a saved
+model can be rebuilt without unpickling code, each such class registers itself
+under a stable *kind* string and implements two methods::
+
+    @register_module("quant.conv2d")
+    class QuantConv2d(nn.Module):
+        def dfc_spec(self) -> dict[str, Any]:      # JSON-able constructor arguments
+            ...
+        @classmethod
+        def dfc_from_spec(cls, spec: dict[str, Any]) -> QuantConv2d:  # empty module, same structure
+            ...
+
+``dfc_from_spec(m.dfc_spec())`` must give a module with exactly the same
+state-dict keys, shapes and dtypes as ``m`` (values are loaded afterwards).
+:func:`dfcompress.save` records the spec of every registered module that is
+not inside another registered module; :func:`dfcompress.load` rebuilds them in
+place after calling the model's constructor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from torch import nn
+
+from dfcompress.errors import DfcompressError
+
+__all__ = [
+    "Rebuildable",
+    "get_constructor",
+    "kind_of",
+    "rebuild",
+    "register_module",
+    "registered_kinds",
+    "set_constructor",
+]
+
+
+@runtime_checkable
+class Rebuildable(Protocol):
+    """What a registered module class provides."""
+
+    def dfc_spec(self) -> dict[str, Any]: ...
+
+
+_M = TypeVar("_M", bound=type[nn.Module])
+_KINDS: dict[str, type[nn.Module]] = {}
+_CLASS_TO_KIND: dict[type[nn.Module], str] = {}
+
+
+def register_module(kind: str) -> Callable[[_M], _M]:
+    """Class decorator: make a module class rebuildable by :func:`dfcompress.load`."""
+
+    def deco(cls: _M) -> _M:
+        if not hasattr(cls, "dfc_spec") or not hasattr(cls, "dfc_from_spec"):
+            raise DfcompressError(
+                f"{cls.__qualname__} cannot be registered as {kind!r}: it needs "
+                "dfc_spec() and a dfc_from_spec(spec) classmethod"
+            )
+        old = _KINDS.get(kind)
+        if old is not None and old is not cls and old.__qualname__ != cls.__qualname__:
+            raise DfcompressError(
+                f"kind {kind!r} is already registered by {old.__module__}.{old.__qualname__}"
+            )
+        _KINDS[kind] = cls
+        _CLASS_TO_KIND[cls] = kind
+        return cls
+
+    return deco
+
+
+def kind_of(module: nn.Module) -> str | None:
+    """The registered kind of ``module``'s exact class, or None."""
+    return _CLASS_TO_KIND.get(type(module))
+
+
+def registered_kinds() -> list[str]:
+    """All registered kinds, sorted."""
+    return sorted(_KINDS)
+
+
+def rebuild(kind: str, spec: dict[str, Any]) -> nn.Module:
+    """Build an empty module of a registered kind from its JSON spec."""
+    _import_builtin_kinds()
+    cls = _KINDS.get(kind)
+    if cls is None:
+        raise DfcompressError(
+            f"unknown module kind {kind!r} in the manifest: known kinds are "
+            f"{', '.join(registered_kinds()) or '(none)'}"
+        )
+    try:
+        module = cls.dfc_from_spec(spec)  # type: ignore[attr-defined]
+    except DfcompressError:
+        raise
+    except Exception as e:
+        raise DfcompressError(f"cannot rebuild a {kind!r} module from spec {spec!r}: {e}") from e
+    if not isinstance(module, nn.Module):
+        raise DfcompressError(f"{kind!r} rebuilt into {type(module).__name__}, not an nn.Module")
+    return module
+
+
+# Subpackages that register kinds. Imported lazily so that `load` finds every
+# built-in kind even when the user never imported that subpackage.
+_BUILTIN_PROVIDERS = (
+    "dfcompress.quant",
+    "dfcompress.prune",
+    "dfcompress.models",
+    "dfcompress.features",
+)
+
+
+def _import_builtin_kinds() -> None:
+    import importlib
+
+    for name in _BUILTIN_PROVIDERS:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+
+
+def set_constructor(model: nn.Module, factory: str, **kwargs: Any) -> nn.Module:
+    """Record how to rebuild ``model`` (``"package.module:function"`` plus JSON kwargs).
+
+    :func:`dfcompress.save` writes this into the manifest and
+    :func:`dfcompress.load` calls ``function(**kwargs)`` to get the skeleton it
+    loads the tensors into. dfcompress's own factories call this; users can too.
+    """
+    if ":" not in factory:
+        raise DfcompressError(f"factory {factory!r} must look like 'package.module:function'")
+    model.dfc_constructor = {"factory": factory, "kwargs": dict(kwargs)}  # type: ignore[assignment]
+    return model
+
+
+def get_constructor(model: nn.Module) -> dict[str, Any] | None:
+    """The constructor recorded by :func:`set_constructor`, or None."""
+    c = getattr(model, "dfc_constructor", None)
+    return dict(c) if isinstance(c, dict) else None
