@@ -1,0 +1,352 @@
+"""Sensitivity analysis: how much each layer can be pruned, and amounts meeting a target.
+
+The scan prunes one layer at a time (L1, local) at each amount of a grid and
+scores the **whole network's output** on one calibration batch, so a layer
+inside a residual block is judged by what its pruning does to the detector's
+output, not by its own output (a skip connection can make a layer look free
+when judged alone). The default score needs no labels: the agreement of the
+pruned model's outputs with the unpruned model's (:func:`cosine_agreement`).
+
+Cost: one forward pass of the calibration batch per (layer, amount), under
+``torch.no_grad``; when the model is an ``nn.Sequential`` the input of each
+top-level stage is cached once and only the suffix from the stage holding the
+layer is recomputed. The count is reported as ``forward_passes``.
+
+A layer whose pruning at the largest amount changes the score by less than
+``1e-6`` is flagged ``"no effect"`` and named in a warning: it is usually not
+on the forward path for these inputs (an unused branch, a layer the
+calibration data never exercises). Its curve is used as measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from dfcompress.errors import DfcompressError, require
+from dfcompress.prune._allocate import allocate_budget, allocate_threshold, monotone_losses
+from dfcompress.prune._calib import calibration_batch
+from dfcompress.prune._targets import check_amount, prunable_layers
+from dfcompress.select import SelectorLike
+
+__all__ = [
+    "LayerSensitivity",
+    "Metric",
+    "SensitivityResult",
+    "Strategy",
+    "allocate",
+    "cosine_agreement",
+    "scan",
+    "sign_agreement",
+]
+
+Metric = Callable[[torch.Tensor, torch.Tensor], float]
+"""``metric(output, reference) -> float``, higher is better, on the calibration batch."""
+
+Strategy = Literal["budget", "threshold"]
+DEFAULT_GRID: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+_NO_EFFECT = 1e-6
+
+
+def _as_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    raise DfcompressError(f"cannot score a model output of type {type(out).__name__}")
+
+
+def cosine_agreement(output: torch.Tensor, reference: torch.Tensor) -> float:
+    """Cosine similarity of the whole batch's outputs with the reference's (1 = same).
+
+    >>> import torch
+    >>> ref = torch.tensor([[1.0], [-2.0], [3.0]])
+    >>> cosine_agreement(ref, ref), round(cosine_agreement(-ref, ref), 3)
+    (1.0, -1.0)
+    """
+    a, b = output.detach().double().flatten(), reference.detach().double().flatten()
+    na, nb = a.norm(), b.norm()
+    if float(na) == 0.0 or float(nb) == 0.0:
+        return 1.0 if float(na) == float(nb) else 0.0
+    return min(1.0, float(a @ b / (na * nb)))
+
+
+def sign_agreement(output: torch.Tensor, reference: torch.Tensor) -> float:
+    """Fraction of samples with the same decision: sign of a single logit, else argmax.
+
+    >>> import torch
+    >>> sign_agreement(torch.tensor([[1.0], [-1.0]]), torch.tensor([[2.0], [1.0]]))
+    0.5
+    """
+    a, b = output.detach().reshape(output.shape[0], -1), reference.detach()
+    b = b.reshape(b.shape[0], -1)
+    if a.shape[1] == 1:
+        return float(((a[:, 0] > 0) == (b[:, 0] > 0)).double().mean())
+    return float((a.argmax(1) == b.argmax(1)).double().mean())
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """One layer's curve: the score after pruning it alone at each amount."""
+
+    name: str
+    params: int
+    amounts: tuple[float, ...]
+    scores: tuple[float, ...]
+    chosen: float = 0.0
+    flag: str = ""
+
+
+@dataclass(frozen=True)
+class SensitivityResult:
+    """The outcome of :func:`scan` (and :func:`allocate`): per-layer curves and amounts.
+
+    Attributes:
+        layers: One :class:`LayerSensitivity` per scanned layer, in model order.
+        baseline: The metric of the unpruned model on the calibration batch.
+        target: The parameter-weighted target the amounts were allocated for.
+        strategy: How amounts were chosen (``"budget"``, ``"threshold"`` or ``"none"``).
+        forward_passes: Forward calls made by the scan (full or suffix).
+        seconds: Wall time of the scan.
+    """
+
+    layers: tuple[LayerSensitivity, ...]
+    baseline: float
+    target: float | None = None
+    strategy: str = "none"
+    forward_passes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def amounts(self) -> dict[str, float]:
+        """The chosen amount of each layer (feed it to ``l1_unstructured(..., scope="local")``)."""
+        return {ly.name: ly.chosen for ly in self.layers}
+
+    @property
+    def achieved(self) -> float:
+        """The parameter-weighted mean of the chosen amounts."""
+        total = sum(ly.params for ly in self.layers)
+        return sum(ly.params * ly.chosen for ly in self.layers) / total if total else 0.0
+
+    @property
+    def flagged(self) -> list[str]:
+        """Layers whose pruning changed nothing measurable."""
+        return [ly.name for ly in self.layers if ly.flag]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per layer: name, params, chosen amount, flag, and the score at each amount."""
+        out = []
+        for ly in self.layers:
+            row: dict[str, Any] = {"layer": ly.name, "params": ly.params, "chosen": ly.chosen}
+            row.update({f"score@{a:g}": s for a, s in zip(ly.amounts, ly.scores)})
+            row["flag"] = ly.flag
+            out.append(row)
+        return out
+
+    def to_markdown(self) -> str:
+        """The per-layer table as GitHub-flavoured markdown."""
+        rows = self.rows
+        if not rows:
+            return "(no layer scanned)"
+        heads = list(rows[0])
+        lines = ["| " + " | ".join(heads) + " |", "|" + "|".join("---" for _ in heads) + "|"]
+        for r in rows:
+            cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append(
+            f"baseline score {self.baseline:.4f}; strategy {self.strategy}; target "
+            f"{self.target}; achieved {self.achieved:.4f}; {self.forward_passes} forward "
+            f"passes in {self.seconds:.1f} s"
+        )
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path) -> Path:
+        """Save the curves (score vs amount) and the chosen amounts as a PNG."""
+        require("matplotlib", "report")
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        path = Path(path)
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for ly in self.layers:
+            ax1.plot((0.0, *ly.amounts), (self.baseline, *ly.scores), lw=1, alpha=0.7)
+        ax1.set_xlabel("amount pruned (one layer alone)")
+        ax1.set_ylabel("score")
+        ax1.set_title("sensitivity of each layer")
+        names = [ly.name for ly in self.layers]
+        ax2.bar(range(len(names)), [ly.chosen for ly in self.layers])
+        ax2.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+        ax2.set_ylabel("chosen amount")
+        ax2.set_title(f"allocation ({self.strategy}, achieved {self.achieved:.3f})")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+class _Runner:
+    """Forward passes over one batch, re-running only a Sequential suffix when possible."""
+
+    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
+        self.model, self.x, self.calls = model, x, 0
+        self.stage_of: dict[str, int] = {}
+        self.inputs: list[torch.Tensor] = []
+        if isinstance(model, nn.Sequential) and len(model) > 1:
+            h = x
+            for i, (child_name, child) in enumerate(model.named_children()):
+                self.inputs.append(h)
+                for n, _ in child.named_modules():
+                    self.stage_of[f"{child_name}.{n}" if n else child_name] = i
+                h = child(h)
+            self.calls += 1
+
+    def __call__(self, layer: str | None = None) -> torch.Tensor:
+        self.calls += 1
+        stage = self.stage_of.get(layer or "", None)
+        if stage is None:
+            return _as_tensor(self.model(self.x))
+        h = self.inputs[stage]
+        for child in list(self.model.children())[stage:]:
+            h = child(h)
+        return _as_tensor(h)
+
+
+@torch.no_grad()
+def scan(
+    model: nn.Module,
+    *,
+    calibration: Iterable[Any] | torch.Tensor | None = None,
+    metric: Metric | None = None,
+    amounts: Sequence[float] = DEFAULT_GRID,
+    select: SelectorLike | None = None,
+    n_samples: int = 32,
+    example_inputs: torch.Tensor | None = None,
+    progress: bool = True,
+) -> SensitivityResult:
+    """Prune each layer alone at each amount and score the network's output.
+
+    Args:
+        model: The model to analyse (not modified; a copy in eval mode is scanned).
+        calibration: A loader or tensor; the first ``n_samples`` inputs form one
+            batch. ``None`` synthesizes inputs from the model (data-free).
+        metric: ``metric(output, reference) -> float``, higher is better; the
+            default is :func:`cosine_agreement` with the unpruned model.
+        amounts: The grid of amounts, increasing, in (0, 1).
+        select: Which layers to scan (default: every non-binary conv/linear).
+        n_samples: Size of the calibration batch.
+        example_inputs: Gives the input shape when synthesizing data.
+        progress: Show a progress bar.
+
+    Returns:
+        A :class:`SensitivityResult` with no amounts chosen yet (see :func:`allocate`).
+
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    >>> res = scan(net, calibration=torch.randn(16, 8), amounts=(0.5, 0.9), progress=False)
+    >>> [ly.name for ly in res.layers], res.forward_passes
+    (['0', '2'], 6)
+    """
+    grid = tuple(check_amount(a, "amounts[i]") for a in amounts)
+    if not grid or any(a <= 0 for a in grid) or list(grid) != sorted(set(grid)):
+        raise DfcompressError(f"amounts={amounts!r} must be increasing fractions in (0, 1)")
+    score_fn = metric if metric is not None else cosine_agreement
+    start = time.perf_counter()
+    work = copy.deepcopy(model).eval()
+    x = calibration_batch(work, calibration, n_samples=n_samples, example_inputs=example_inputs)
+    layers = prunable_layers(work, select)
+    if not layers:
+        raise DfcompressError(f"no prunable conv/linear layer matched select={select!r}")
+    run = _Runner(work, x)
+    reference = run()
+    baseline = float(score_fn(reference, reference))
+    from tqdm.auto import tqdm
+
+    out = []
+    for name, m in tqdm(layers.items(), desc="sensitivity", disable=not progress):
+        w = m.weight.detach().clone()
+        order = torch.sort(w.abs().flatten(), stable=True).indices
+        scores = []
+        for a in grid:
+            k = round(a * w.numel())
+            pruned = w.flatten().clone()
+            pruned[order[:k]] = 0
+            m.weight.copy_(pruned.view_as(w))
+            scores.append(float(score_fn(run(name), reference)))
+        m.weight.copy_(w)
+        flag = "no effect" if abs(baseline - scores[-1]) < _NO_EFFECT else ""
+        out.append(LayerSensitivity(name, w.numel(), grid, tuple(scores), 0.0, flag))
+    result = SensitivityResult(
+        tuple(out), baseline, None, "none", run.calls, time.perf_counter() - start
+    )
+    if result.flagged:
+        warnings.warn(
+            f"pruning these layers by {grid[-1]} changed the model's output by nothing "
+            f"measurable on the calibration batch: {', '.join(result.flagged)}; they may be "
+            "off the forward path or unexercised by the data",
+            stacklevel=2,
+        )
+    return result
+
+
+def allocate(
+    result: SensitivityResult,
+    target: float,
+    *,
+    strategy: Strategy = "budget",
+    base: float = 0.2,
+    threshold: float = 0.99,
+) -> SensitivityResult:
+    """Choose per-layer amounts from a scan.
+
+    Args:
+        result: A :func:`scan` result.
+        target: The parameter-weighted fraction to prune over the scanned layers.
+        strategy: ``"budget"`` meets ``target`` exactly (to one weight) with the
+            least summed score drop (greedy over the curves, see
+            ``allocate_budget``); ``"threshold"`` is the rule of the BNext
+            study: every layer gets ``base``, raised to the largest amount whose
+            score stays >= ``threshold`` (``target`` is then not enforced; see
+            :attr:`SensitivityResult.achieved`).
+        base: The floor amount of the threshold strategy.
+        threshold: The score a layer must keep under the threshold strategy.
+
+    Returns:
+        A copy of ``result`` with ``chosen`` amounts filled in.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
+    >>> res = scan(net, calibration=torch.randn(16, 8), progress=False)
+    >>> round(allocate(res, 0.5).achieved, 4)
+    0.5
+    """
+    target = check_amount(target, "target")
+    if not result.layers:
+        raise DfcompressError("the sensitivity result has no layer to allocate")
+    grid = result.layers[0].amounts
+    if strategy == "budget":
+        losses = [monotone_losses(result.baseline, ly.scores) for ly in result.layers]
+        chosen = allocate_budget([ly.params for ly in result.layers], grid, losses, target)
+    elif strategy == "threshold":
+        check_amount(base, "base")
+        chosen = allocate_threshold(grid, [ly.scores for ly in result.layers], base, threshold)
+    else:
+        raise DfcompressError(f"strategy={strategy!r} is not known: use 'budget' or 'threshold'")
+    layers = tuple(replace(ly, chosen=c) for ly, c in zip(result.layers, chosen))
+    return replace(result, layers=layers, target=target, strategy=strategy)
