@@ -1,0 +1,353 @@
+"""Rewrite an exported fake-quantized ONNX graph into the QDQ form ONNX Runtime fuses.
+
+PyTorch's TorchScript exporter turns ``fake_quantize_per_tensor_affine`` (inputs) and
+``fake_quantize_per_channel_affine`` (weights) into QuantizeLinear/DequantizeLinear
+pairs. That graph is valid but ONNX Runtime runs it in float: its QDQ fusion
+(Conv -> QLinearConv, Gemm -> QGemm, MatMul -> MatMulIntegerToFloat) wants
+
+* the weight as an int8 initializer read through DequantizeLinear (not a float
+  initializer passed through QuantizeLinear at run time);
+* the bias, when present, as an int32 initializer with scale ``s_x * s_w`` and zero
+  point 0, read through DequantizeLinear;
+* for Conv, a QuantizeLinear after the output, of the same integer type as the input;
+* no BatchNormalization between the Conv and that QuantizeLinear.
+
+:func:`to_qdq` makes the graph look like that. BatchNorm after a quantized Conv is
+folded into the per-channel weight scales (the int8 weights are unchanged, so the
+arithmetic is the same as the eager model's). Where a Conv output does not already
+flow into a QuantizeLinear (the next layer's input quantizer), a Q/DQ pair is
+inserted whose range comes from ``ranges`` (observed min/max on calibration data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Ranges", "has_qdq", "prepare_qdq", "to_qdq"]
+
+Ranges = Callable[[Sequence[str]], dict[str, tuple[float, float]]]
+"""Given tensor names of the graph, return the observed (min, max) of each."""
+
+_INT_TYPES = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
+
+
+class _Graph:
+    """Small mutable view over an ``onnx.ModelProto`` graph."""
+
+    def __init__(self, model: Any) -> None:
+        import onnx
+        from onnx import numpy_helper
+
+        self.onnx = onnx
+        self.nh = numpy_helper
+        self.model = model
+        self.graph = model.graph
+        self._uid = 0
+
+    def inits(self) -> dict[str, Any]:
+        return {t.name: t for t in self.graph.initializer}
+
+    def const(self, name: str) -> np.ndarray | None:
+        t = self.inits().get(name)
+        return None if t is None else np.asarray(self.nh.to_array(t))
+
+    def add_const(self, hint: str, value: np.ndarray) -> str:
+        self._uid += 1
+        name = f"{hint}__dfc{self._uid}"
+        self.graph.initializer.append(self.nh.from_array(np.ascontiguousarray(value), name))
+        return name
+
+    def fresh(self, hint: str) -> str:
+        self._uid += 1
+        return f"{hint}__dfc{self._uid}"
+
+    def producers(self) -> dict[str, Any]:
+        return {o: n for n in self.graph.node for o in n.output}
+
+    def consumers(self) -> dict[str, list[Any]]:
+        out: dict[str, list[Any]] = {}
+        for n in self.graph.node:
+            for i in n.input:
+                out.setdefault(i, []).append(n)
+        return out
+
+    def outputs(self) -> set[str]:
+        return {o.name for o in self.graph.output}
+
+    def remove(self, node: Any) -> None:
+        self.graph.node.remove(node)
+
+    def attr(self, node: Any, name: str, default: Any) -> Any:
+        for a in node.attribute:
+            if a.name == name:
+                return self.onnx.helper.get_attribute_value(a)
+        return default
+
+
+def _materialize_constants(g: _Graph) -> None:
+    """Constant nodes and Identity-of-initializer become plain initializers."""
+    changed = True
+    while changed:
+        changed = False
+        inits = g.inits()
+        outputs = g.outputs()
+        for n in list(g.graph.node):
+            if n.op_type == "Constant" and n.output[0] not in outputs:
+                value = g.attr(n, "value", None)
+                if value is None:
+                    continue
+                arr = np.asarray(g.nh.to_array(value))
+                g.graph.initializer.append(g.nh.from_array(arr, n.output[0]))
+            elif n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs:
+                arr = np.asarray(g.nh.to_array(inits[n.input[0]]))
+                g.graph.initializer.append(g.nh.from_array(arr, n.output[0]))
+            else:
+                continue
+            g.remove(n)
+            changed = True
+
+
+def _broadcast(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    if v.ndim == 0 or v.size == 1:
+        return v.reshape(())
+    shape = [1] * ndim
+    shape[axis % ndim] = v.size
+    return v.reshape(shape)
+
+
+def _fold_weight_quantize(g: _Graph) -> None:
+    """QuantizeLinear over constant floats is computed once, as PyTorch rounds it."""
+    for n in list(g.graph.node):
+        if n.op_type != "QuantizeLinear":
+            continue
+        x = g.const(n.input[0])
+        s = g.const(n.input[1])
+        z = g.const(n.input[2]) if len(n.input) > 2 and n.input[2] else np.zeros((), np.uint8)
+        if x is None or s is None or z is None or x.dtype != np.float32:
+            continue
+        lo, hi = _INT_TYPES.get(z.dtype, (None, None))
+        if lo is None:
+            continue
+        axis = int(g.attr(n, "axis", 1))
+        inv = (np.float32(1.0) / s.astype(np.float32)).astype(np.float32)
+        q = np.rint(x * _broadcast(inv, x.ndim, axis)) + _broadcast(
+            z.astype(np.float32), x.ndim, axis
+        )
+        q = np.clip(q, lo, hi).astype(z.dtype)
+        g.graph.initializer.append(g.nh.from_array(q, n.output[0]))
+        g.remove(n)
+
+
+def _weight_dq(g: _Graph, name: str, prod: dict[str, Any]) -> Any | None:
+    """The DequantizeLinear producing ``name`` from an int8/uint8 initializer, if any."""
+    dq = prod.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear":
+        return None
+    w = g.const(dq.input[0])
+    return dq if w is not None and w.dtype in _INT_TYPES else None
+
+
+def _act_dq(g: _Graph, name: str, prod: dict[str, Any]) -> Any | None:
+    """The DequantizeLinear producing activation ``name`` (per-tensor), if any."""
+    dq = prod.get(name)
+    if dq is None or dq.op_type != "DequantizeLinear" or g.const(dq.input[0]) is not None:
+        return None
+    s = g.const(dq.input[1])
+    return dq if s is not None and s.size == 1 else None
+
+
+def _dq_params(g: _Graph, dq: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    w = g.const(dq.input[0])
+    s = g.const(dq.input[1])
+    z = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+    assert w is not None and s is not None  # guaranteed by _weight_dq
+    return w, s.astype(np.float32), np.zeros_like(s, dtype=w.dtype) if z is None else z
+
+
+def _fold_batchnorm(g: _Graph) -> None:
+    """Conv(DQ(int8 W)) -> BatchNormalization becomes one Conv with rescaled channels."""
+    prod, cons, outputs = g.producers(), g.consumers(), g.outputs()
+    for conv in list(g.graph.node):
+        if conv.op_type != "Conv" or conv.output[0] in outputs:
+            continue
+        users = cons.get(conv.output[0], [])
+        if len(users) != 1 or users[0].op_type != "BatchNormalization":
+            continue
+        bn = users[0]
+        dq = _weight_dq(g, conv.input[1], prod)
+        params = [g.const(i) for i in bn.input[1:5]]
+        if dq is None or len(cons.get(dq.output[0], [])) != 1 or any(p is None for p in params):
+            continue
+        w, s, z = _dq_params(g, dq)
+        if np.any(z != 0) or w.dtype != np.int8:
+            continue
+        gamma, beta, mean, var = (np.asarray(p, np.float64) for p in params)
+        f = gamma / np.sqrt(var + float(g.attr(bn, "epsilon", 1e-5)))
+        c_out = w.shape[0]
+        s_vec = np.broadcast_to(s.reshape(-1) if s.size > 1 else s.reshape(()), (c_out,))
+        sign = np.where(f < 0, -1, 1).reshape((-1,) + (1,) * (w.ndim - 1))
+        w_new = np.clip(w.astype(np.int32) * sign, -128, 127).astype(np.int8)
+        s_new = (s_vec * np.abs(f)).astype(np.float32)
+        s_new = np.where(s_new > 0, s_new, np.float32(np.finfo(np.float32).tiny))
+        has_bias = len(conv.input) > 2 and conv.input[2]
+        b = g.const(conv.input[2]) if has_bias else np.zeros(c_out, np.float32)
+        if b is None:
+            continue
+        b_new = ((b.astype(np.float64) - mean) * f + beta).astype(np.float32)
+        dq.input[0] = g.add_const("w_bnfold", w_new)
+        dq.input[1] = g.add_const("w_scale_bnfold", s_new)
+        zp = g.add_const("w_zp_bnfold", np.zeros(c_out, np.int8))
+        if len(dq.input) > 2:
+            dq.input[2] = zp
+        else:
+            dq.input.append(zp)
+        _set_axis(g, dq, 0)
+        if has_bias:
+            conv.input[2] = g.add_const("b_bnfold", b_new)
+        else:
+            conv.input.append(g.add_const("b_bnfold", b_new))
+        conv.output[0] = bn.output[0]
+        g.remove(bn)
+
+
+def _set_axis(g: _Graph, node: Any, axis: int) -> None:
+    for a in list(node.attribute):
+        if a.name == "axis":
+            node.attribute.remove(a)
+    node.attribute.append(g.onnx.helper.make_attribute("axis", axis))
+
+
+def _quantized_ops(g: _Graph) -> list[tuple[Any, Any, Any]]:
+    """(op, activation DQ, weight DQ) for every Conv/Gemm/MatMul fed by both."""
+    prod = g.producers()
+    found = []
+    for n in g.graph.node:
+        if n.op_type not in ("Conv", "Gemm", "MatMul") or len(n.input) < 2:
+            continue
+        a, w = _act_dq(g, n.input[0], prod), _weight_dq(g, n.input[1], prod)
+        if a is not None and w is not None:
+            found.append((n, a, w))
+    return found
+
+
+def _quantize_bias(g: _Graph) -> None:
+    """A float bias becomes int32 with scale s_x * s_w, as the QDQ kernels require."""
+    for op, a, wdq in _quantized_ops(g):
+        if op.op_type == "MatMul" or len(op.input) < 3 or not op.input[2]:
+            continue
+        b = g.const(op.input[2])
+        if b is None or b.dtype != np.float32 or b.ndim != 1:
+            continue
+        s_x = float(np.asarray(g.const(a.input[1])).reshape(()))
+        _, s_w, _ = _dq_params(g, wdq)
+        s_b = (s_x * np.broadcast_to(s_w.reshape(-1), b.shape)).astype(np.float32)
+        s_b = np.where(s_b > 0, s_b, np.float32(1e-12)).astype(np.float32)
+        bq = np.clip(np.rint(b.astype(np.float64) / s_b), -(2**31), 2**31 - 1).astype(np.int32)
+        out = g.fresh("bias_dq")
+        node = g.onnx.helper.make_node(
+            "DequantizeLinear",
+            [
+                g.add_const("bias_q", bq),
+                g.add_const("bias_scale", s_b),
+                g.add_const("bias_zp", np.zeros(b.shape, np.int32)),
+            ],
+            [out],
+            axis=0,
+        )
+        g.graph.node.insert(list(g.graph.node).index(op), node)
+        op.input[2] = out
+
+
+def _all_quantize(g: _Graph, users: list[Any], *, at_qmin: bool) -> bool:
+    """Every user is a QuantizeLinear (with zero point at the low end, if asked)."""
+    if not users or any(u.op_type != "QuantizeLinear" for u in users):
+        return False
+    if not at_qmin:
+        return True
+    for u in users:
+        z = g.const(u.input[2]) if len(u.input) > 2 and u.input[2] else np.zeros((), np.uint8)
+        if (
+            z is None
+            or z.dtype not in _INT_TYPES
+            or int(z.reshape(-1)[0]) != _INT_TYPES[z.dtype][0]
+        ):
+            return False
+    return True
+
+
+def _needs_output_q(g: _Graph, cons: dict[str, list[Any]], outputs: set[str], name: str) -> bool:
+    """Whether ONNX Runtime would find no QuantizeLinear right after this Conv output.
+
+    A Relu between the Conv and the next QuantizeLinear is dropped by ONNX Runtime only
+    when that QuantizeLinear's zero point is the type's minimum (it then clips at 0).
+    """
+    if name in outputs:
+        return True
+    users = cons.get(name, [])
+    if len(users) == 1 and users[0].op_type == "Relu" and users[0].output[0] not in outputs:
+        return not _all_quantize(g, cons.get(users[0].output[0], []), at_qmin=True)
+    return not _all_quantize(g, users, at_qmin=False)
+
+
+def _drop_unused_initializers(g: _Graph) -> None:
+    used = {i for n in g.graph.node for i in n.input} | g.outputs()
+    for t in list(g.graph.initializer):
+        if t.name not in used:
+            g.graph.initializer.remove(t)
+
+
+def _insert_output_qdq(g: _Graph, ranges: Ranges) -> None:
+    cons, outputs = g.consumers(), g.outputs()
+    todo = [
+        (op, a)
+        for op, a, _ in _quantized_ops(g)
+        if op.op_type == "Conv" and _needs_output_q(g, cons, outputs, op.output[0])
+    ]
+    if not todo:
+        return
+    seen = ranges([op.output[0] for op, _ in todo])
+    for op, a in todo:
+        name = op.output[0]
+        zt = g.const(a.input[2]) if len(a.input) > 2 and a.input[2] else np.zeros((), np.uint8)
+        assert zt is not None
+        qmin, qmax = _INT_TYPES.get(zt.dtype, (0, 255))
+        lo, hi = seen[name]
+        lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+        scale = max((hi - lo) / (qmax - qmin), 1e-8)
+        zp = int(np.clip(np.rint(qmin - lo / scale), qmin, qmax))
+        s_name = g.add_const("out_scale", np.asarray(scale, np.float32))
+        z_name = g.add_const("out_zp", np.asarray(zp, zt.dtype))
+        raw, q_out = g.fresh(name + "_float"), g.fresh(name + "_q")
+        op.output[0] = raw
+        q = g.onnx.helper.make_node("QuantizeLinear", [raw, s_name, z_name], [q_out])
+        dq = g.onnx.helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [name])
+        at = list(g.graph.node).index(op) + 1
+        g.graph.node.insert(at, dq)
+        g.graph.node.insert(at, q)
+
+
+def has_qdq(model: Any) -> bool:
+    """Whether the graph contains QuantizeLinear/DequantizeLinear nodes."""
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
+
+
+def prepare_qdq(model: Any) -> Any:
+    """Steps that need no calibration: constants, weight Q folding, BatchNorm, bias."""
+    g = _Graph(model)
+    _materialize_constants(g)
+    _fold_weight_quantize(g)
+    _fold_batchnorm(g)
+    _quantize_bias(g)
+    return model
+
+
+def to_qdq(model: Any, ranges: Ranges) -> Any:
+    """Rewrite ``model`` (an ``onnx.ModelProto``, modified in place) into fusable QDQ form."""
+    prepare_qdq(model)
+    g = _Graph(model)
+    _insert_output_qdq(g, ranges)
+    _drop_unused_initializers(g)
+    return model

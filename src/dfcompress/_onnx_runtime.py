@@ -1,0 +1,96 @@
+"""ONNX Runtime plumbing for export: sessions, activation ranges, int8 kernel counts."""
+
+from __future__ import annotations
+
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dfcompress.errors import require
+
+__all__ = ["INT8_OPS", "int8_kernels", "observe_ranges", "run_session"]
+
+INT8_OPS = frozenset(
+    {
+        "QLinearConv",
+        "QLinearMatMul",
+        "QGemm",
+        "ConvInteger",
+        "MatMulInteger",
+        "MatMulIntegerToFloat",
+        "DynamicQuantizeMatMul",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearGlobalAveragePool",
+        "QLinearAveragePool",
+        "QLinearSigmoid",
+        "QLinearLeakyRelu",
+        "QLinearConcat",
+        "QLinearReduceMean",
+        "QLinearSoftmax",
+        "NhwcQLinearConv",
+        "QAttention",
+    }
+)
+"""Operator types that run integer arithmetic in ONNX Runtime's CPU provider."""
+
+
+def _session(model: bytes | str, *, optimized_path: str | None = None, threads: int = 1) -> Any:
+    ort = require("onnxruntime", "onnx")
+    opts = ort.SessionOptions()  # type: ignore[attr-defined]
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    if optimized_path is not None:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED  # type: ignore[attr-defined]
+        opts.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])  # type: ignore[attr-defined]
+
+
+def run_session(model: bytes | str, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Run a model once per input batch; outputs concatenated along the batch axis."""
+    sess = _session(model)
+    name = sess.get_inputs()[0].name
+    runs = [sess.run(None, {name: x}) for x in inputs]
+    return [np.concatenate([r[i] for r in runs]) for i in range(len(runs[0]))]
+
+
+def observe_ranges(
+    model: Any, names: Sequence[str], inputs: Sequence[np.ndarray]
+) -> dict[str, tuple[float, float]]:
+    """Min/max of the named intermediate tensors of ``model`` (a ModelProto) over ``inputs``."""
+    onnx = require("onnx", "onnx")
+    probe = onnx.ModelProto()  # type: ignore[attr-defined]
+    probe.CopyFrom(model)
+    have = {o.name for o in probe.graph.output}
+    for n in names:
+        if n not in have:
+            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))  # type: ignore[attr-defined]
+    sess = _session(probe.SerializeToString())
+    in_name = sess.get_inputs()[0].name
+    out: dict[str, tuple[float, float]] = {}
+    for x in inputs:
+        for n, v in zip(names, sess.run(list(names), {in_name: x}), strict=True):
+            lo, hi = float(np.min(v)), float(np.max(v))
+            if n in out:
+                lo, hi = min(lo, out[n][0]), max(hi, out[n][1])
+            out[n] = (lo, hi)
+    return out
+
+
+def int8_kernels(path: str | Path) -> dict[str, int]:
+    """Integer operators in the graph ONNX Runtime actually runs after its fusions.
+
+    The model is loaded with ``ORT_ENABLE_EXTENDED`` optimizations (where the QDQ
+    fusions happen) and the optimized graph it writes out is counted.
+    """
+    onnx = require("onnx", "onnx")
+    with tempfile.TemporaryDirectory() as tmp:
+        opt = str(Path(tmp) / "optimized.onnx")
+        _session(str(path), optimized_path=opt)
+        graph = onnx.load(opt).graph  # type: ignore[attr-defined]
+    counts = Counter(n.op_type for n in graph.node if n.op_type in INT8_OPS)
+    return dict(sorted(counts.items()))

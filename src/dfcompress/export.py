@@ -1,0 +1,390 @@
+"""Export a (compressed) detector to ONNX or TorchScript, checked against the eager model.
+
+:func:`export_onnx` writes float, 16-bit, structured-pruned and quantized models.
+Quantized models leave PyTorch as QuantizeLinear/DequantizeLinear pairs and are
+rewritten into the QDQ pattern ONNX Runtime fuses into int8 kernels (QLinearConv,
+QGemm, ...). After writing, the file is run in ONNX Runtime on the example and
+compared with the eager model; a mismatch raises :class:`~dfcompress.DfcompressError`
+with the numbers. :func:`export_torchscript` does the same with ``torch.jit``.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import os
+import re
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from dfcompress._data import iter_inputs
+from dfcompress.errors import DfcompressError, require
+
+__all__ = ["ExportResult", "export_onnx", "export_torchscript"]
+
+_DEFAULT_OPSET = 17
+_TOL = {"float": (1e-4, 1e-3), "16bit": (2e-2, 2e-2), "int8": (5e-2, 5e-2)}
+_MIN_AGREE = {"float": 1.0, "16bit": 1.0, "int8": 0.95}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What an export wrote and how well the file reproduces the eager model.
+
+    Attributes:
+        path: The file written.
+        format: ``"onnx"`` or ``"torchscript"``.
+        kind: ``"float"``, ``"16bit"`` (16-bit weights) or ``"int8"`` (QDQ graph).
+        file_bytes: Size of the file on disk.
+        opset: ONNX opset (None for TorchScript).
+        exporter: ``"torchscript"`` or ``"dynamo"`` for ONNX, ``"trace"``/``"script"`` else.
+        max_abs_diff: Largest absolute output difference vs the eager model (NaN unchecked).
+        agreement: Fraction of samples with the same prediction at 0.5 (sigmoid of a
+            one-logit head, else argmax); None when the output is not a score.
+        int8_kernels: Integer operators ONNX Runtime runs after its fusions, by type.
+    """
+
+    path: Path
+    format: Literal["onnx", "torchscript"]
+    kind: Literal["float", "16bit", "int8"]
+    file_bytes: int
+    opset: int | None
+    exporter: str
+    max_abs_diff: float = float("nan")
+    agreement: float | None = None
+    int8_kernels: dict[str, int] = field(default_factory=dict)
+
+
+def _flat(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _flat(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _flat(o)]
+    raise DfcompressError(f"cannot compare a model output of type {type(out).__name__}")
+
+
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    for d in (torch.float16, torch.bfloat16):
+        if d in dtypes:
+            return d
+    return torch.float32
+
+
+def _eager(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
+    dtype = _model_dtype(model)
+    with torch.no_grad():
+        outs = _flat(model(x.to(dtype) if x.is_floating_point() else x))
+    return [o.detach().float().cpu().numpy() for o in outs]
+
+
+def _predictions(y: np.ndarray) -> np.ndarray | None:
+    if y.ndim == 1 or (y.ndim == 2 and y.shape[1] == 1):
+        return np.asarray(y.reshape(-1) > 0)
+    if y.ndim == 2:
+        return np.asarray(y.argmax(axis=1))
+    return None
+
+
+def _compare(
+    ref: list[np.ndarray],
+    got: list[np.ndarray],
+    *,
+    kind: str,
+    atol: float | None,
+    rtol: float | None,
+    min_agreement: float | None,
+    what: str,
+) -> tuple[float, float | None]:
+    a_def, r_def = _TOL[kind]
+    atol = a_def if atol is None else atol
+    rtol = r_def if rtol is None else rtol
+    need = _MIN_AGREE[kind] if min_agreement is None else min_agreement
+    if len(ref) != len(got) or any(r.shape != g.shape for r, g in zip(ref, got, strict=False)):
+        raise DfcompressError(
+            f"{what} outputs have shapes {[g.shape for g in got]}, the eager model "
+            f"{[r.shape for r in ref]}"
+        )
+    diff = max(
+        float(np.max(np.abs(r - g))) if r.size else 0.0 for r, g in zip(ref, got, strict=True)
+    )
+    bound = max(atol + rtol * float(np.max(np.abs(r))) if r.size else atol for r in ref)
+    p_ref, p_got = _predictions(ref[0]), _predictions(got[0])
+    agree = None if p_ref is None or p_got is None else float(np.mean(p_ref == p_got))
+    if not diff <= bound or (agree is not None and agree < need):
+        raise DfcompressError(
+            f"{what} does not reproduce the eager model: max abs diff {diff:.3g} "
+            f"(allowed {bound:.3g} = atol {atol:g} + rtol {rtol:g} * max|y|), prediction "
+            f"agreement {agree if agree is None else f'{agree:.4f}'} (need >= {need:g}); "
+            "pass atol/rtol/min_agreement to loosen the check, or check=False to skip it"
+        )
+    return diff, agree
+
+
+_OP_RE = re.compile(r"\b((?:aten|prim|quantized|onnx|torchvision)::[A-Za-z0-9_.]+)")
+
+
+def _op_from_error(e: BaseException) -> str | None:
+    m = _OP_RE.search(str(e))
+    if m:
+        return m.group(1)
+    m = re.search(r"operator '?([A-Za-z0-9_.:]+)'?", str(e))
+    return m.group(1) if m else None
+
+
+def _torch_export(
+    model: nn.Module, x: torch.Tensor, opset: int, dynamic_batch: bool, dynamo: bool
+) -> bytes:
+    buf = io.BytesIO()
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            tmp = torch.onnx.export(
+                model,
+                (x,),
+                input_names=["input"],
+                output_names=["output"],
+                opset_version=max(opset, 18),
+                dynamic_axes=axes,
+                dynamo=True,
+                verbose=False,
+            )
+            if tmp is None:  # pragma: no cover - torch always returns a program here
+                raise DfcompressError("the dynamo exporter returned no program")
+            tmp.optimize()
+            return bytes(tmp.model_proto.SerializeToString())
+        torch.onnx.export(
+            model,
+            (x,),
+            buf,  # type: ignore[arg-type]  # a file-like object is accepted
+            input_names=["input"],
+            output_names=["output"],
+            opset_version=opset,
+            dynamic_axes=axes,
+            dynamo=False,
+            do_constant_folding=True,
+        )
+    return buf.getvalue()
+
+
+def _to_onnx(
+    model: nn.Module, x: torch.Tensor, opset: int, dynamic_batch: bool, exporter: str
+) -> tuple[bytes, str]:
+    order = {
+        "auto": ["torchscript", "dynamo"],
+        "torchscript": ["torchscript"],
+        "dynamo": ["dynamo"],
+    }
+    first: Exception | None = None
+    for name in order[exporter]:
+        try:
+            return _torch_export(model, x, opset, dynamic_batch, name == "dynamo"), name
+        except Exception as e:  # torch raises many types; re-raised as ours below
+            first = first or e
+    assert first is not None
+    op = _op_from_error(first)
+    where = f"operator {op}" if op else "the model"
+    raise DfcompressError(
+        f"cannot export {type(model).__name__} to ONNX opset {opset}: {where} is not supported "
+        f"({type(first).__name__}: {str(first).splitlines()[0][:300]}); replace that operation, "
+        "try another opset, or use export_torchscript"
+    ) from first
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    example: torch.Tensor,
+    *,
+    opset: int | None = None,
+    dynamic_batch: bool = True,
+    check: bool = True,
+    calibration: Iterable[Any] | torch.Tensor | None = None,
+    exporter: Literal["auto", "torchscript", "dynamo"] = "auto",
+    atol: float | None = None,
+    rtol: float | None = None,
+    min_agreement: float | None = None,
+) -> ExportResult:
+    """Write ``model`` as ONNX; check the file in ONNX Runtime against the eager model.
+
+    The model is deep-copied and put in eval mode; the caller's model is not touched.
+    Models with 16-bit parameters are written with 16-bit weights computing in float32
+    (ONNX Runtime's CPU kernels are float32). Fake-quantized models become a QDQ graph
+    that ONNX Runtime runs with int8 kernels: BatchNorm after a quantized conv is folded
+    into its per-channel weight scales, biases become int32, and where a conv's output
+    does not already feed the next layer's input quantizer, a Q/DQ pair is inserted
+    whose range is observed on ``calibration`` (default: ``example``).
+
+    Args:
+        model: The model to export.
+        path: Where to write the ``.onnx`` file (parent folders are created).
+        example: An input batch; it fixes every shape but the batch axis.
+        opset: ONNX opset (default 17; quantized graphs need >= 13).
+        dynamic_batch: Let the batch axis vary in the exported graph.
+        check: Run the file in ONNX Runtime on ``example`` and compare with the model.
+        calibration: Inputs (tensor or loader) for the ranges of inserted output Q/DQ.
+        exporter: ``"auto"`` tries PyTorch's TorchScript-based exporter, then the dynamo
+            one (which knows e.g. FFTs); quantized graphs need the TorchScript one.
+        atol: Absolute tolerance (default 1e-4 float, 2e-2 16-bit, 5e-2 int8).
+        rtol: Tolerance relative to the largest eager output (same defaults).
+        min_agreement: Least prediction agreement (default 1.0; 0.95 for int8).
+
+    Returns:
+        An :class:`ExportResult` with the check's numbers and, for quantized models,
+        the integer kernels ONNX Runtime runs.
+
+    Raises:
+        DfcompressError: The model cannot be exported (the message names the operator)
+            or the file does not reproduce the model.
+
+    >>> import tempfile, torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 1))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     r = export_onnx(net, f"{d}/net.onnx", torch.randn(4, 3, 8, 8))
+    >>> r.kind, r.agreement
+    ('float', 1.0)
+    """
+    onnx = require("onnx", "onnx")
+    if not isinstance(example, torch.Tensor):
+        raise DfcompressError(f"example must be a tensor, got {type(example).__name__}")
+    opset = _DEFAULT_OPSET if opset is None else int(opset)
+    if not 7 <= opset <= 23:
+        raise DfcompressError(f"opset={opset} is out of range: use 13..23 (13+ for int8)")
+    if exporter not in ("auto", "torchscript", "dynamo"):
+        raise DfcompressError(
+            f"exporter={exporter!r} is unknown: use 'auto', 'torchscript' or 'dynamo'"
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    reference = copy.deepcopy(model).eval()
+    half = _model_dtype(reference)
+    work = copy.deepcopy(reference).float() if half != torch.float32 else copy.deepcopy(reference)
+    x = example.detach().cpu()
+    x32 = x.float() if x.is_floating_point() else x
+    blob, used = _to_onnx(work, x32, opset, dynamic_batch, exporter)
+    proto = onnx.load_from_string(blob)  # type: ignore[attr-defined]
+
+    from dfcompress._onnx_qdq import has_qdq, to_qdq
+    from dfcompress._onnx_runtime import int8_kernels, observe_ranges, run_session
+
+    kind: Literal["float", "16bit", "int8"] = "float"
+    if has_qdq(proto):
+        if opset < 13:
+            raise DfcompressError(f"opset={opset} cannot hold per-channel int8 weights: use >= 13")
+        kind = "int8"
+        data = x32 if calibration is None else calibration
+        calib = [c.float().numpy() for c in iter_inputs(data, limit=512)]
+        to_qdq(proto, lambda names: observe_ranges(proto, names, calib))
+    elif half != torch.float32:
+        from dfcompress._onnx_half import store_weights_16bit
+
+        kind = "16bit"
+        store_weights_16bit(proto, "float16" if half == torch.float16 else "bfloat16")
+    try:
+        onnx.checker.check_model(proto)  # type: ignore[attr-defined]
+    except Exception as e:
+        raise DfcompressError(f"the exported graph is not valid ONNX: {e}") from e
+    path.write_bytes(proto.SerializeToString())
+
+    result = ExportResult(path, "onnx", kind, path.stat().st_size, opset, used)
+    if not check:
+        return result
+    ref = _eager(reference, x)
+    got = run_session(str(path), [x32.numpy()])
+    diff, agree = _compare(
+        ref,
+        got,
+        kind=kind,
+        atol=atol,
+        rtol=rtol,
+        min_agreement=min_agreement,
+        what=f"the ONNX file {path}",
+    )
+    kernels = int8_kernels(path) if kind == "int8" else {}
+    return ExportResult(path, "onnx", kind, result.file_bytes, opset, used, diff, agree, kernels)
+
+
+def export_torchscript(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    example: torch.Tensor,
+    *,
+    method: Literal["trace", "script"] = "trace",
+    check: bool = True,
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> ExportResult:
+    """Write ``model`` as TorchScript; reload the file and compare with the eager model.
+
+    Args:
+        model: The model to export (deep-copied, eval mode; the caller's is untouched).
+        path: Where to write the ``.pt`` file.
+        example: An input batch, used for tracing and for the check.
+        method: ``"trace"`` (records one forward) or ``"script"`` (compiles the code).
+        check: ``torch.jit.load`` the file and compare its output on ``example``.
+        atol: Absolute tolerance (default 1e-4).
+        rtol: Tolerance relative to the largest eager output (default 1e-3).
+
+    Returns:
+        An :class:`ExportResult` (``format="torchscript"``).
+
+    Raises:
+        DfcompressError: Scripting/tracing failed or the file does not reproduce the model.
+
+    >>> import tempfile, torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     r = export_torchscript(net, f"{d}/net.pt", torch.randn(3, 4))
+    >>> r.format, r.agreement
+    ('torchscript', 1.0)
+    """
+    if method not in ("trace", "script"):
+        raise DfcompressError(f"method={method!r} is unknown: use 'trace' or 'script'")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    work = copy.deepcopy(model).eval()
+    x = example.detach().cpu().to(_model_dtype(work)) if example.is_floating_point() else example
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if method == "trace":
+                compiled = torch.jit.trace(work, (x,), check_trace=False)  # type: ignore[no-untyped-call]
+            else:
+                compiled = torch.jit.script(work)
+    except Exception as e:  # jit raises many types; re-raised as ours below
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise DfcompressError(
+            f"cannot {method} {type(model).__name__} with torch.jit: {first}; "
+            f"try method={'script' if method == 'trace' else 'trace'!r}"
+        ) from e
+    torch.jit.save(compiled, str(path))
+    kind: Literal["float", "16bit"] = "float" if _model_dtype(work) == torch.float32 else "16bit"
+    result = ExportResult(path, "torchscript", kind, path.stat().st_size, None, method)
+    if not check:
+        return result
+    loaded = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
+    ref = _eager(work, x)
+    with torch.no_grad():
+        got = [o.detach().float().numpy() for o in _flat(loaded(x))]
+    diff, agree = _compare(
+        ref,
+        got,
+        kind=kind,
+        atol=atol,
+        rtol=rtol,
+        min_agreement=None,
+        what=f"the TorchScript file {path}",
+    )
+    return ExportResult(path, "torchscript", kind, result.file_bytes, None, method, diff, agree)
