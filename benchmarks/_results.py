@@ -14,6 +14,7 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """A GitHub-flavoured markdown table."""
+
     def cell(v: object) -> str:
         if isinstance(v, float):
             return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
@@ -41,5 +42,8 @@ def update_section(name: str, body: str, path: Path = RESULTS) -> None:
     text = path.read_text() if path.exists() else "# Benchmark results\n"
     block = f"{begin}\n{body.strip()}\n{end}"
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: block, text)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)

@@ -37,6 +37,5 @@ def require(module: str, extra: str) -> object:
         return importlib.import_module(module)
     except ImportError as e:
         raise MissingExtraError(
-            f"{module!r} is needed here but is not installed: "
-            f"pip install 'dfcompress[{extra}]'"
+            f"{module!r} is needed here but is not installed: pip install 'dfcompress[{extra}]'"
         ) from e

@@ -109,16 +109,16 @@ def _encode(name: str, t: torch.Tensor, sparse: bool) -> tuple[dict[str, torch.T
     }, "csr"
 
 
-def _decode(
-    name: str, info: Mapping[str, Any], stored: Mapping[str, torch.Tensor]
-) -> torch.Tensor:
+def _decode(name: str, info: Mapping[str, Any], stored: Mapping[str, torch.Tensor]) -> torch.Tensor:
     shape = [int(s) for s in info["shape"]]
     dtype = _dtype(info["dtype"])
     enc = info["encoding"]
     n = math.prod(shape)
     try:
         if enc == "dense":
-            t = stored[name]
+            # A fresh allocation: kernels may vectorise differently on the
+            # unaligned views safetensors returns, changing results in the last bit.
+            t = stored[name].clone()
         elif enc == "bitmask":
             mask = np.unpackbits(stored[f"{name}{_SEP}mask"].numpy(), count=n).astype(bool)
             values = stored[f"{name}{_SEP}values"]
@@ -191,7 +191,7 @@ def _rebuilt_modules(model: nn.Module) -> list[dict[str, Any]]:
             raise DfcompressError(
                 f"the root module is a registered {kind!r}; wrap it in a container to save it"
             )
-        out.append({"path": name, "kind": kind, "spec": m.dfc_spec()})  # type: ignore[operator]
+        out.append({"path": name, "kind": kind, "spec": m.dfc_spec()})
         taken.append(name)
     return out
 
@@ -216,15 +216,18 @@ def serialize(
             raise DfcompressError(f"state entry {name!r} is a {type(t).__name__}, not a tensor")
         if _SEP in name:
             raise DfcompressError(f"state name {name!r} contains {_SEP!r}, which save reserves")
-        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.dtype)
+        key = (t.untyped_storage().data_ptr(), int(t.storage_offset()), tuple(t.shape), t.dtype)
         if t.numel() and key in seen:
             tensors[name] = {"alias": seen[key]}
             continue
         seen[key] = name
         parts, enc = _encode(name, t, sparse)
         stored.update(parts)
-        tensors[name] = {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch."),
-                         "encoding": enc}
+        tensors[name] = {
+            "shape": list(t.shape),
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "encoding": enc,
+        }
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -250,7 +253,10 @@ def _constructor_of(
     if isinstance(constructor, str):
         ctor: dict[str, Any] = {"factory": constructor, "kwargs": {}}
     elif constructor is not None:
-        ctor = {"factory": constructor.get("factory"), "kwargs": dict(constructor.get("kwargs", {}))}
+        ctor = {
+            "factory": constructor.get("factory"),
+            "kwargs": dict(constructor.get("kwargs", {})),
+        }
     else:
         ctor = get_constructor(model) or {
             "factory": f"{type(model).__module__}:{type(model).__qualname__}",
@@ -304,19 +310,21 @@ def serialized_size(model: nn.Module, *, sparse: bool = True) -> int:
 
 def _check_not_pickle(path: Path) -> None:
     with path.open("rb") as f:
-        head = f.read(16)
+        head = f.read(9)
+    size = path.stat().st_size
+    if len(head) == 9 and head[8:9] == b"{" and 8 + int.from_bytes(head[:8], "little") <= size:
+        return  # a safetensors header: an 8-byte length, then JSON
     if head[:2] == b"PK":
         raise UnsafeFileError(
             f"{path} is a zip archive (torch.save format), which holds pickled code; "
             "dfcompress never unpickles. Re-save the model with dfcompress.save"
         )
-    if head[:1] == b"\x80" or head[:1] in (b"(", b"c", b"]", b"}"):
+    if head[:1] == b"\x80":
         raise UnsafeFileError(
             f"{path} looks like a Python pickle; dfcompress never unpickles. "
             "Re-save the model with dfcompress.save"
         )
-    if len(head) < 9 or head[8:9] != b"{":
-        raise UnsafeFileError(f"{path} is not a safetensors file written by dfcompress.save")
+    raise UnsafeFileError(f"{path} is not a safetensors file written by dfcompress.save")
 
 
 def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -333,7 +341,9 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
     except Exception as e:
         raise UnsafeFileError(f"{p} is not a readable safetensors file: {e}") from e
     if _META_KEY not in meta:
-        raise UnsafeFileError(f"{p} has no dfcompress manifest (was it written by dfcompress.save?)")
+        raise UnsafeFileError(
+            f"{p} has no dfcompress manifest (was it written by dfcompress.save?)"
+        )
     try:
         manifest = json.loads(meta[_META_KEY])
     except json.JSONDecodeError as e:
@@ -358,13 +368,23 @@ def _validate_manifest(m: Any, p: Path) -> None:
         or not isinstance(ctor.get("kwargs"), dict)
     ):
         raise bad(f"constructor {ctor!r}")
-    for key, typ in (("modules", list), ("structure", dict), ("tensors", dict),
-                     ("history", list), ("metadata", dict), ("checksum", str)):
+    for key, typ in (
+        ("modules", list),
+        ("structure", dict),
+        ("tensors", dict),
+        ("history", list),
+        ("metadata", dict),
+        ("checksum", str),
+    ):
         if not isinstance(m.get(key), typ):
             raise bad(f"{key!r} should be a {typ.__name__}")
     for e in m["modules"]:
-        if not (isinstance(e, dict) and isinstance(e.get("path"), str)
-                and isinstance(e.get("kind"), str) and isinstance(e.get("spec"), dict)):
+        if not (
+            isinstance(e, dict)
+            and isinstance(e.get("path"), str)
+            and isinstance(e.get("kind"), str)
+            and isinstance(e.get("spec"), dict)
+        ):
             raise bad(f"module entry {e!r}")
     for name, info in m["tensors"].items():
         if not isinstance(info, dict):
@@ -457,7 +477,8 @@ def _place_tensors(
             old = owner._parameters[attr]
             if not isinstance(value, nn.Parameter):
                 value = nn.Parameter(
-                    value, requires_grad=(old.requires_grad if old is not None else True)
+                    value,
+                    requires_grad=(old.requires_grad if old is not None else True)
                     and value.is_floating_point(),
                 )
             owner._parameters[attr] = value
@@ -514,7 +535,7 @@ def load(
     tensors = {n: _decode(n, i, stored) for n, i in infos.items() if "alias" not in i}
     aliases = {n: i["alias"] for n, i in infos.items() if "alias" in i}
     _place_tensors(model, tensors, aliases)
-    model.dfc_history = copy.deepcopy(manifest["history"])  # type: ignore[assignment]
+    model.dfc_history = copy.deepcopy(manifest["history"])
     if ctor["factory"] != "builtins:object":
         model.dfc_constructor = dict(ctor)  # type: ignore[assignment]
     return model.eval()

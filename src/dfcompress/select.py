@@ -280,7 +280,7 @@ def as_selector(x: SelectorLike) -> Selector:
     if isinstance(x, tuple):
         return by_type(*x)
     if callable(x):
-        return where(x)
+        return where(x)  # type: ignore[arg-type]
     raise DfcompressError(
         f"cannot use {x!r} as a module selector: give a preset name "
         f"({', '.join(sorted(PRESETS))}), a name glob, an nn.Module type, or a predicate"
@@ -308,7 +308,5 @@ def select(
         sel = as_selector(selector)  # type: ignore[arg-type]
     out = sel.resolve(model)
     if required and not out:
-        raise DfcompressError(
-            f"selector {sel!r} matched no module of {type(model).__name__}"
-        )
+        raise DfcompressError(f"selector {sel!r} matched no module of {type(model).__name__}")
     return out

@@ -68,6 +68,7 @@ class Measurement:
 
     def table(self) -> str:
         """A two-column markdown table."""
+
         def fmt(v: int | float | None, unit: str = "") -> str:
             if v is None:
                 return "n/a"
@@ -81,12 +82,20 @@ class Measurement:
             ("Non-zero parameters", fmt(self.nonzero_params)),
             ("Sparsity", f"{self.sparsity:.2%}"),
             ("MACs", fmt(self.macs)),
-            ("Latency per sample", fmt(self.latency_ms, " ms")
-             + (f" (batch {self.batch_size}, {self.threads} threads)" if self.batch_size else "")),
-            ("Peak RSS", "n/a" if self.peak_rss_bytes is None
-             else f"{self.peak_rss_bytes / 1e6:.1f} MB"),
+            (
+                "Latency per sample",
+                fmt(self.latency_ms, " ms")
+                + (
+                    f" (batch {self.batch_size}, {self.threads} threads)" if self.batch_size else ""
+                ),
+            ),
+            (
+                "Peak RSS",
+                "n/a" if self.peak_rss_bytes is None else f"{self.peak_rss_bytes / 1e6:.1f} MB",
+            ),
         ]
-        return "\n".join(["| quantity | value |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
+        head = ["| quantity | value |", "|---|---|"]
+        return "\n".join(head + [f"| {a} | {b} |" for a, b in rows])
 
     def __str__(self) -> str:
         return self.table()

@@ -1,0 +1,92 @@
+"""Developer tasks. `nox -l` lists them; `nox -s tests` runs one.
+
+Every session installs the CPU build of torch first: a bare ``torch`` requirement
+on a machine without it pulls a multi-GB CUDA build.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+
+TORCH = "torch==2.13.0"
+# timm needs torchvision, which only works with this torch pair.
+ZOO_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
+TEST_EXTRAS = ".[dev,report,onnx,demo]"
+
+
+def _install(
+    session: nox.Session, extras: str = TEST_EXTRAS, torch: tuple[str, ...] = (TORCH,)
+) -> None:
+    session.install(*torch)
+    session.install("-e", extras)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Unit, property and doctests (the suite CI runs)."""
+    _install(session)
+    session.run("python", "-m", "pytest", "-n", "auto", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff lint and format check."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package."""
+    _install(session, ".[dev,report,onnx,demo]")
+    session.run("mypy", "--strict", "src/dfcompress")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the Sphinx site with warnings as errors."""
+    _install(session, ".[docs,report,onnx,demo]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Train the baselines and run every benchmark; updates benchmarks/RESULTS.md."""
+    _install(session)
+    for script in ("train_baselines", "quantization", "pruning", "deploy"):
+        if Path(f"benchmarks/{script}.py").exists():
+            session.run("python", f"benchmarks/{script}.py", *session.posargs)
+
+
+@nox.session
+def zoo(session: nox.Session) -> None:
+    """timm models (the zoo extra): zoo-marked tests and the coverage benchmark."""
+    _install(session, ".[dev,zoo,onnx,report]", torch=ZOO_TORCH)
+    session.run("python", "-m", "pytest", "-m", "zoo", "-p", "no:cacheprovider", "tests")
+    if Path("benchmarks/zoo.py").exists():
+        session.run("python", "benchmarks/zoo.py", *session.posargs)
+
+
+@nox.session
+def examples(session: nox.Session) -> None:
+    """Execute every example notebook top to bottom; fails on any error."""
+    _install(session, ".[dev,report,onnx,demo]")
+    session.install("nbclient", "nbformat", "ipykernel")
+    notebooks = sorted(Path("examples").glob("*.ipynb"))
+    if not notebooks:
+        session.error("no notebooks in examples/")
+    for nb in notebooks:
+        session.run(
+            "python",
+            "-c",
+            "import sys, nbformat; from nbclient import NotebookClient; "
+            "nb = nbformat.read(sys.argv[1], as_version=4); "
+            "NotebookClient(nb, timeout=600, kernel_name='python3').execute()",
+            str(nb),
+        )

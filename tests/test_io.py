@@ -1,0 +1,231 @@
+"""save/load: bit-exact round trips, sparse storage, and refusal of unsafe files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from strategies import SmallNet, small_nets, tensors
+from torch import nn
+
+import dfcompress as dfc
+from dfcompress.errors import DfcompressError, UnsafeFileError
+from dfcompress.io import _decode, _encode, read_manifest, serialized_size
+
+
+def resnet_like(width: int = 8) -> nn.Module:
+    class Basic(nn.Module):
+        def __init__(self, c: int) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+            self.bn1 = nn.BatchNorm2d(c)
+            self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+            self.bn2 = nn.BatchNorm2d(c)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        Basic(width),
+        Basic(width),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, 2),
+    )
+
+
+def vit_like() -> nn.Module:
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = nn.Conv2d(3, 16, 4, stride=4)
+            self.block = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+            self.norm = nn.LayerNorm(16)
+            self.head = nn.Linear(16, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            return self.head(self.norm(self.block(t)).mean(1))
+
+    return Tiny()
+
+
+def video_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv3d(3, 4, (2, 3, 3)),
+        nn.BatchNorm3d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool3d(1),
+        nn.Flatten(),
+        nn.Linear(4, 1),
+    )
+
+
+def assert_same_state(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype, k
+        assert sa[k].shape == sb[k].shape, k
+        assert torch.equal(
+            sa[k].view(-1).view(torch.uint8) if sa[k].numel() else sa[k],
+            sb[k].view(-1).view(torch.uint8) if sb[k].numel() else sb[k],
+        ), k
+
+
+@pytest.mark.parametrize("build", [resnet_like, vit_like, video_net, SmallNet])
+def test_round_trip_is_bit_exact(build: Any, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build()
+    path = dfc.save(model, tmp_path / "m.safetensors")
+    back = dfc.load(path, factory=build)
+    assert_same_state(model, back)
+    x = torch.randn(2, 3, 4, 8, 8) if build is video_net else torch.randn(2, 3, 8, 8)
+    model.eval()
+    assert torch.equal(model(x), back(x))
+
+
+def test_dtypes_and_special_values_survive(tmp_path: Path) -> None:
+    model = SmallNet().half()
+    with torch.no_grad():
+        model.conv1.weight[0, 0, 0, 0] = -0.0
+        model.conv1.weight[0, 0, 0, 1] = float("nan")
+        model.conv1.weight[0, 0, 0, 2] = float("inf")
+    back = dfc.load(dfc.save(model, tmp_path / "h.safetensors"), factory=SmallNet)
+    assert back.conv1.weight.dtype == torch.float16
+    assert_same_state(model, back)
+
+
+@settings(max_examples=25)
+@given(t=tensors(zeros=0.7))
+def test_sparse_encodings_round_trip(t: torch.Tensor) -> None:
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x = t.to(dtype)
+        parts, enc = _encode("w", x, sparse=True)
+        info = {"shape": list(x.shape), "dtype": str(dtype).removeprefix("torch."), "encoding": enc}
+        y = _decode("w", info, parts)
+        assert y.dtype == x.dtype and y.shape == x.shape
+        assert torch.equal(
+            y.view(-1).view(torch.int16 if dtype != torch.float32 else torch.int32),
+            x.reshape(-1).view(torch.int16 if dtype != torch.float32 else torch.int32),
+        )
+
+
+def test_pruned_model_is_smaller_on_disk(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256))
+    dense = serialized_size(model)
+    with torch.no_grad():
+        for layer in model:
+            w = layer.weight
+            w[w.abs() < w.abs().flatten().kthvalue(w.numel() // 2).values] = 0
+    assert serialized_size(model) <= 0.6 * dense
+    assert serialized_size(model, sparse=False) >= dense
+    with torch.no_grad():
+        for layer in model:
+            w = layer.weight
+            w[w.abs() < w.abs().flatten().kthvalue(int(w.numel() * 0.97)).values] = 0
+    very_sparse = dfc.save(model, tmp_path / "s.safetensors")
+    encodings = {v.get("encoding") for v in read_manifest(very_sparse)["tensors"].values()}
+    assert "csr" in encodings
+    assert serialized_size(model) <= 0.12 * dense
+    back = dfc.load(
+        very_sparse, factory=lambda: nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256))
+    )
+    assert_same_state(model, back)
+
+
+def test_structurally_smaller_model_reloads(tmp_path: Path) -> None:
+    small = SmallNet(c1=2, c2=3, hidden=5)
+    back = dfc.load(dfc.save(small, tmp_path / "s.safetensors"), factory=SmallNet)
+    assert back.conv1.out_channels == 2 and back.bn1.num_features == 2
+    assert back.fc1.in_features == 3 and back.fc1.out_features == 5
+    x = torch.randn(1, 3, 8, 8)
+    assert torch.equal(small.eval()(x), back(x))
+
+
+@settings(max_examples=10)
+@given(net=small_nets())
+def test_round_trip_property(net: SmallNet, tmp_path_factory: pytest.TempPathFactory) -> None:
+    path = tmp_path_factory.mktemp("rt") / "n.safetensors"
+    assert_same_state(net, dfc.load(dfc.save(net, path), factory=SmallNet))
+
+
+def test_tied_weights_stay_tied(tmp_path: Path) -> None:
+    def build() -> nn.Module:
+        m = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+        m[1].weight = m[0].weight
+        return m
+
+    back = dfc.load(dfc.save(build(), tmp_path / "t.safetensors"), factory=build)
+    assert back[1].weight is back[0].weight
+
+
+def test_recorded_constructor_is_used(tmp_path: Path) -> None:
+    net = dfc.set_constructor(nn.Linear(3, 2), "torch.nn:Linear", in_features=3, out_features=2)
+    path = dfc.save(net, tmp_path / "l.safetensors")
+    with pytest.raises(UnsafeFileError, match="allow=\\['torch'\\]"):
+        dfc.load(path)
+    assert torch.equal(dfc.load(path, allow=["torch"]).weight, net.weight)
+
+
+def test_pickle_and_torch_save_are_refused(tmp_path: Path) -> None:
+    class Boom:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (print, ("unpickled!",))
+
+    p = tmp_path / "evil.safetensors"
+    p.write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(UnsafeFileError, match="pickle"):
+        dfc.load(p, factory=SmallNet)
+    torch.save(SmallNet().state_dict(), p)
+    with pytest.raises(UnsafeFileError, match="never unpickles"):
+        dfc.load(p, factory=SmallNet)
+
+
+def _rewrite_manifest(path: Path, edit: Any) -> None:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    manifest = json.loads(header["__metadata__"]["dfcompress"])
+    edit(manifest)
+    header["__metadata__"]["dfcompress"] = json.dumps(manifest)
+    new = json.dumps(header).encode()
+    new += b" " * ((8 - len(new) % 8) % 8)
+    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda m: m["constructor"].update(factory="os:system"), "not an allowed package"),
+        (lambda m: m.update(checksum="0" * 64), "checksum"),
+        (lambda m: m["tensors"]["fc1.weight"].update(encoding="exec"), "encoding"),
+        (lambda m: m.update(format_version=99), "format_version"),
+        (lambda m: m["modules"].append({"path": "fc1", "kind": "evil", "spec": {}}), "evil"),
+        (lambda m: m["tensors"].pop("fc1.weight"), "missing"),
+    ],
+)
+def test_tampered_manifest_is_refused(edit: Any, match: str, tmp_path: Path) -> None:
+    path = dfc.save(SmallNet(), tmp_path / "m.safetensors", constructor="tests:SmallNet")
+    _rewrite_manifest(path, edit)
+    with pytest.raises(DfcompressError, match=match):
+        dfc.load(path, factory=None if "allowed" in match else SmallNet)
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    with pytest.raises(DfcompressError, match="nn.Module"):
+        dfc.save("not a model", tmp_path / "x")  # type: ignore[arg-type]
+    with pytest.raises(DfcompressError, match="no such file"):
+        dfc.load(tmp_path / "missing.safetensors")
+    with pytest.raises(DfcompressError, match="package.module:function"):
+        dfc.save(SmallNet(), tmp_path / "x", constructor="nocolon")
