@@ -7,7 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dfcompress._version import __version__  # noqa: E402
+from dfcompress._version import __version__
 
 project = "dfcompress"
 author = "The dfcompress developers"

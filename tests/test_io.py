@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 import torch
 from hypothesis import given, settings
-from strategies import SmallNet, small_nets, tensors
 from torch import nn
 
 import dfcompress as dfc
 from dfcompress.errors import DfcompressError, UnsafeFileError
 from dfcompress.io import _decode, _encode, read_manifest, serialized_size
+from strategies import SmallNet, small_nets, tensors
 
 
 def resnet_like(width: int = 8) -> nn.Module:
@@ -223,9 +223,9 @@ def test_tampered_manifest_is_refused(edit: Any, match: str, tmp_path: Path) -> 
 
 
 def test_bad_inputs(tmp_path: Path) -> None:
-    with pytest.raises(DfcompressError, match="nn.Module"):
+    with pytest.raises(DfcompressError, match=r"nn\.Module"):
         dfc.save("not a model", tmp_path / "x")  # type: ignore[arg-type]
     with pytest.raises(DfcompressError, match="no such file"):
         dfc.load(tmp_path / "missing.safetensors")
-    with pytest.raises(DfcompressError, match="package.module:function"):
+    with pytest.raises(DfcompressError, match=r"package\.module:function"):
         dfc.save(SmallNet(), tmp_path / "x", constructor="nocolon")

@@ -106,7 +106,7 @@ def test_register_se_extends_the_preset() -> None:
 
 def test_errors_name_the_bad_value() -> None:
     net = make_net()
-    with pytest.raises(DfcompressError, match="'convs'.*conv"):
+    with pytest.raises(DfcompressError, match=r"'convs'.*conv"):
         select(net, "convs")
     with pytest.raises(DfcompressError, match="matched no module"):
         select(net, by_name("nothing.*"), required=True)
