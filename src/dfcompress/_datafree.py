@@ -1,0 +1,115 @@
+"""Data-free calibration inputs: random inputs optimised to match BatchNorm statistics.
+
+ZeroQ-style: starting from Gaussian noise, inputs are optimised so that the
+batch mean and standard deviation at the input of every BatchNorm layer match
+that layer's running statistics. The result stands in for calibration data
+when none is given. A model without BatchNorm has no statistics to match.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfcompress.errors import DfcompressError
+
+__all__ = ["default_input_shape", "synthesize_inputs"]
+
+_BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def synthesize_inputs(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    n: int,
+    *,
+    steps: int = 50,
+    seed: int = 0,
+    lr: float = 0.2,
+) -> torch.Tensor:
+    """``n`` inputs of shape ``input_shape`` whose BatchNorm statistics match the model's.
+
+    Args:
+        model: A model with BatchNorm layers that track running statistics
+            (not changed; its train/eval mode is restored).
+        input_shape: One sample's shape, without the batch dimension, e.g. ``(3, 224, 224)``.
+        n: Number of samples.
+        steps: Adam steps (ZeroQ uses 500; 50 gets most of the way at a tenth of the cost).
+        seed: Seed of the initial noise (results are deterministic for a seed).
+        lr: Adam learning rate.
+
+    Returns:
+        A float tensor of shape ``(n, *input_shape)`` on the model's device.
+
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    >>> x = synthesize_inputs(net, (3, 8, 8), 2, steps=3)
+    >>> x.shape
+    torch.Size([2, 3, 8, 8])
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BNS) and m.running_mean is not None]
+    if not bns:
+        raise DfcompressError(
+            f"{type(model).__name__} has no BatchNorm with running statistics, so calibration "
+            "inputs cannot be synthesized: pass calibration data (a loader or a tensor)"
+        )
+    if n < 1 or steps < 0:
+        raise DfcompressError(f"n={n} and steps={steps} must be >= 1 and >= 0")
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn((n, *input_shape), generator=gen).to(device).requires_grad_(True)
+    losses: list[torch.Tensor] = []
+
+    def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        h = args[0]
+        dims = [d for d in range(h.dim()) if d != 1]
+        mean, var = h.mean(dims), h.var(dims, unbiased=False)
+        rm, rv = mod.running_mean, mod.running_var
+        assert isinstance(rm, torch.Tensor) and isinstance(rv, torch.Tensor)
+        losses.append(
+            torch.norm(mean - rm) + torch.norm(torch.sqrt(var + 1e-8) - torch.sqrt(rv + 1e-8))
+        )
+
+    handles = [b.register_forward_pre_hook(hook) for b in bns]
+    was_training = model.training
+    model.eval()
+    opt = torch.optim.Adam([x], lr=lr)
+    try:
+        for _ in range(steps):
+            losses.clear()
+            opt.zero_grad()
+            model(x)
+            loss = torch.stack(losses).sum()
+            (grad,) = torch.autograd.grad(loss, [x])
+            x.grad = grad
+            opt.step()
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return x.detach()
+
+
+def default_input_shape(model: nn.Module) -> tuple[int, ...]:
+    """An input shape inferred from the model's first conv.
+
+    ``(C, 224)`` for Conv1d, ``(C, 224, 224)`` for Conv2d and ``(C, 8, 112, 112)``
+    for Conv3d, with C the conv's ``in_channels``.
+
+    >>> default_input_shape(nn.Sequential(nn.Conv2d(6, 4, 3)))
+    (6, 224, 224)
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv1d):
+            return (m.in_channels, 224)
+        if isinstance(m, nn.Conv2d):
+            return (m.in_channels, 224, 224)
+        if isinstance(m, nn.Conv3d):
+            return (m.in_channels, 8, 112, 112)
+    raise DfcompressError(
+        f"cannot infer the input shape of {type(model).__name__} (it has no conv layer): "
+        "pass input_shape=(C, H, W) or calibration data"
+    )

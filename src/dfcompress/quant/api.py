@@ -1,0 +1,110 @@
+"""The ``quantize`` verb: one call from a float model to a quantized one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
+
+import torch
+from torch import nn
+
+from dfcompress._datafree import default_input_shape, synthesize_inputs
+from dfcompress.errors import DfcompressError
+from dfcompress.quant.config import Config, IntQuant, resolve_config
+from dfcompress.quant.modules import QuantLayer
+from dfcompress.quant.quantizer import Quantizer, Rule
+from dfcompress.select import SelectorLike
+
+__all__ = ["quantize"]
+
+_log = logging.getLogger("dfcompress")
+
+
+def _needs_calibration(model: nn.Module) -> bool:
+    return any(
+        isinstance(m, QuantLayer) and m.input_quant is not None and m.input_quant.mode == "off"
+        for m in model.modules()
+    )
+
+
+def quantize(
+    model: nn.Module,
+    config: Config | str | Sequence[Rule] = "int8",
+    calibration: Iterable[Any] | torch.Tensor | None = None,
+    select: SelectorLike | None = None,
+    *,
+    inplace: bool = False,
+    progress: bool = True,
+    max_samples: int = 256,
+    input_shape: Sequence[int] | None = None,
+    fold_bn: bool = True,
+    bias_correction: bool = False,
+    pack: bool = False,
+) -> nn.Module:
+    """Quantize a model: prepare, calibrate and convert in one call.
+
+    Args:
+        model: A float model (never changed unless ``inplace``).
+        config: A config name (``"int8"``, ``"int8-weight"``, ``"int4"``,
+            ``"fp16"``, ``"bf16"``), a config (``IntQuant(...)``, ``FP16()``, ...)
+            or a list of ``(selector, config)`` rules such as
+            ``dfcompress.presets.ise(8, 4, 8)``.
+        calibration: Data for the activation ranges (a loader or a tensor). If
+            activations are quantized and none is given, inputs are synthesized
+            from the model's BatchNorm statistics (:func:`synthesize_inputs`)
+            and a notice is logged on the ``"dfcompress"`` logger.
+        select: Which layers a single config applies to (default: every conv
+            and linear). Not allowed together with a list of rules.
+        inplace: Change ``model`` itself instead of a copy.
+        progress: Show progress bars.
+        max_samples: Calibration samples to use (synthesized: at most 32).
+        input_shape: One sample's shape for synthesized inputs; by default from
+            the first conv: ``(C, 224, 224)`` for Conv2d, ``(C, 224)`` for Conv1d,
+            ``(C, 8, 112, 112)`` for Conv3d.
+        fold_bn: Fold BatchNorm into the integer-quantized convs before them.
+        bias_correction: Correct each layer's bias for the mean error of its
+            quantized weight on the calibration data.
+        pack: Store weights as integers (int8, or two int4 per byte) so the
+            saved file is 1/4 (int8) or about 1/8 (int4) of float32.
+
+    Returns:
+        The quantized model, frozen (scales fixed).
+
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(),
+    ...                     nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)).eval()
+    >>> x = torch.randn(8, 3, 16, 16)
+    >>> q = quantize(net, "int8", calibration=x, progress=False)
+    >>> bool((q(x) - net(x)).abs().max() < 0.05)
+    True
+    """
+    if isinstance(config, (str, IntQuant)) or not isinstance(config, Sequence):
+        cfg = resolve_config(config)
+        rules: list[Rule] = [(select if select is not None else "all", cfg)]
+    else:
+        if select is not None:
+            raise DfcompressError(
+                "select= applies to a single config; with a list of rules put the selectors "
+                "in the rules"
+            )
+        rules = list(cast("Sequence[Rule]", config))
+    qz = Quantizer(rules, fold_bn=fold_bn, bias_correction=bias_correction)
+    prepared = qz.prepare(model, inplace=inplace)
+    if _needs_calibration(prepared) or (bias_correction and calibration is not None):
+        data: Iterable[Any] | torch.Tensor
+        if calibration is None:
+            shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
+            n = min(max_samples, 32)
+            _log.warning(
+                "dfcompress: no calibration data given; calibrating on %d inputs of shape %s "
+                "synthesized from the BatchNorm statistics (pass calibration= for better "
+                "accuracy)",
+                n,
+                shape,
+            )
+            data = synthesize_inputs(model, shape, n)
+        else:
+            data = calibration
+        qz.calibrate(prepared, data, progress=progress, max_samples=max_samples)
+    return qz.convert(prepared, pack=pack, inplace=True)

@@ -1,0 +1,179 @@
+"""FakeQuantizer: the module that quantizes one tensor (a weight or a layer's input).
+
+It holds its frozen parameters as buffers (``scale`` and, for asymmetric
+configs, ``zero_point``) so they are saved with the model and readable by an
+exporter, plus an observer used while the parameters are not frozen. Its
+``mode`` says what ``forward`` does:
+
+- ``"track"``: derive the parameters from the tensor itself (weights before
+  ``convert``; recomputed only when the weight changes);
+- ``"observe"``: feed the observer and return the input unchanged (calibration);
+- ``"fixed"``: fake-quantize with the frozen buffers;
+- ``"dynamic"``: derive the parameters from each tensor, at every call;
+- ``"off"``: return the input unchanged (an input quantizer not calibrated yet).
+
+For per-tensor and per-channel granularity the op is
+:func:`torch.fake_quantize_per_tensor_affine` /
+:func:`torch.fake_quantize_per_channel_affine` (identical to
+:func:`dfcompress.quant.functional.fake_quantize`, and exported by ONNX as
+QuantizeLinear/DequantizeLinear).
+
+>>> from dfcompress.quant.config import IntQuant, PerTensor
+>>> fq = FakeQuantizer(IntQuant(8, PerTensor(), symmetric=False), ())
+>>> fq.mode = "observe"; _ = fq(torch.linspace(-1.0, 3.0, 11)); fq.freeze()
+>>> fq.mode, round(float(fq.scale), 5), int(fq.zero_point)
+('fixed', 0.01569, 64)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from dfcompress.errors import DfcompressError
+from dfcompress.quant.config import IntQuant
+from dfcompress.quant.functional import fake_quantize, storage_dtype
+from dfcompress.quant.observers import Observer, make_observer
+
+__all__ = ["FakeQuantizer", "Mode"]
+
+Mode = Literal["track", "observe", "fixed", "dynamic", "off"]
+_MODES = ("track", "observe", "fixed", "dynamic", "off")
+
+
+class FakeQuantizer(nn.Module):
+    """Quantize-dequantize one tensor with a straight-through gradient.
+
+    Args:
+        config: The integer config (bits, symmetry, observer).
+        qshape: Shape of the scale: ``()`` per tensor, ``(C,)`` per channel,
+            ``(out, groups)`` per group.
+        axis: Channel axis (per channel) or None.
+        group_size: Group size along dim 1 (per group) or None.
+        mode: Initial mode (see the module docs).
+        scale_dtype: Storage dtype of ``scale`` (float16 halves the cost of
+            per-group scales in packed storage; computation is in float32).
+    """
+
+    scale: torch.Tensor
+    zero_point: torch.Tensor | None
+
+    def __init__(
+        self,
+        config: IntQuant,
+        qshape: tuple[int, ...],
+        axis: int | None = None,
+        group_size: int | None = None,
+        mode: Mode = "off",
+        scale_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.bits = config.bits
+        self.qmin, self.qmax = config.qrange
+        self.symmetric = config.symmetric
+        self.axis, self.group_size = axis, group_size
+        self.register_buffer("scale", torch.ones(qshape, dtype=scale_dtype))
+        if self.symmetric:
+            self.zero_point = None
+        else:
+            zp = torch.full(qshape, (self.qmin + self.qmax + 1) // 2, dtype=torch.int32)
+            self.register_buffer("zero_point", zp.to(storage_dtype(self.qmin, self.qmax)))
+        self.observer: Observer = make_observer(config, axis, group_size)
+        if config.observer == "dynamic" and mode in ("track", "off"):
+            mode = "dynamic"
+        self.mode: Mode = mode
+        self._key: tuple[int, int, int] | None = None
+
+    @property
+    def mode(self) -> Mode:
+        """What ``forward`` does; see the module docs."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: Mode) -> None:
+        if value not in _MODES:
+            raise DfcompressError(f"mode={value!r} is unknown: use one of {', '.join(_MODES)}")
+        if value == "observe":
+            self.observer.reset()
+        self._mode = value
+
+    def zero_point_int32(self) -> torch.Tensor:
+        """The zero point as int32 (zeros for symmetric configs)."""
+        if self.zero_point is None:
+            return torch.zeros(self.scale.shape, dtype=torch.int32, device=self.scale.device)
+        return self.zero_point.to(torch.int32)
+
+    def _set(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.scale.copy_(scale.reshape(self.scale.shape))
+            if self.zero_point is not None:
+                self.zero_point.copy_(zero_point.reshape(self.zero_point.shape))
+
+    def track(self, x: torch.Tensor) -> None:
+        """Set the parameters from ``x`` alone (no-op if ``x`` is unchanged since last time)."""
+        key = (x.data_ptr(), x._version, id(x))
+        if key == self._key:
+            return
+        self.observer.reset()
+        self.observer.update(x)
+        self._set(*self.observer.qparams())
+        self._key = key
+
+    def freeze(self) -> None:
+        """Freeze the parameters: from the observer after ``"observe"``, else as they are."""
+        if self.mode == "dynamic":
+            return
+        if self.mode == "observe":
+            if not self.observer.ready:
+                raise DfcompressError(
+                    "an input quantizer saw no data during calibration: its layer is not "
+                    "reached by the model's forward, or the calibration data is empty"
+                )
+            self._set(*self.observer.qparams())
+        elif self.mode == "off":
+            raise DfcompressError("cannot freeze an input quantizer that was never calibrated")
+        self.mode = "fixed"
+
+    def quantize_with(
+        self, x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
+    ) -> torch.Tensor:
+        """Fake-quantize ``x`` with the given parameters and this quantizer's range."""
+        zp = zero_point.to(torch.int32)
+        scale = scale.to(torch.float32)
+        if self.group_size is None and x.dtype == torch.float32:
+            if self.axis is None:
+                return torch.fake_quantize_per_tensor_affine(
+                    x, scale.reshape(()), zp.reshape(()), self.qmin, self.qmax
+                )
+            return torch.fake_quantize_per_channel_affine(
+                x, scale.reshape(-1), zp.reshape(-1), self.axis % x.dim(), self.qmin, self.qmax
+            )
+        return fake_quantize(x, scale, zp, self.qmin, self.qmax, self.axis, self.group_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mode = self.mode
+        if mode == "off":
+            return x
+        if mode == "observe":
+            self.observer.update(x)
+            return x
+        if mode == "track":
+            self.track(x)
+        elif mode == "dynamic":
+            self.observer.reset()
+            self.observer.update(x)
+            s, z = self.observer.qparams()
+            return self.quantize_with(x, s, z)
+        return self.quantize_with(x, self.scale, self.zero_point_int32())
+
+    def extra_repr(self) -> str:
+        gran = (
+            f"group_size={self.group_size}"
+            if self.group_size is not None
+            else ("per_tensor" if self.axis is None else f"axis={self.axis}")
+        )
+        sym = "symmetric" if self.symmetric else "asymmetric"
+        return f"bits={self.bits}, {gran}, {sym}, observer={self.config.observer}, mode={self.mode}"

@@ -1,0 +1,315 @@
+"""QuantConv1d/2d/3d and QuantLinear: conv/linear layers with fake-quantized weights.
+
+A wrapper *has* a float weight (or its packed integer codes), a bias, a weight
+:class:`~dfcompress.quant.fake_quantizer.FakeQuantizer` and, when the config
+quantizes activations, an input quantizer; ``forward`` calls ``F.conv*`` or
+``F.linear``. The frozen parameters are readable attributes for exporters:
+``bits``, ``weight_scale``, ``weight_zero_point``, ``weight_axis``,
+``weight_group_size``, ``input_scale``, ``input_zero_point``, ``input_bits``.
+
+>>> from torch import nn
+>>> from dfcompress.quant.config import resolve_config
+>>> q = QuantLinear.from_float(nn.Linear(16, 4), resolve_config("int8-weight"))
+>>> q.bits, q.weight_scale.shape, q(torch.randn(2, 16)).shape
+(8, torch.Size([4]), torch.Size([2, 4]))
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from dfcompress._rebuild import register_module
+from dfcompress.errors import DfcompressError
+from dfcompress.quant import _layers
+from dfcompress.quant.config import IntQuant, PerGroup, config_from_dict, config_to_dict
+from dfcompress.quant.fake_quantizer import FakeQuantizer, Mode
+from dfcompress.quant.functional import dequantize, quantize
+from dfcompress.quant.observers import granularity_args
+from dfcompress.quant.pack import pack, packed_dtype, packed_numel, unpack
+
+__all__ = ["QuantConv1d", "QuantConv2d", "QuantConv3d", "QuantLayer", "QuantLinear"]
+
+
+def resolve_granularity(
+    config: IntQuant, shape: tuple[int, ...], name: str = ""
+) -> tuple[int | None, int | None]:
+    """``(axis, group_size)`` for a weight of ``shape``, applying a PerGroup fallback."""
+    g = config.granularity
+    if isinstance(g, PerGroup) and shape[1] % g.size:
+        if g.fallback is None:
+            raise DfcompressError(
+                f"PerGroup(size={g.size}) does not divide the input size {shape[1]} of layer "
+                f"{name or '?'} (weight {tuple(shape)}): use a divisor of {shape[1]}, or "
+                "PerGroup(size, fallback=PerChannel(0))"
+            )
+        g = g.fallback
+    axis, group = granularity_args(g)
+    if axis is not None and not -len(shape) <= axis < len(shape):
+        raise DfcompressError(f"PerChannel axis={axis} is out of range for weight {tuple(shape)}")
+    return (axis % len(shape) if axis is not None else None), group
+
+
+def _qshape(shape: tuple[int, ...], axis: int | None, group: int | None) -> tuple[int, ...]:
+    if group is not None:
+        return (shape[0], shape[1] // group)
+    if axis is not None:
+        return (shape[axis],)
+    return ()
+
+
+class QuantLayer(nn.Module):
+    """Common machinery of the quantized conv/linear wrappers (use the concrete classes)."""
+
+    layer_kind: ClassVar[str]
+    weight: nn.Parameter | None
+    weight_packed: torch.Tensor | None
+    bias: nn.Parameter | None
+    input_quant: FakeQuantizer | None
+
+    def __init__(
+        self,
+        args: dict[str, Any],
+        config: IntQuant,
+        *,
+        axis: int | None,
+        group_size: int | None,
+        packed: bool = False,
+        weight_mode: Mode = "track",
+        input_mode: Mode = "off",
+    ) -> None:
+        super().__init__()
+        self.args = dict(args)
+        self.config = config
+        shape = _layers.weight_shape(self.layer_kind, args)
+        self._shape = shape
+        # Packed per-group scales are stored in float16: in float32 they would cost
+        # 1 bit per weight at group size 32, a quarter of an int4 weight.
+        scale_dtype = torch.float16 if packed and group_size is not None else torch.float32
+        self.weight_quant = FakeQuantizer(
+            config, _qshape(shape, axis, group_size), axis, group_size, weight_mode, scale_dtype
+        )
+        self.packed = packed
+        if packed:
+            self.register_parameter("weight", None)
+            dt = packed_dtype(config.bits, config.symmetric)
+            n = packed_numel(int(torch.Size(shape).numel()), config.bits)
+            self.register_buffer("weight_packed", torch.zeros(n, dtype=dt))
+        else:
+            self.weight = nn.Parameter(torch.empty(shape))
+            self.register_buffer("weight_packed", None)
+        out = _layers.out_features(self.layer_kind, args)
+        self.bias = nn.Parameter(torch.zeros(out)) if args["bias"] else None
+        self.input_quant = None
+        if config.activations is not None:
+            self.input_quant = FakeQuantizer(config.activations, (), None, None, input_mode)
+        self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
+        self._wkey: tuple[int, ...] = ()
+
+    # -- construction -------------------------------------------------------------------
+
+    @classmethod
+    def from_float(cls, module: nn.Module, config: IntQuant, name: str = "") -> QuantLayer:
+        """Wrap a float layer, sharing its weight and bias parameters."""
+        if _layers.layer_kind(module) != cls.layer_kind:
+            raise DfcompressError(f"{cls.__name__} cannot wrap a {type(module).__name__}")
+        weight = module.weight
+        if not isinstance(weight, nn.Parameter):
+            raise DfcompressError(f"layer {name or '?'} has no weight parameter")
+        shape = tuple(weight.shape)
+        axis, group = resolve_granularity(config, shape, name)
+        q = cls(_layers.layer_args(module), config, axis=axis, group_size=group)
+        q.weight = weight
+        q.bias = module.bias if isinstance(module.bias, nn.Parameter) else None
+        return q.to(weight.device)
+
+    def dfc_spec(self) -> dict[str, Any]:
+        """JSON-able constructor arguments and state (for :func:`dfcompress.save`)."""
+        return {
+            "args": self.args,
+            "config": config_to_dict(self.config),
+            "axis": self.weight_quant.axis,
+            "group_size": self.weight_quant.group_size,
+            "packed": self.packed,
+            "weight_mode": self.weight_quant.mode,
+            "input_mode": self.input_quant.mode if self.input_quant is not None else "off",
+        }
+
+    @classmethod
+    def dfc_from_spec(cls, spec: dict[str, Any]) -> QuantLayer:
+        """An empty wrapper with the same state-dict structure as the one that gave ``spec``."""
+        return cls(
+            spec["args"],
+            config_from_dict(spec["config"]),
+            axis=spec["axis"],
+            group_size=spec["group_size"],
+            packed=bool(spec["packed"]),
+            weight_mode=spec["weight_mode"],
+            input_mode=spec["input_mode"],
+        )
+
+    # -- exporter-facing attributes -----------------------------------------------------
+
+    @property
+    def bits(self) -> int:
+        """Weight bit width."""
+        return self.config.bits
+
+    @property
+    def weight_scale(self) -> torch.Tensor:
+        """Weight scale(s), shaped per granularity."""
+        return self.weight_quant.scale
+
+    @property
+    def weight_zero_point(self) -> torch.Tensor:
+        """Weight zero point(s) as int32 (zeros when symmetric)."""
+        return self.weight_quant.zero_point_int32()
+
+    @property
+    def weight_axis(self) -> int | None:
+        """Channel axis of the weight scale, or None (per tensor or per group)."""
+        return self.weight_quant.axis
+
+    @property
+    def weight_group_size(self) -> int | None:
+        """Group size along the input axis, or None."""
+        return self.weight_quant.group_size
+
+    @property
+    def input_bits(self) -> int | None:
+        """Input activation bit width, or None when activations stay float."""
+        return self.input_quant.bits if self.input_quant is not None else None
+
+    @property
+    def input_scale(self) -> torch.Tensor | None:
+        """Frozen input scale (per tensor), or None."""
+        return self.input_quant.scale if self.input_quant is not None else None
+
+    @property
+    def input_zero_point(self) -> torch.Tensor | None:
+        """Frozen input zero point as int32, or None."""
+        return self.input_quant.zero_point_int32() if self.input_quant is not None else None
+
+    # -- weights --------------------------------------------------------------------------
+
+    def int_weight(self) -> torch.Tensor:
+        """The integer weight codes, shaped like the weight."""
+        wq = self.weight_quant
+        if self.weight_packed is not None:
+            return unpack(self.weight_packed, self.bits, self.config.symmetric, self._shape)
+        if self.weight is None:  # pragma: no cover - one of the two always exists
+            raise DfcompressError("layer has neither a weight nor packed codes")
+        if wq.mode in ("track", "dynamic"):
+            wq.track(self.weight)
+        return quantize(
+            self.weight.detach(),
+            wq.scale,
+            wq.zero_point_int32(),
+            wq.qmin,
+            wq.qmax,
+            wq.axis,
+            wq.group_size,
+        )
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The fake-quantized (or unpacked and dequantized) float weight."""
+        wq = self.weight_quant
+        if self.weight_packed is not None:
+            key = (self.weight_packed._version, wq.scale._version, id(self.weight_packed))
+            if self._cache is not None and self._cache[0] == key:
+                return self._cache[1]
+            w = dequantize(
+                self.int_weight(), wq.scale, wq.zero_point_int32(), wq.axis, wq.group_size
+            )
+            self._cache = (key, w)
+            return w
+        if self.weight is None:  # pragma: no cover
+            raise DfcompressError("layer has neither a weight nor packed codes")
+        if torch.is_grad_enabled() or wq.mode == "dynamic":
+            self._cache = None
+            out: torch.Tensor = wq(self.weight)
+            return out
+        wkey: tuple[int, ...] = (
+            self.weight._version,
+            self.weight.data_ptr(),
+            wq.scale._version,
+            id(self.weight),
+        )
+        if self._cache is None or self._cache[0] != wkey or wq.mode != "fixed":
+            self._cache = (wkey, wq(self.weight))
+        return self._cache[1]
+
+    def pack_(self) -> None:
+        """Replace the float weight by its packed integer codes (after freezing)."""
+        if self.weight_packed is not None:
+            return
+        if self.weight_quant.mode != "fixed":
+            raise DfcompressError(
+                f"cannot pack weights quantized in mode {self.weight_quant.mode!r}: "
+                "only frozen (non-dynamic) weights can be packed"
+            )
+        wq = self.weight_quant
+        if wq.group_size is not None:
+            wq.scale = wq.scale.to(torch.float16)
+        codes = self.int_weight()
+        self.weight = None
+        self.weight_packed = pack(codes, self.bits, self.config.symmetric).to(codes.device)
+        self.packed = True
+        self._cache = None
+
+    def freeze_(self) -> None:
+        """Freeze the weight parameters from the current weight."""
+        wq = self.weight_quant
+        if wq.mode == "dynamic":
+            return
+        if self.weight is not None:
+            wq.track(self.weight)
+        wq.mode = "fixed"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_quant is not None:
+            x = self.input_quant(x)
+        w = self.quantized_weight()
+        return _layers.layer_forward(self.layer_kind, self.args, x, w, self.bias)
+
+    def extra_repr(self) -> str:
+        a = ", ".join(f"{k}={v}" for k, v in self.args.items())
+        return f"{a}, packed={self.packed}"
+
+
+@register_module("quant.conv1d")
+class QuantConv1d(QuantLayer):
+    """Conv1d with fake-quantized weights (and optionally inputs)."""
+
+    layer_kind = "conv1d"
+
+
+@register_module("quant.conv2d")
+class QuantConv2d(QuantLayer):
+    """Conv2d with fake-quantized weights (and optionally inputs)."""
+
+    layer_kind = "conv2d"
+
+
+@register_module("quant.conv3d")
+class QuantConv3d(QuantLayer):
+    """Conv3d with fake-quantized weights (and optionally inputs)."""
+
+    layer_kind = "conv3d"
+
+
+@register_module("quant.linear")
+class QuantLinear(QuantLayer):
+    """Linear with fake-quantized weights (and optionally inputs)."""
+
+    layer_kind = "linear"
+
+
+QUANT_CLASSES: dict[str, type[QuantLayer]] = {
+    "conv1d": QuantConv1d,
+    "conv2d": QuantConv2d,
+    "conv3d": QuantConv3d,
+    "linear": QuantLinear,
+}

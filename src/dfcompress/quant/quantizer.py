@@ -1,0 +1,287 @@
+"""Quantizer: rules ``(selector, config)`` -> prepare, calibrate, convert.
+
+The first rule whose selector matches a layer decides its config; layers no
+rule matches stay as they are. Only plain ``Conv1d``/``Conv2d``/``Conv3d`` and
+``Linear`` layers (or subclasses that keep their forward) are wrapped;
+``nn.MultiheadAttention``'s output projection is skipped because attention
+reads its weight directly.
+
+>>> from torch import nn
+>>> from dfcompress.quant.config import IntQuant, PerTensor
+>>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+...                     nn.Linear(8 * 6 * 6, 2))
+>>> qz = Quantizer([("head", "float"), ("all", "int8")])
+>>> prepared = qz.prepare(net)
+>>> qz.calibrate(prepared, torch.randn(16, 3, 8, 8), progress=False)
+>>> final = qz.convert(prepared, pack=True)
+>>> [type(m).__name__ for m in final]
+['QuantConv2d', 'FoldedBatchNorm', 'ReLU', 'Flatten', 'Linear']
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfcompress._data import iter_inputs
+from dfcompress.errors import DfcompressError
+from dfcompress.quant import _layers
+from dfcompress.quant._bnfold import _set_submodule, fold_batchnorms
+from dfcompress.quant.cast import CAST_CLASSES, CastLayer
+from dfcompress.quant.config import BF16, FP16, Config, Float, IntQuant, resolve_config
+from dfcompress.quant.modules import QUANT_CLASSES, QuantLayer
+from dfcompress.select import SelectorLike, as_selector, select
+
+__all__ = ["Quantizer", "Rule"]
+
+_log = logging.getLogger("dfcompress")
+
+Rule = tuple[SelectorLike, Config | str]
+
+
+def _wrappable(name: str, module: nn.Module, parents: dict[str, nn.Module]) -> bool:
+    kind = _layers.layer_kind(module)
+    if kind is None:
+        return False
+    base = _layers.LAYER_TYPES[kind]
+    if type(module).forward is not base.forward:
+        _log.info(
+            "dfcompress: %s (%s) has its own forward; left as is", name, type(module).__name__
+        )
+        return False
+    parent = parents.get(name.rpartition(".")[0])
+    return not isinstance(parent, nn.MultiheadAttention)
+
+
+def _device(model: nn.Module) -> torch.device:
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
+
+
+class Quantizer:
+    """Apply quantization configs to the layers picked by selectors.
+
+    Args:
+        rules: ``[(selector, config), ...]``; a selector is anything
+            :func:`dfcompress.select.as_selector` accepts, a config an
+            :class:`~dfcompress.quant.config.IntQuant`, ``FP16``, ``BF16``,
+            ``Float`` or a name for :func:`~dfcompress.quant.config.resolve_config`.
+        fold_bn: Fold BatchNorm layers into the integer-quantized convs that
+            feed them (what an int8 runtime executes). Turn off for QAT that
+            should keep training BatchNorm statistics.
+        bias_correction: After calibration, subtract from each quantized
+            layer's bias the mean output error its weight quantization causes on
+            the calibration data (helps depthwise-heavy networks).
+    """
+
+    def __init__(
+        self, rules: Sequence[Rule], *, fold_bn: bool = True, bias_correction: bool = False
+    ) -> None:
+        if isinstance(rules, (str, tuple)) or not rules:
+            raise DfcompressError(
+                f"rules={rules!r} must be a non-empty list of (selector, config) pairs, "
+                "e.g. [('conv', 'int8')]"
+            )
+        parsed = []
+        for rule in rules:
+            if not isinstance(rule, tuple) or len(rule) != 2:
+                raise DfcompressError(f"rule {rule!r} must be a (selector, config) pair")
+            parsed.append((as_selector(rule[0]), resolve_config(rule[1])))
+        self.rules = parsed
+        self.fold_bn = fold_bn
+        self.bias_correction = bias_correction
+
+    def __repr__(self) -> str:
+        return f"Quantizer({self.rules!r}, fold_bn={self.fold_bn})"
+
+    def plan(self, model: nn.Module) -> dict[str, Config]:
+        """The config each layer of ``model`` gets (first matching rule wins), in model order."""
+        parents = dict(model.named_modules())
+        out: dict[str, Config] = {}
+        for sel, cfg in self.rules:
+            hit = sel.resolve(model)
+            if isinstance(cfg, (FP16, BF16)) and cfg.keep:
+                kept = select(model, list(cfg.keep))
+                hit = {n: m for n, m in hit.items() if n not in kept}
+            took = 0
+            for name, mod in hit.items():
+                if name not in out and _wrappable(name, mod, parents):
+                    out[name] = cfg
+                    took += 1
+            if not took:
+                _log.info("dfcompress: rule %r -> %r matched no new conv/linear layer", sel, cfg)
+        order = {n: i for i, (n, _) in enumerate(model.named_modules())}
+        return dict(sorted(out.items(), key=lambda kv: order[kv[0]]))
+
+    def prepare(self, model: nn.Module, inplace: bool = False) -> nn.Module:
+        """Insert quantizers: wrap every planned layer (a new model unless ``inplace``).
+
+        Weights are fake-quantized from then on (so the result can be trained,
+        QAT); input quantizers pass values through until :meth:`calibrate`.
+        """
+        plan = self.plan(model)
+        if not plan:
+            raise DfcompressError(
+                f"no conv/linear layer of {type(model).__name__} matched the rules "
+                f"{[(repr(s), c) for s, c in self.rules]}"
+            )
+        m = model if inplace else copy.deepcopy(model)
+        if self.fold_bn:
+            fold_batchnorms(m, {n for n, c in plan.items() if isinstance(c, IntQuant)})
+        counts: dict[str, int] = {}
+        for name, cfg in plan.items():
+            mod = m.get_submodule(name)
+            kind = _layers.layer_kind(mod)
+            if kind is None or isinstance(cfg, Float):
+                continue
+            new: nn.Module
+            if isinstance(cfg, IntQuant):
+                new = QUANT_CLASSES[kind].from_float(mod, cfg, name)
+                label = f"int{cfg.bits}"
+            else:
+                new = CAST_CLASSES[kind].from_float(mod, cfg.dtype, name)
+                label = type(cfg).__name__.lower()
+            _set_submodule(m, name, new)
+            counts[label] = counts.get(label, 0) + 1
+        _log.info("dfcompress: prepared %s", ", ".join(f"{v} {k}" for k, v in counts.items()))
+        return m
+
+    def calibrate(
+        self,
+        model: nn.Module,
+        data: Iterable[Any] | torch.Tensor,
+        progress: bool = True,
+        max_samples: int | None = None,
+    ) -> None:
+        """Run ``data`` through a prepared model and freeze its input quantizers' ranges.
+
+        Args:
+            model: A model returned by :meth:`prepare` (changed in place).
+            data: A loader (tensors, ``(input, label)`` tuples or dicts) or one tensor.
+            progress: Show a progress bar.
+            max_samples: Use at most this many samples.
+        """
+        layers = _quant_layers(model)
+        if not layers and not any(isinstance(x, CastLayer) for x in model.modules()):
+            raise DfcompressError("calibrate() needs a model returned by Quantizer.prepare()")
+        inputs = [
+            m.input_quant
+            for m in layers.values()
+            if m.input_quant is not None and m.input_quant.mode != "dynamic"
+        ]
+        for q in inputs:
+            q.mode = "observe"
+        n = _run(model, data, progress, max_samples, "calibrating")
+        if n == 0:
+            raise DfcompressError("the calibration data yielded no samples")
+        for name, layer in layers.items():
+            iq = layer.input_quant
+            if iq is not None and iq.mode == "observe" and not iq.observer.ready:
+                raise DfcompressError(
+                    f"layer {name!r} saw no input during calibration: is it used by forward()?"
+                )
+        for q in inputs:
+            q.freeze()
+        if self.bias_correction:
+            _correct_biases(model, data, progress, max_samples)
+
+    def convert(self, model: nn.Module, pack: bool = False, inplace: bool = False) -> nn.Module:
+        """Freeze every quantizer; with ``pack=True`` store weights as int8 / two int4 per byte.
+
+        Returns a new model unless ``inplace``.
+        """
+        m = model if inplace else copy.deepcopy(model)
+        for name, layer in _quant_layers(m).items():
+            q = layer.input_quant
+            if q is not None and q.mode in ("off", "observe"):
+                raise DfcompressError(
+                    f"layer {name!r} quantizes its input but was not calibrated: "
+                    "run Quantizer.calibrate(model, data) before convert()"
+                )
+            layer.freeze_()
+            if pack:
+                if layer.weight_quant.mode == "dynamic":
+                    raise DfcompressError(
+                        f"layer {name!r} uses the dynamic observer, whose ranges change at "
+                        "every forward: its weights cannot be packed (use pack=False)"
+                    )
+                layer.pack_()
+        return m
+
+
+def _run(
+    model: nn.Module,
+    data: Iterable[Any] | torch.Tensor,
+    progress: bool,
+    max_samples: int | None,
+    desc: str,
+) -> int:
+    from tqdm.auto import tqdm
+
+    device = _device(model)
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        with torch.no_grad():
+            bar = tqdm(total=max_samples, desc=desc, unit="sample", disable=not progress)
+            for x in iter_inputs(data, limit=max_samples):
+                model(x.to(device))
+                seen += x.shape[0]
+                bar.update(x.shape[0])
+            bar.close()
+    finally:
+        model.train(was_training)
+    return seen
+
+
+def _correct_biases(
+    model: nn.Module,
+    data: Iterable[Any] | torch.Tensor,
+    progress: bool,
+    max_samples: int | None,
+) -> None:
+    """Empirical bias correction of the weight-quantization error, all layers in one pass."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    handles = []
+    for name, layer in _quant_layers(model).items():
+        if layer.weight is None:
+            continue
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            assert isinstance(mod, QuantLayer) and mod.weight is not None
+            x = args[0]
+            diff = _layers.layer_forward(
+                mod.layer_kind, mod.args, x, mod.quantized_weight() - mod.weight, None
+            )
+            dim = -1 if mod.layer_kind == "linear" else 1
+            d = diff.movedim(dim, 0).reshape(diff.shape[dim], -1)
+            sums[name] = sums.get(name, torch.zeros_like(d[:, 0])) + d.sum(1)
+            counts[name] = counts.get(name, 0) + d.shape[1]
+
+        handles.append(layer.register_forward_pre_hook(hook))
+    try:
+        _run(model, data, progress, max_samples, "bias correction")
+    finally:
+        for h in handles:
+            h.remove()
+    layers = _quant_layers(model)
+    with torch.no_grad():
+        for name, total in sums.items():
+            layer = layers[name]
+            shift = total / max(counts[name], 1)
+            if layer.bias is None:
+                layer.bias = nn.Parameter(torch.zeros_like(shift))
+                layer.args["bias"] = True
+            layer.bias.sub_(shift.to(layer.bias.dtype))
