@@ -1,0 +1,232 @@
+"""Binary building blocks: sign activations and 1-bit convolutions with 1-bit storage.
+
+Both straight-through estimators are written as ``forward + (g - g.detach())``
+rather than with a custom autograd function: the added term is exactly zero in
+the forward pass (so outputs are bit-identical to the plain sign), it carries
+the surrogate gradient backwards, and it scripts and exports like any tensor op.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from dfcompress._rebuild import register_module
+from dfcompress.errors import DfcompressError
+
+__all__ = ["BinaryActivation", "BinaryConv2d", "binary_sign"]
+
+#: Activations pass their gradient only where |x + bias| <= this bound.
+ACTIVATION_CLIP = 1.5
+
+
+def binary_sign(x: Tensor) -> Tensor:
+    """Map to {-1, +1}: ``+1`` where ``x >= 0`` and ``-1`` elsewhere (zero maps to ``+1``).
+
+    Unlike :func:`torch.sign` it never returns 0, so every value is one bit.
+
+    >>> binary_sign(torch.tensor([-2.0, 0.0, 0.5])).tolist()
+    [-1.0, 1.0, 1.0]
+    """
+    return (x >= 0).to(x.dtype) * 2 - 1
+
+
+class BinaryActivation(nn.Module):
+    """Learnable-bias sign activation: ``sign(x + b)`` with a per-channel bias ``b``.
+
+    The backward pass uses the gradient of ``clamp(x + b, -1.5, 1.5)``: 1 where
+    ``|x + b| <= 1.5`` and 0 elsewhere (the "hard tanh" straight-through
+    estimator of ReActNet and BNext).
+
+    Args:
+        channels: number of input channels (size of the learnable bias).
+        clip: the gradient passes where ``|x + b| <= clip``.
+
+    >>> act = BinaryActivation(2)
+    >>> x = torch.tensor([[[[-0.3]], [[2.0]]]], requires_grad=True)
+    >>> act(x).flatten().tolist()
+    [-1.0, 1.0]
+    >>> act(x).sum().backward()
+    >>> x.grad.flatten().tolist()
+    [1.0, 0.0]
+    """
+
+    def __init__(self, channels: int, clip: float = ACTIVATION_CLIP) -> None:
+        super().__init__()
+        self.clip = float(clip)
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Binarize ``x + bias`` to {-1, +1}."""
+        shifted = x + self.bias
+        surrogate = shifted.clamp(-self.clip, self.clip)
+        return binary_sign(shifted) + (surrogate - surrogate.detach())
+
+
+def _pack_bits(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Sign bits of ``weight`` (numpy ``packbits`` order) and its per-output-channel scale."""
+    scale = weight.detach().abs().mean(dim=(1, 2, 3)).float()
+    bits = (weight.detach() >= 0).flatten().cpu().numpy()
+    packed = torch.from_numpy(np.packbits(bits, bitorder="big"))
+    return packed.to(weight.device), scale.to(weight.device)
+
+
+def _unpack_bits(packed: Tensor, numel: int) -> Tensor:
+    """Inverse of :func:`_pack_bits` for the sign: a flat float tensor of {-1, +1}."""
+    as_int = packed.to(torch.int32).unsqueeze(-1)
+    shifts = torch.arange(7, -1, -1, device=packed.device, dtype=torch.int32)
+    bits = torch.div(as_int, torch.pow(2, shifts), rounding_mode="floor") % 2
+    return bits.flatten()[:numel].to(torch.float32) * 2 - 1
+
+
+@register_module("bnext.binary_conv2d")
+class BinaryConv2d(nn.Module):
+    """A convolution with 1-bit weights: ``alpha * sign(w)``, alpha = per-output-channel mean |w|.
+
+    It is deliberately not an :class:`~torch.nn.Conv2d` subclass, so that
+    selectors such as ``"conv"`` and float quantizers leave it alone; test for
+    binary layers with ``isinstance(m, BinaryConv2d)``.
+
+    Training keeps a latent float ``weight``; the forward pass convolves with
+    ``alpha * sign(weight)`` (zero counts as +1) and the gradient reaches
+    ``weight`` straight through the sign (identity) plus through ``alpha``.
+
+    :meth:`pack` switches to 1-bit storage: the float weight is replaced by
+    ``weight_bits``, a ``uint8`` buffer holding the sign bits of the weight
+    flattened in C order (``out, in, kh, kw``) and packed eight per byte in
+    :func:`numpy.packbits` order (first weight in the most significant bit,
+    bit 1 = ``+1``, the last byte zero-padded), and ``weight_scale``, the float32
+    alpha of each output channel. A packed layer gives exactly the same outputs
+    and is inference-only.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        kernel_size: square kernel size.
+        stride: convolution stride.
+        padding: zero padding; ``None`` means ``kernel_size // 2``.
+
+    >>> conv = BinaryConv2d(4, 2, 3)
+    >>> x = torch.randn(1, 4, 5, 5)
+    >>> ref = conv(x)
+    >>> packed = conv.pack()
+    >>> packed.weight_bits.dtype, tuple(packed.weight_bits.shape)
+    (torch.uint8, (9,))
+    >>> torch.equal(packed(x), ref)
+    True
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        padding: int | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value, low in (
+            ("in_channels", in_channels, 1),
+            ("out_channels", out_channels, 1),
+            ("kernel_size", kernel_size, 1),
+            ("stride", stride, 1),
+        ):
+            if not isinstance(value, int) or value < low:
+                raise DfcompressError(f"{name}={value!r} is invalid: use an int >= {low}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = kernel_size // 2 if padding is None else padding
+        self.packed = False
+        self.weight: nn.Parameter | None = nn.Parameter(
+            torch.randn(out_channels, in_channels, kernel_size, kernel_size) * 1e-3
+        )
+        self.weight_bits: Tensor | None
+        self.weight_scale: Tensor | None
+        self.register_buffer("weight_bits", None)
+        self.register_buffer("weight_scale", None)
+
+    @property
+    def weight_numel(self) -> int:
+        """Number of binary weights (``out * in * k * k``)."""
+        return self.out_channels * self.in_channels * self.kernel_size * self.kernel_size
+
+    def binary_weight(self) -> Tensor:
+        """The effective weight ``alpha * sign(w)`` used by the convolution."""
+        shape = [self.out_channels, self.in_channels, self.kernel_size, self.kernel_size]
+        w = self.weight
+        if w is not None:
+            alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+            return alpha * binary_sign(w) + (w - w.detach())
+        bits, packed_alpha = self.weight_bits, self.weight_scale
+        if bits is None or packed_alpha is None:
+            raise DfcompressError("BinaryConv2d has neither a float weight nor packed bits")
+        signs = _unpack_bits(bits, self.weight_numel).reshape(shape)
+        return packed_alpha.reshape(-1, 1, 1, 1) * signs
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Convolve ``x`` with the binarized weight."""
+        if self.training and self.weight is None:
+            raise DfcompressError(
+                "a packed BinaryConv2d is inference-only: call model.eval() "
+                "(train the unpacked model, then pack it)"
+            )
+        return F.conv2d(x, self.binary_weight().to(x.dtype), None, self.stride, self.padding)
+
+    def train(self, mode: bool = True) -> BinaryConv2d:
+        """Set training mode; a packed layer refuses ``mode=True``."""
+        if mode and self.packed:
+            raise DfcompressError(
+                "a packed BinaryConv2d is inference-only and cannot be put in training "
+                "mode: train the unpacked model, then pack it"
+            )
+        return super().train(mode)
+
+    def pack(self) -> BinaryConv2d:
+        """Switch this layer to 1-bit storage in place (and eval mode); returns ``self``."""
+        w = self.weight
+        if w is None:
+            return self
+        bits, scale = _pack_bits(w)
+        self.weight = None
+        self.weight_bits = bits
+        self.weight_scale = scale
+        self.training = False
+        self.packed = True
+        return self
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, packed={self.packed}"
+        )
+
+    def dfc_spec(self) -> dict[str, Any]:
+        """Constructor arguments (JSON) for :func:`dfcompress.load`."""
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "packed": self.packed,
+        }
+
+    @classmethod
+    def dfc_from_spec(cls, spec: dict[str, Any]) -> BinaryConv2d:
+        """An empty layer with the state-dict layout described by ``spec``."""
+        args = dict(spec)
+        packed = bool(args.pop("packed", False))
+        module = cls(**args)
+        if packed:
+            module.weight = None
+            module.weight_bits = torch.zeros((module.weight_numel + 7) // 8, dtype=torch.uint8)
+            module.weight_scale = torch.zeros(module.out_channels)
+            module.training = False
+            module.packed = True
+        return module
