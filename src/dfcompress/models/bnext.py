@@ -202,13 +202,13 @@ class BNext(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels[-1], num_classes)
         self.num_classes = num_classes
-        self.in_chans = in_chans
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map (after the head's PReLU), e.g. for Grad-CAM."""
-        if x.dim() != 4 or x.shape[1] != self.in_chans:
+        chans = self.stem_conv.in_channels
+        if x.dim() != 4 or x.shape[1] != chans:
             raise DfcompressError(
-                f"BNext expects (N, {self.in_chans}, H, W) input, got shape {list(x.shape)}"
+                f"BNext expects (N, {chans}, H, W) input, got shape {list(x.shape)}"
             )
         x = self.stem_norm(self.stem_conv(x))
         features: Tensor = self.head_act(self.blocks(x))
