@@ -57,7 +57,7 @@ class _Graph:
     def add_const(self, hint: str, value: np.ndarray) -> str:
         self._uid += 1
         name = f"{hint}__dfc{self._uid}"
-        self.graph.initializer.append(self.nh.from_array(np.ascontiguousarray(value), name))
+        self.graph.initializer.append(self.nh.from_array(np.array(value, order="C"), name))
         return name
 
     def fresh(self, hint: str) -> str:

@@ -54,8 +54,9 @@ def run_session(model: bytes | str, inputs: Sequence[np.ndarray]) -> list[np.nda
     """Run a model once per input batch; outputs concatenated along the batch axis."""
     sess = _session(model)
     name = sess.get_inputs()[0].name
-    runs = [sess.run(None, {name: x}) for x in inputs]
-    return [np.concatenate([r[i] for r in runs]) for i in range(len(runs[0]))]
+    dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else None
+    runs = [sess.run(None, {name: x if dtype is None else x.astype(dtype)}) for x in inputs]
+    return [np.concatenate([r[i] for r in runs]).astype(np.float32) for i in range(len(runs[0]))]
 
 
 def observe_ranges(

@@ -81,10 +81,26 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
 
 
 def _eager(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
-    dtype = _model_dtype(model)
     with torch.no_grad():
-        outs = _flat(model(x.to(dtype) if x.is_floating_point() else x))
+        outs = _flat(model(x))
     return [o.detach().float().cpu().numpy() for o in outs]
+
+
+def _input_for(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the dtype the model takes: float32 unless only its own 16-bit dtype works.
+
+    Mixed models (16-bit layers that cast their input) take float32; a model made
+    16-bit throughout by ``.half()`` needs a 16-bit input.
+    """
+    dtype = _model_dtype(model)
+    if not x.is_floating_point() or dtype == torch.float32:
+        return x
+    try:
+        with torch.no_grad():
+            model(x[:1].float())
+        return x.float()
+    except RuntimeError:
+        return x.to(dtype)
 
 
 def _predictions(y: np.ndarray) -> np.ndarray | None:
@@ -218,8 +234,8 @@ def export_onnx(
     """Write ``model`` as ONNX; check the file in ONNX Runtime against the eager model.
 
     The model is deep-copied and put in eval mode; the caller's model is not touched.
-    Models with 16-bit parameters are written with 16-bit weights computing in float32
-    (ONNX Runtime's CPU kernels are float32). Fake-quantized models become a QDQ graph
+    Models with 16-bit parameters keep them (and their casts) in the graph; the
+    input is float32 unless the model only accepts its own 16-bit dtype. Fake-quantized models become a QDQ graph
     that ONNX Runtime runs with int8 kernels: BatchNorm after a quantized conv is folded
     into its per-channel weight scales, biases become int32, and where a conv's output
     does not already feed the next layer's input quantizer, a Q/DQ pair is inserted
@@ -268,12 +284,9 @@ def export_onnx(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
-    reference = copy.deepcopy(model).eval()
-    half = _model_dtype(reference)
-    work = copy.deepcopy(reference).float() if half != torch.float32 else copy.deepcopy(reference)
-    x = example.detach().cpu()
-    x32 = x.float() if x.is_floating_point() else x
-    blob, used = _to_onnx(work, x32, opset, dynamic_batch, exporter)
+    work = copy.deepcopy(model).eval()
+    x = _input_for(work, example.detach().cpu())
+    blob, used = _to_onnx(work, x, opset, dynamic_batch, exporter)
     proto = onnx.load_from_string(blob)  # type: ignore[attr-defined]
 
     from dfcompress._onnx_qdq import has_qdq, to_qdq
@@ -284,14 +297,11 @@ def export_onnx(
         if opset < 13:
             raise DfcompressError(f"opset={opset} cannot hold per-channel int8 weights: use >= 13")
         kind = "int8"
-        data = x32 if calibration is None else calibration
-        calib = [c.float().numpy() for c in iter_inputs(data, limit=512)]
+        data = x if calibration is None else calibration
+        calib = [c.to(x.dtype).numpy() for c in iter_inputs(data, limit=512)]
         to_qdq(proto, lambda names: observe_ranges(proto, names, calib))
-    elif half != torch.float32:
-        from dfcompress._onnx_half import store_weights_16bit
-
+    elif _model_dtype(work) != torch.float32:
         kind = "16bit"
-        store_weights_16bit(proto, "float16" if half == torch.float16 else "bfloat16")
     try:
         onnx.checker.check_model(proto)  # type: ignore[attr-defined]
     except Exception as e:
@@ -301,8 +311,8 @@ def export_onnx(
     result = ExportResult(path, "onnx", kind, path.stat().st_size, opset, used)
     if not check:
         return result
-    ref = _eager(reference, x)
-    got = run_session(str(path), [x32.numpy()])
+    ref = _eager(work, x)
+    got = run_session(str(path), [x.numpy()])
     diff, agree = _compare(
         ref,
         got,
@@ -355,7 +365,7 @@ def export_torchscript(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     work = copy.deepcopy(model).eval()
-    x = example.detach().cpu().to(_model_dtype(work)) if example.is_floating_point() else example
+    x = _input_for(work, example.detach().cpu())
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
