@@ -14,6 +14,7 @@ from dfcompress.quant.api import quantize as quantize
 from dfcompress.quant.cast import CastConv1d as CastConv1d
 from dfcompress.quant.cast import CastConv2d as CastConv2d
 from dfcompress.quant.cast import CastConv3d as CastConv3d
+from dfcompress.quant.cast import CastLayer as CastLayer
 from dfcompress.quant.cast import CastLinear as CastLinear
 from dfcompress.quant.config import BF16 as BF16
 from dfcompress.quant.config import FP16 as FP16
@@ -38,6 +39,7 @@ __all__ = [
     "CastConv1d",
     "CastConv2d",
     "CastConv3d",
+    "CastLayer",
     "CastLinear",
     "FakeQuantizer",
     "Float",
