@@ -1,0 +1,211 @@
+"""Render a :class:`~dfcompress.report.Report` as markdown and as HTML.
+
+Sample and variant names come from files and users and may be hostile: the
+markdown escapes HTML and table syntax, and the HTML goes through a jinja2
+environment with autoescaping on.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from dfcompress.errors import require
+from dfcompress.evaluate.metrics import fmt
+from dfcompress.report.result import CATEGORIES
+
+if TYPE_CHECKING:
+    from dfcompress.report.report import Report
+
+__all__ = ["html", "markdown", "md_escape", "tables"]
+
+_MD_SPECIAL = str.maketrans(
+    {
+        "&": "&amp;",
+        "<": "&lt;",
+        ">": "&gt;",
+        "|": "\\|",
+        "*": "\\*",
+        "_": "\\_",
+        "`": "\\`",
+        "[": "\\[",
+        "]": "\\]",
+        "\\": "\\\\",
+        "\n": " ",
+        "\r": " ",
+    }
+)
+
+
+def md_escape(text: object) -> str:
+    """Escape text for a markdown table cell (HTML and markdown syntax neutralized).
+
+    >>> md_escape("<script>alert(1)</script>|x_1")
+    '&lt;script&gt;alert(1)&lt;/script&gt;\\\\|x\\\\_1'
+    """
+    return str(text).translate(_MD_SPECIAL)
+
+
+def _signed(v: float) -> str:
+    return "n/a" if not math.isfinite(v) else f"{v:+.4f}"
+
+
+def tables(report: Report) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Every table of the report as ``{key: (headers, rows)}`` of plain (unescaped) strings."""
+    summary = (
+        ["Model", "Size MB", "Reduction %", "AUC", "Diff vs baseline", "Status"],
+        [
+            [
+                r.name,
+                f"{r.size_mb:.3f}",
+                "n/a" if not math.isfinite(r.reduction_pct) else f"{r.reduction_pct:.1f}",
+                fmt(r.auc),
+                "-" if r.status == "Baseline" else _signed(r.diff),
+                r.status,
+            ]
+            for r in report.summary()
+        ],
+    )
+    q = report.quality()
+    quality = (list(q[0]), [list(r.values()) for r in q])
+    c = report.cost()
+    cost = (list(c[0]), [list(r.values()) for r in c])
+    v = report.video()
+    video = (list(v[0]) if v else [], [list(r.values()) for r in v])
+    flips = report.flips()
+    mismatch = (
+        ["Variant", "Sample", "Label", "Baseline P(fake)", "Variant P(fake)", "Change", "Flip"],
+        [
+            [
+                m.variant,
+                m.name,
+                "fake" if m.label == 1 else "real",
+                fmt(m.baseline_score),
+                fmt(m.score),
+                _signed(m.change),
+                "yes" if m.flip else "no",
+            ]
+            for m in report.mismatches()
+        ],
+    )
+    flip_table = (
+        ["Variant", "Prediction flips vs baseline"],
+        [[k, str(n)] for k, n in flips.items()],
+    )
+    return {
+        "summary": summary,
+        "quality": quality,
+        "cost": cost,
+        "video": video,
+        "flips": flip_table,
+        "mismatches": mismatch,
+    }
+
+
+def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    if not rows:
+        return []
+    out = ["| " + " | ".join(md_escape(h) for h in headers) + " |"]
+    out.append("|" + "|".join("---" for _ in headers) + "|")
+    out += ["| " + " | ".join(md_escape(c) for c in r) + " |" for r in rows]
+    return out + [""]
+
+
+def _threshold_line(report: Report) -> str:
+    return (
+        f"Score = P(fake); a sample is called fake when P(fake) > {report.threshold:g}. "
+        f"Stable = AUC within {report.tolerance:g} (absolute) of the baseline "
+        f"{report.baseline!r}. Sizes are the files dfcompress.save writes, in MB = 10^6 bytes."
+    )
+
+
+def markdown(report: Report, figures: Mapping[str, Any]) -> str:
+    """The report as markdown; ``figures`` maps plot keys to relative image paths."""
+    t = tables(report)
+    lines = [f"# {md_escape(report.title)}", ""]
+    lines += [f"- {md_escape(n)}" for n in report.notes] + ([""] if report.notes else [])
+    lines += [md_escape(_threshold_line(report)), "", "## Performance summary", ""]
+    lines += _md_table(*t["summary"])
+    lines += ["## Key insights", ""] + [f"- {md_escape(s)}" for s in report.insights()] + [""]
+    lines += ["## Classification quality", ""] + _md_table(*t["quality"])
+    lines += ["## Cost: latency per sample and peak memory", ""] + _md_table(*t["cost"])
+    if t["video"][1]:
+        lines += ["## Video level", ""] + _md_table(*t["video"])
+    if "size_auc" in figures or "roc" in figures:
+        lines += ["## Plots", ""]
+        if "size_auc" in figures:
+            lines += [f"![Size vs AUC]({figures['size_auc']})", ""]
+        if "roc" in figures:
+            lines += [f"![ROC curves]({figures['roc']})", ""]
+    lines += ["## Worst mismatches against the baseline", ""]
+    lines += _md_table(*t["flips"]) + _md_table(*t["mismatches"])
+    cams = figures.get("cams", {})
+    if any(v.cams for v in report.variants):
+        lines += ["## Grad-CAM (fake-vs-real log-odds)", ""]
+        for v in report.variants:
+            if not v.cams:
+                continue
+            lines += [f"### {md_escape(v.name)}", ""]
+            for cat, title in CATEGORIES.items():
+                panels = v.cams.get(cat, [])
+                if not panels:
+                    lines += [f"- {title}: none", ""]
+                    continue
+                lines += [f"**{title}**", ""]
+                path = cams.get(v.name, {}).get(cat)
+                if path:
+                    lines += [f"![{md_escape(v.name)} {title}]({path})", ""]
+                lines += [
+                    f"{k + 1}. {md_escape(p.name)}: P(fake) {fmt(p.score)}"
+                    + (" (flat map)" if p.flat else "")
+                    for k, p in enumerate(panels)
+                ] + [""]
+    notes = [(v.name, n) for v in report.variants for n in v.notes]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {md_escape(a)}: {md_escape(b)}" for a, b in notes]
+        lines += [""]
+    return "\n".join(lines)
+
+
+def html(report: Report, figures: Mapping[str, Any]) -> str:
+    """The report as a standalone HTML page (jinja2, autoescaped)."""
+    jinja2: Any = require("jinja2", "report")
+    from pathlib import Path
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(Path(__file__).with_name("templates"))),
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    cams = figures.get("cams", {})
+    gradcam = []
+    for v in report.variants:
+        if not v.cams:
+            continue
+        cats = []
+        for cat, title in CATEGORIES.items():
+            panels = v.cams.get(cat, [])
+            cats.append(
+                {
+                    "title": title,
+                    "image": cams.get(v.name, {}).get(cat),
+                    "samples": [
+                        {"name": p.name, "score": fmt(p.score), "flat": p.flat} for p in panels
+                    ],
+                }
+            )
+        gradcam.append({"name": v.name, "categories": cats})
+    return str(
+        env.get_template("report.html.j2").render(
+            title=report.title,
+            notes=report.notes,
+            threshold_line=_threshold_line(report),
+            tables=tables(report),
+            insights=report.insights(),
+            figures=figures,
+            gradcam=gradcam,
+            variant_notes=[(v.name, n) for v in report.variants for n in v.notes],
+        )
+    )
