@@ -329,6 +329,26 @@ def _insert_output_qdq(g: _Graph, ranges: Ranges) -> None:
         g.graph.node.insert(at, q)
 
 
+def _weights_to_uint8(g: _Graph) -> None:
+    """Shift int8 weights of the quantized ops to uint8 with zero point 128.
+
+    The values are the same (``q + 128`` with ``z + 128``), but ONNX Runtime then
+    runs its U8U8 kernels, which accumulate in 32 bits. Its U8S8 kernels on x86
+    CPUs without VNNI add pairs of products in 16 bits and saturate when large
+    activations meet large weights, which can cost far more than quantization.
+    """
+    for _, _, wdq in _quantized_ops(g):
+        w, _, z = _dq_params(g, wdq)
+        if w.dtype != np.int8:
+            continue
+        wdq.input[0] = g.add_const("w_u8", (w.astype(np.int16) + 128).astype(np.uint8))
+        z_u8 = (z.astype(np.int16) + 128).astype(np.uint8)
+        if len(wdq.input) > 2:
+            wdq.input[2] = g.add_const("w_zp_u8", z_u8)
+        else:
+            wdq.input.append(g.add_const("w_zp_u8", z_u8))
+
+
 def has_qdq(model: Any) -> bool:
     """Whether the graph contains QuantizeLinear/DequantizeLinear nodes."""
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
@@ -344,10 +364,17 @@ def prepare_qdq(model: Any) -> Any:
     return model
 
 
-def to_qdq(model: Any, ranges: Ranges) -> Any:
-    """Rewrite ``model`` (an ``onnx.ModelProto``, modified in place) into fusable QDQ form."""
+def to_qdq(model: Any, ranges: Ranges, *, weights: str = "uint8") -> Any:
+    """Rewrite ``model`` (an ``onnx.ModelProto``, modified in place) into fusable QDQ form.
+
+    ``weights="uint8"`` stores the int8 weight codes shifted by 128 (exact
+    arithmetic everywhere); ``"int8"`` keeps them signed (faster U8S8 kernels,
+    which may saturate on CPUs without VNNI).
+    """
     prepare_qdq(model)
     g = _Graph(model)
     _insert_output_qdq(g, ranges)
+    if weights == "uint8":
+        _weights_to_uint8(g)
     _drop_unused_initializers(g)
     return model

@@ -11,6 +11,8 @@ with the numbers. :func:`export_torchscript` does the same with ``torch.jit``.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import functools
 import io
 import os
 import re
@@ -49,6 +51,7 @@ class ExportResult:
         agreement: Fraction of samples with the same prediction at 0.5 (sigmoid of a
             one-logit head, else argmax); None when the output is not a score.
         int8_kernels: Integer operators ONNX Runtime runs after its fusions, by type.
+        weights: Storage of the int8 weight codes (``"int8"`` or ``"uint8"``), else None.
     """
 
     path: Path
@@ -60,6 +63,7 @@ class ExportResult:
     max_abs_diff: float = float("nan")
     agreement: float | None = None
     int8_kernels: dict[str, int] = field(default_factory=dict)
+    weights: str | None = None
 
 
 def _flat(out: Any) -> list[torch.Tensor]:
@@ -227,6 +231,7 @@ def export_onnx(
     check: bool = True,
     calibration: Iterable[Any] | torch.Tensor | None = None,
     exporter: Literal["auto", "torchscript", "dynamo"] = "auto",
+    int8_weights: Literal["auto", "int8", "uint8"] = "auto",
     atol: float | None = None,
     rtol: float | None = None,
     min_agreement: float | None = None,
@@ -234,12 +239,13 @@ def export_onnx(
     """Write ``model`` as ONNX; check the file in ONNX Runtime against the eager model.
 
     The model is deep-copied and put in eval mode; the caller's model is not touched.
-    Models with 16-bit parameters keep them (and their casts) in the graph; the
-    input is float32 unless the model only accepts its own 16-bit dtype. Fake-quantized models become a QDQ graph
-    that ONNX Runtime runs with int8 kernels: BatchNorm after a quantized conv is folded
-    into its per-channel weight scales, biases become int32, and where a conv's output
-    does not already feed the next layer's input quantizer, a Q/DQ pair is inserted
-    whose range is observed on ``calibration`` (default: ``example``).
+    Models with 16-bit parameters keep them (and their casts) in the graph; the input
+    is float32 unless the model only accepts its own 16-bit dtype. Fake-quantized
+    models become a QDQ graph that ONNX Runtime runs with int8 kernels: BatchNorm
+    after a quantized conv is folded into its per-channel weight scales, biases
+    become int32, and where a conv's output does not already feed the next layer's
+    input quantizer, a Q/DQ pair is inserted whose range is observed on
+    ``calibration`` (default: ``example``).
 
     Args:
         model: The model to export.
@@ -251,6 +257,11 @@ def export_onnx(
         calibration: Inputs (tensor or loader) for the ranges of inserted output Q/DQ.
         exporter: ``"auto"`` tries PyTorch's TorchScript-based exporter, then the dynamo
             one (which knows e.g. FFTs); quantized graphs need the TorchScript one.
+        int8_weights: How quantized weights are stored. ``"int8"`` gives ONNX Runtime's
+            fastest U8S8 kernels, whose 16-bit pair sums can saturate on x86 CPUs
+            without VNNI; ``"uint8"`` (codes + 128) is exact everywhere but slower
+            there. ``"auto"`` writes int8 and falls back to uint8 when the numeric
+            check fails.
         atol: Absolute tolerance (default 1e-4 float, 2e-2 16-bit, 5e-2 int8).
         rtol: Tolerance relative to the largest eager output (same defaults).
         min_agreement: Least prediction agreement (default 1.0; 0.95 for int8).
@@ -277,6 +288,10 @@ def export_onnx(
     opset = _DEFAULT_OPSET if opset is None else int(opset)
     if not 7 <= opset <= 23:
         raise DfcompressError(f"opset={opset} is out of range: use 13..23 (13+ for int8)")
+    if int8_weights not in ("auto", "int8", "uint8"):
+        raise DfcompressError(
+            f"int8_weights={int8_weights!r} is unknown: use 'auto', 'int8' or 'uint8'"
+        )
     if exporter not in ("auto", "torchscript", "dynamo"):
         raise DfcompressError(
             f"exporter={exporter!r} is unknown: use 'auto', 'torchscript' or 'dynamo'"
@@ -293,37 +308,49 @@ def export_onnx(
     from dfcompress._onnx_runtime import int8_kernels, observe_ranges, run_session
 
     kind: Literal["float", "16bit", "int8"] = "float"
+    tries: list[str | None] = [None]
     if has_qdq(proto):
         if opset < 13:
             raise DfcompressError(f"opset={opset} cannot hold per-channel int8 weights: use >= 13")
         kind = "int8"
         data = x if calibration is None else calibration
         calib = [c.to(x.dtype).numpy() for c in iter_inputs(data, limit=512)]
-        to_qdq(proto, lambda names: observe_ranges(proto, names, calib))
+        tries = ["int8", "uint8"] if int8_weights == "auto" and check else [int8_weights]
+        if tries == ["auto"]:
+            tries = ["int8"]
     elif _model_dtype(work) != torch.float32:
         kind = "16bit"
-    try:
-        onnx.checker.check_model(proto)  # type: ignore[attr-defined]
-    except Exception as e:
-        raise DfcompressError(f"the exported graph is not valid ONNX: {e}") from e
-    path.write_bytes(proto.SerializeToString())
-
-    result = ExportResult(path, "onnx", kind, path.stat().st_size, opset, used)
-    if not check:
-        return result
-    ref = _eager(work, x)
-    got = run_session(str(path), [x.numpy()])
-    diff, agree = _compare(
-        ref,
-        got,
-        kind=kind,
-        atol=atol,
-        rtol=rtol,
-        min_agreement=min_agreement,
-        what=f"the ONNX file {path}",
-    )
-    kernels = int8_kernels(path) if kind == "int8" else {}
-    return ExportResult(path, "onnx", kind, result.file_bytes, opset, used, diff, agree, kernels)
+    for n, weights in enumerate(tries):
+        graph = onnx.ModelProto()  # type: ignore[attr-defined]
+        graph.CopyFrom(proto)
+        if weights is not None:
+            ranges = functools.partial(observe_ranges, graph, inputs=calib)
+            to_qdq(graph, ranges, weights=weights)
+        try:
+            onnx.checker.check_model(graph)  # type: ignore[attr-defined]
+        except Exception as e:
+            raise DfcompressError(f"the exported graph is not valid ONNX: {e}") from e
+        path.write_bytes(graph.SerializeToString())
+        result = ExportResult(path, "onnx", kind, path.stat().st_size, opset, used, weights=weights)
+        if not check:
+            return result
+        try:
+            diff, agree = _compare(
+                _eager(work, x),
+                run_session(str(path), [x.numpy()]),
+                kind=kind,
+                atol=atol,
+                rtol=rtol,
+                min_agreement=min_agreement,
+                what=f"the ONNX file {path}" + (f" ({weights} weights)" if weights else ""),
+            )
+        except DfcompressError:
+            if n + 1 < len(tries):
+                continue  # signed weights saturated in ONNX Runtime: try uint8 weights
+            raise
+        kernels = int8_kernels(path) if kind == "int8" else {}
+        return dataclasses.replace(result, max_abs_diff=diff, agreement=agree, int8_kernels=kernels)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def export_torchscript(
@@ -397,4 +424,4 @@ def export_torchscript(
         min_agreement=None,
         what=f"the TorchScript file {path}",
     )
-    return ExportResult(path, "torchscript", kind, result.file_bytes, None, method, diff, agree)
+    return dataclasses.replace(result, max_abs_diff=diff, agreement=agree)
