@@ -54,7 +54,7 @@ def test_head_is_kept_and_selector_amounts() -> None:
 
 def test_amount_and_importance_errors() -> None:
     x = torch.randn(1, 3, 16, 16)
-    with pytest.raises(DfcompressError, match="1.5"):
+    with pytest.raises(DfcompressError, match=r"1\.5"):
         prune_channels(TinyResNet(), 1.5, example_inputs=x)
     with pytest.raises(DfcompressError, match="'l3'"):
         prune_channels(TinyResNet(), 0.5, example_inputs=x, importance="l3")  # type: ignore[arg-type]
@@ -74,5 +74,5 @@ class HardCodedReshape(nn.Module):
 
 
 def test_unprunable_graph_names_the_layer() -> None:
-    with pytest.raises(DfcompressError, match="after layer .conv."):
+    with pytest.raises(DfcompressError, match=r"after layer .conv."):
         prune_channels(HardCodedReshape(), 0.5, example_inputs=torch.randn(1, 3, 4, 4))

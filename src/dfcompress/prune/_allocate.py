@@ -53,7 +53,7 @@ def allocate_budget(
     pruned = 0
     while pruned < budget:
         best: tuple[float, float, int, int] | None = None
-        for i, (c, lo) in enumerate(zip(counts, curves)):
+        for i, (c, lo) in enumerate(zip(counts, curves, strict=False)):
             g0 = level[i]
             for g in range(g0 + 1, len(c)):
                 gain = c[g] - c[g0]
@@ -80,7 +80,7 @@ def allocate_budget(
 def allocate_threshold(
     grid: Sequence[float], scores: Sequence[Sequence[float]], base: float, threshold: float
 ) -> list[float]:
-    """The study's rule: ``base`` everywhere, raised to the largest amount still scoring >= threshold.
+    """The study's rule: ``base``, raised to the largest amount still scoring >= threshold.
 
     A layer's amount is raised only through an unbroken run of grid amounts that
     all meet the threshold.
@@ -91,7 +91,7 @@ def allocate_threshold(
     out = []
     for sc in scores:
         chosen = base
-        for a, s in zip(grid, sc):
+        for a, s in zip(grid, sc, strict=False):
             if s < threshold:
                 break
             chosen = max(chosen, a)

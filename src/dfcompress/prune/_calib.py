@@ -55,7 +55,7 @@ def guess_input_shape(model: nn.Module) -> tuple[int, ...]:
                 shape = (channels, 8, s, s)
             try:
                 model(torch.zeros((2, *shape), device=device))
-            except Exception:  # noqa: BLE001 - any failure means "not this size"
+            except Exception:
                 continue
             return shape
     finally:
@@ -75,9 +75,11 @@ def calibration_batch(
 ) -> torch.Tensor:
     """One batch of up to ``n_samples`` inputs, on the model's device.
 
-    Without calibration data the inputs are synthesized from the model alone
-    (``dfcompress._datafree.synthesize_inputs`` when available, else seeded
-    Gaussian noise) at the shape of ``example_inputs`` or :func:`guess_input_shape`.
+    Without calibration data the inputs are synthesized from the model alone:
+    optimised to match its BatchNorm statistics
+    (``dfcompress._datafree.synthesize_inputs``), or seeded Gaussian noise for a
+    model without BatchNorm, at the shape of ``example_inputs`` or
+    :func:`guess_input_shape`.
     """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if calibration is not None:
@@ -89,14 +91,15 @@ def calibration_batch(
         shape = tuple(example_inputs.shape[1:])
     else:
         shape = guess_input_shape(model)
-    x: torch.Tensor | None = None
-    try:
+    has_bn = any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+        for m in model.modules()
+    )
+    if has_bn:
         from dfcompress._datafree import synthesize_inputs
 
         x = synthesize_inputs(model, shape, n_samples)
-    except ImportError:
-        x = None
-    if not isinstance(x, torch.Tensor) or tuple(x.shape[1:]) != shape:
+    else:  # nothing in the model describes its input distribution: seeded noise
         gen = torch.Generator().manual_seed(0)
         x = torch.randn((n_samples, *shape), generator=gen)
     return x.to(device)

@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from dfcompress._data import iter_inputs
 from dfcompress.errors import DfcompressError
-from dfcompress.select import BN_TYPES
 
 __all__ = ["Finetune", "Schedule", "cubic", "linear", "reestimate_bn", "run_schedule"]
 
@@ -72,7 +72,9 @@ def reestimate_bn(
     >>> bool(net[1].running_mean.abs().sum() > 0), net.training
     (True, False)
     """
-    bns = [m for m in model.modules() if isinstance(m, BN_TYPES) and m.track_running_stats]
+    bns: list[_BatchNorm] = [
+        m for m in model.modules() if isinstance(m, _BatchNorm) and m.track_running_stats
+    ]
     if not bns:
         return model
     modes = {m: m.training for m in model.modules()}
@@ -87,7 +89,7 @@ def reestimate_bn(
     for x in iter_inputs(data, limit=max_samples):
         model(x.to(device))
         seen += x.shape[0]
-    for bn, mom in zip(bns, momenta):
+    for bn, mom in zip(bns, momenta, strict=False):
         bn.momentum = mom
     for m, mode in modes.items():
         m.training = mode

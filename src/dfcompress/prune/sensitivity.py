@@ -150,7 +150,7 @@ class SensitivityResult:
         out = []
         for ly in self.layers:
             row: dict[str, Any] = {"layer": ly.name, "params": ly.params, "chosen": ly.chosen}
-            row.update({f"score@{a:g}": s for a, s in zip(ly.amounts, ly.scores)})
+            row.update({f"score@{a:g}": s for a, s in zip(ly.amounts, ly.scores, strict=False)})
             row["flag"] = ly.flag
             out.append(row)
         return out
@@ -348,5 +348,5 @@ def allocate(
         chosen = allocate_threshold(grid, [ly.scores for ly in result.layers], base, threshold)
     else:
         raise DfcompressError(f"strategy={strategy!r} is not known: use 'budget' or 'threshold'")
-    layers = tuple(replace(ly, chosen=c) for ly, c in zip(result.layers, chosen))
+    layers = tuple(replace(ly, chosen=c) for ly, c in zip(result.layers, chosen, strict=False))
     return replace(result, layers=layers, target=target, strategy=strategy)

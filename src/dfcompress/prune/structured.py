@@ -32,7 +32,7 @@ import torch_pruning as tp
 from torch import nn
 
 from dfcompress.errors import DfcompressError
-from dfcompress.prune._calib import calibration_batch
+from dfcompress.prune._calib import calibration_batch, guess_input_shape
 from dfcompress.prune._targets import AmountSpec, check_amount
 from dfcompress.select import SelectorLike, as_selector
 
@@ -44,29 +44,29 @@ ImportanceName = Literal["l1", "l2", "taylor"]
 class _BinaryConvPruner(tp.pruner.BasePruningFunc):  # type: ignore[misc]
     """Channel pruner for dfcompress's BinaryConv2d (latent float weight, out x in x k x k)."""
 
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+    def prune_out_channels(self, layer: Any, idxs: Sequence[int]) -> Any:
         keep = _keep(layer.out_channels, idxs)
         layer.weight = nn.Parameter(layer.weight.data[keep].clone())
         layer.out_channels = len(keep)
         return layer
 
-    def prune_in_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+    def prune_in_channels(self, layer: Any, idxs: Sequence[int]) -> Any:
         keep = _keep(layer.in_channels, idxs)
         layer.weight = nn.Parameter(layer.weight.data[:, keep].clone())
         layer.in_channels = len(keep)
         return layer
 
-    def get_out_channels(self, layer: nn.Module) -> int:
+    def get_out_channels(self, layer: Any) -> int:
         return int(layer.out_channels)
 
-    def get_in_channels(self, layer: nn.Module) -> int:
+    def get_in_channels(self, layer: Any) -> int:
         return int(layer.in_channels)
 
 
 class _ChannelParamPruner(tp.pruner.BasePruningFunc):  # type: ignore[misc]
     """Pruner for modules whose parameters all hold one entry per channel along dim 1."""
 
-    def prune_out_channels(self, layer: nn.Module, idxs: Sequence[int]) -> nn.Module:
+    def prune_out_channels(self, layer: Any, idxs: Sequence[int]) -> Any:
         for name, p in list(layer.named_parameters(recurse=False)):
             keep = _keep(p.shape[1], idxs)
             setattr(layer, name, nn.Parameter(p.data[:, keep].clone()))
@@ -74,10 +74,10 @@ class _ChannelParamPruner(tp.pruner.BasePruningFunc):  # type: ignore[misc]
 
     prune_in_channels = prune_out_channels
 
-    def get_out_channels(self, layer: nn.Module) -> int:
+    def get_out_channels(self, layer: Any) -> int:
         return int(next(layer.parameters(recurse=False)).shape[1])
 
-    def get_in_channels(self, layer: nn.Module) -> int:
+    def get_in_channels(self, layer: Any) -> int:
         return self.get_out_channels(layer)
 
 
@@ -110,7 +110,7 @@ def _fix_attention(model: nn.Module) -> None:
     for m in model.modules():
         qkv, n = getattr(m, "qkv", None), getattr(m, "num_heads", None)
         if isinstance(qkv, nn.Linear) and isinstance(n, int) and hasattr(m, "head_dim"):
-            m.head_dim = qkv.out_features // (3 * n)
+            setattr(m, "head_dim", qkv.out_features // (3 * n))  # noqa: B010 - typed as Module
 
 
 def _importance(name: str) -> Any:
@@ -239,10 +239,14 @@ def prune_channels(
         model = copy.deepcopy(model)
     imp = _importance(importance)
     if example_inputs is None:
-        example_inputs = calibration_batch(model, calibration, n_samples=2)
+        if calibration is not None:
+            example_inputs = calibration_batch(model, calibration, n_samples=2)
+        else:  # tracing needs shapes, not realistic values
+            gen = torch.Generator().manual_seed(0)
+            example_inputs = torch.randn((2, *guess_input_shape(model)), generator=gen)
     ignored: list[nn.Module] = []
     if ignore is not None:
-        items = list(ignore) if isinstance(ignore, (list, tuple, set)) else [ignore]
+        items: list[Any] = list(ignore) if isinstance(ignore, (list, set)) else [ignore]
         for sel in items:
             ignored += list(as_selector(sel).resolve(model).values())
     if isinstance(amount, Mapping):
@@ -275,10 +279,14 @@ def prune_channels(
             f"torch-pruning cannot trace {type(model).__name__}: {type(e).__name__}: {e}"
         ) from e
     if importance == "taylor":
-
-        x = calibration_batch(model, calibration, n_samples=16, example_inputs=example_inputs)
+        x = (
+            calibration_batch(model, calibration, n_samples=16)
+            if calibration is not None
+            else example_inputs
+        )
         model.zero_grad()
-        _self_supervised_loss(_output(model(x))).backward()
+        loss = _self_supervised_loss(_output(model(x)))
+        torch.autograd.backward(loss)
     names = {m: n for n, m in model.named_modules()}
     for group in pruner.step(interactive=True):
         try:

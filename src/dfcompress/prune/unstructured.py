@@ -40,14 +40,22 @@ Scope = Literal["global", "local"]
 _MASK = "dfc_weight_mask"
 
 
+def _weight(module: nn.Module) -> torch.Tensor:
+    w = module.weight
+    if not isinstance(w, torch.Tensor):
+        raise DfcompressError(f"{type(module).__name__} has no weight tensor to prune")
+    return w
+
+
 class _MaskHook:
     """Forward pre-hook: multiply the weight by its mask before every forward."""
 
     def __call__(self, module: nn.Module, _args: object) -> None:
         mask = getattr(module, _MASK, None)
         if isinstance(mask, torch.Tensor):
+            w = _weight(module)
             with torch.no_grad():
-                module.weight.mul_(mask.to(module.weight.dtype))
+                w.mul_(mask.to(w.dtype))
 
 
 def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
@@ -56,8 +64,9 @@ def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
         module.register_forward_pre_hook(_MaskHook())
     else:
         setattr(module, _MASK, mask)
+    w = _weight(module)
     with torch.no_grad():
-        module.weight.mul_(mask.to(module.weight.dtype))
+        w.mul_(mask.to(w.dtype))
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -81,8 +90,9 @@ def apply_masks(model: nn.Module) -> nn.Module:
     for m in model.modules():
         mask = getattr(m, _MASK, None)
         if isinstance(mask, torch.Tensor):
+            w = _weight(m)
             with torch.no_grad():
-                m.weight.mul_(mask.to(m.weight.dtype))
+                w.mul_(mask.to(w.dtype))
     return model
 
 
@@ -110,7 +120,7 @@ def make_permanent(model: nn.Module) -> nn.Module:
 def _prune_pool(layers: Iterable[nn.Module], amount: float) -> None:
     """Zero the round(amount * n) smallest |w| over all ``layers`` together."""
     mods = list(layers)
-    flat = torch.cat([m.weight.detach().abs().flatten().float() for m in mods])
+    flat = torch.cat([_weight(m).detach().abs().flatten().float() for m in mods])
     k = round(amount * flat.numel())
     keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
     if k > 0:
@@ -118,8 +128,9 @@ def _prune_pool(layers: Iterable[nn.Module], amount: float) -> None:
         keep[order[:k]] = False
     start = 0
     for m in mods:
-        n = m.weight.numel()
-        mask = keep[start : start + n].view_as(m.weight)
+        w = _weight(m)
+        n = w.numel()
+        mask = keep[start : start + n].view_as(w)
         old = getattr(m, _MASK, None)
         if isinstance(old, torch.Tensor) and bool((~old & mask).any()):
             # A weight pruned earlier has grown back above the threshold during
@@ -194,8 +205,9 @@ def sparsity(model: nn.Module, select: SelectorLike | None = None) -> float:
     from dfcompress.prune._targets import prunable_layers
 
     layers = prunable_layers(model, select)
-    total = sum(m.weight.numel() for m in layers.values())
+    weights = [_weight(m) for m in layers.values()]
+    total = sum(w.numel() for w in weights)
     if total == 0:
         return 0.0
-    zeros = sum(int((m.weight == 0).sum()) for m in layers.values())
+    zeros = sum(int((w == 0).sum()) for w in weights)
     return zeros / total
