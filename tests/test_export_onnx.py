@@ -97,6 +97,14 @@ def test_static_batch_when_asked(tmp_path: Path) -> None:
     assert dim.dim_value == 2
 
 
+def test_dynamic_size_accepts_other_resolutions(tmp_path: Path) -> None:
+    net = resnet_like()
+    export_onnx(net, tmp_path / "m.onnx", torch.randn(2, 3, 16, 16), dynamic_size=True)
+    x = torch.randn(1, 3, 40, 24)
+    with torch.no_grad():
+        np.testing.assert_allclose(_ort(tmp_path / "m.onnx", x), net(x).numpy(), atol=1e-4)
+
+
 def test_fp16_model_stores_half_weights(tmp_path: Path) -> None:
     net = resnet_like(width=32)
     f32 = export_onnx(net, tmp_path / "f32.onnx", torch.randn(4, 3, 16, 16))

@@ -162,10 +162,14 @@ def _op_from_error(e: BaseException) -> str | None:
 
 
 def _torch_export(
-    model: nn.Module, x: torch.Tensor, opset: int, dynamic_batch: bool, dynamo: bool
+    model: nn.Module, x: torch.Tensor, opset: int, dynamic: tuple[bool, bool], dynamo: bool
 ) -> bytes:
     buf = io.BytesIO()
-    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    in_axes: dict[int, str] = {0: "batch"} if dynamic[0] else {}
+    if dynamic[1]:
+        in_axes.update({d: f"dim{d}" for d in range(2, x.dim())})
+    out_axes = {0: "batch"} if dynamic[0] else {}
+    axes = {"input": in_axes, "output": out_axes} if in_axes else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
@@ -198,7 +202,7 @@ def _torch_export(
 
 
 def _to_onnx(
-    model: nn.Module, x: torch.Tensor, opset: int, dynamic_batch: bool, exporter: str
+    model: nn.Module, x: torch.Tensor, opset: int, dynamic: tuple[bool, bool], exporter: str
 ) -> tuple[bytes, str]:
     order = {
         "auto": ["torchscript", "dynamo"],
@@ -208,7 +212,7 @@ def _to_onnx(
     first: Exception | None = None
     for name in order[exporter]:
         try:
-            return _torch_export(model, x, opset, dynamic_batch, name == "dynamo"), name
+            return _torch_export(model, x, opset, dynamic, name == "dynamo"), name
         except Exception as e:  # torch raises many types; re-raised as ours below
             first = first or e
     assert first is not None
@@ -228,6 +232,7 @@ def export_onnx(
     *,
     opset: int | None = None,
     dynamic_batch: bool = True,
+    dynamic_size: bool = False,
     check: bool = True,
     calibration: Iterable[Any] | torch.Tensor | None = None,
     exporter: Literal["auto", "torchscript", "dynamo"] = "auto",
@@ -253,6 +258,7 @@ def export_onnx(
         example: An input batch; it fixes every shape but the batch axis.
         opset: ONNX opset (default 17; quantized graphs need >= 13).
         dynamic_batch: Let the batch axis vary in the exported graph.
+        dynamic_size: Let the other input axes (height, width, frames) vary too.
         check: Run the file in ONNX Runtime on ``example`` and compare with the model.
         calibration: Inputs (tensor or loader) for the ranges of inserted output Q/DQ.
         exporter: ``"auto"`` tries PyTorch's TorchScript-based exporter, then the dynamo
@@ -301,7 +307,7 @@ def export_onnx(
 
     work = copy.deepcopy(model).eval()
     x = _input_for(work, example.detach().cpu())
-    blob, used = _to_onnx(work, x, opset, dynamic_batch, exporter)
+    blob, used = _to_onnx(work, x, opset, (dynamic_batch, dynamic_size), exporter)
     proto = onnx.load_from_string(blob)  # type: ignore[attr-defined]
 
     from dfcompress._onnx_qdq import has_qdq, to_qdq
