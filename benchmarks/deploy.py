@@ -34,14 +34,13 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine_line, markdown_table, update_section  # noqa: E402
-
-from dfcompress.data import loader, predict, train_detector  # noqa: E402
-from dfcompress.evaluate.metrics import auc  # noqa: E402
-from dfcompress.export import export_onnx  # noqa: E402
-from dfcompress.models import bnext_tiny  # noqa: E402
-from dfcompress.prune.structured import prune_channels  # noqa: E402
-from dfcompress.quant import quantize  # noqa: E402
+from _results import machine_line, markdown_table, update_section
+from dfcompress.data import loader, train_detector
+from dfcompress.evaluate.metrics import auc
+from dfcompress.export import export_onnx
+from dfcompress.models import bnext_tiny
+from dfcompress.prune.structured import prune_channels
+from dfcompress.quant import quantize
 
 RSS_CHILD = """
 import resource, sys, numpy as np, onnxruntime as ort
@@ -217,12 +216,12 @@ def main() -> None:
                 min_agreement=0.0,
             )
             files["s50 + int8"], info["s50 + int8"] = r.path, (r.weights, r.int8_kernels)
-            base1 = base32 = 0.0
+            base32 = 0.0
             for vname, path in files.items():
                 l1 = latency_ms(path, 1, res, rep1)
                 l32 = latency_ms(path, 32, res, rep32)
                 if vname == "float":
-                    base1, base32 = l1, l32
+                    base32 = l32
                 a = onnx_auc(path, images, labels)
                 rss = peak_rss_mb(path)
                 mb = path.stat().st_size / 2**20
