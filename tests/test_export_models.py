@@ -45,6 +45,15 @@ def test_uint8_weights_reproduce_eager_int8(tmp_path: Path) -> None:
     assert r.max_abs_diff < 0.02 * spread + 1e-3
 
 
+def test_fp16_quantized_model_exports_half_weights(tmp_path: Path) -> None:
+    net = resnet_like(width=32)
+    x = torch.randn(4, 3, 16, 16)
+    f32 = export_onnx(net, tmp_path / "f.onnx", x)
+    f16 = export_onnx(quantize(net, "fp16", progress=False), tmp_path / "h.onnx", x)
+    assert f16.kind == "16bit" and f16.agreement == 1.0
+    assert f16.file_bytes < 0.6 * f32.file_bytes
+
+
 def test_float_bnext_round_trip(tmp_path: Path) -> None:
     r = export_onnx(small_bnext(), tmp_path / "b.onnx", torch.randn(2, 3, 32, 32))
     assert r.kind == "float" and r.max_abs_diff < 1e-4
