@@ -1,0 +1,35 @@
+"""Reference detectors for the proxy task, rebuildable by :func:`dfcompress.load`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from dfcompress._rebuild import set_constructor
+from dfcompress.features import NPR
+from dfcompress.models import Variant, bnext
+
+__all__ = ["npr_bnext"]
+
+
+def npr_bnext(variant: Variant = "tiny", num_classes: int = 1) -> nn.Sequential:
+    """A BNext fed with neighbouring-pixel relationships: ``Sequential(NPR, BNext)``.
+
+    The NPR front end (2x2 window, top-left reference pixel, scale 2/3, as in
+    the published NPR detector) exposes up-sampling traces; the BNext backbone
+    classifies them. The model records its constructor for
+    :func:`dfcompress.save` / :func:`dfcompress.load`.
+
+    Args:
+        variant: BNext size, ``"tiny"`` .. ``"large"``.
+        num_classes: 1 (a fake-vs-real logit) or 2 (real, fake logits).
+
+    >>> import torch
+    >>> net = npr_bnext("tiny")
+    >>> net.eval()(torch.rand(2, 3, 32, 32)).shape
+    torch.Size([2, 1])
+    """
+    model = nn.Sequential(NPR(scale=2 / 3), bnext(variant, num_classes=num_classes))
+    set_constructor(
+        model, "dfcompress.data.detectors:npr_bnext", variant=variant, num_classes=num_classes
+    )
+    return model
