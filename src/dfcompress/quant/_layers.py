@@ -88,3 +88,14 @@ def layer_forward(
     return conv(
         x, weight, bias, tuple(args["stride"]), padding, tuple(args["dilation"]), args["groups"]
     )
+
+
+def mirror_attrs(module: nn.Module, args: dict[str, Any]) -> None:
+    """Expose the hyper-parameters as the attributes ``nn.Conv*``/``nn.Linear`` have.
+
+    Model code often reads them (``self.stem.in_channels``), so a wrapper must answer.
+    """
+    for k, v in args.items():
+        if k == "bias":
+            continue
+        setattr(module, k, tuple(v) if isinstance(v, list) else v)

@@ -41,6 +41,7 @@ class CastLayer(nn.Module):
     def __init__(self, args: dict[str, Any], dtype: torch.dtype) -> None:
         super().__init__()
         self.args = dict(args)
+        _layers.mirror_attrs(self, self.args)
         self.dtype_name = _dtype_name(dtype)
         self.dtype = dtype
         shape = _layers.weight_shape(self.layer_kind, args)

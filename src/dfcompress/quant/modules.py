@@ -83,6 +83,7 @@ class QuantLayer(nn.Module):
         super().__init__()
         self.args = dict(args)
         self.config = config
+        _layers.mirror_attrs(self, self.args)
         shape = _layers.weight_shape(self.layer_kind, args)
         self._shape = shape
         # Packed per-group scales are stored in float16: in float32 they would cost
