@@ -35,56 +35,48 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import machine_line, markdown_table, update_section
-from dfcompress.data import loader, train_detector
+from dfcompress.data import loader
+from dfcompress.data.detectors import npr_bnext
+from dfcompress.demo import DEMO_SIZE, load_demo_detector
 from dfcompress.evaluate.metrics import auc
 from dfcompress.export import export_onnx
-from dfcompress.models import bnext_tiny
+from dfcompress.io import load
 from dfcompress.prune.structured import prune_channels
 from dfcompress.quant import quantize
 
 RSS_CHILD = """
-import resource, sys, numpy as np, onnxruntime as ort
+import re, sys, numpy as np, onnxruntime as ort
 o = ort.SessionOptions(); o.intra_op_num_threads = 1
 s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"])
 x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
 s.run(None, {s.get_inputs()[0].name: x})
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+status = open("/proc/self/status").read()
+print(int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1)))
 """
 
 
-class Block(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.down = (
-            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-            if stride != 1 or c_in != c_out
-            else nn.Identity()
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.down(x) + self.bn2(self.conv2(y)))
-
-
-def resnet_like(width: int = 32) -> nn.Module:
-    """A ResNet-18-shaped detector (one block per stage) with a one-logit head."""
-    w = width
-    return nn.Sequential(
-        nn.Conv2d(3, w, 3, 2, 1, bias=False),
-        nn.BatchNorm2d(w),
-        nn.ReLU(),
-        Block(w, w, 1),
-        Block(w, 2 * w, 2),
-        Block(2 * w, 4 * w, 2),
-        Block(4 * w, 8 * w, 2),
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(8 * w, 1),
-    )
+def baselines(quick: bool) -> dict[str, tuple[nn.Module, int, bool]]:
+    """name -> (model in eval mode, proxy image side for its AUC, trained?)."""
+    out: dict[str, tuple[nn.Module, int, bool]] = {}
+    ckpts = Path(os.environ.get("DFC_BASELINES", Path.home() / ".cache/dfcompress/baselines"))
+    meta = ckpts / "baselines.json"
+    size = json.loads(meta.read_text()).get("size", 32) if meta.is_file() else 32
+    for f in sorted(ckpts.glob("*.safetensors")):
+        out[f"{f.stem} (trained)"] = (load(f).eval(), int(size), True)
+    if not out:
+        out["demo NPR+BNext (trained)"] = (load_demo_detector().eval(), DEMO_SIZE, True)
+        torch.manual_seed(0)
+        out["NPR+BNext-tiny (random)"] = (npr_bnext("tiny").eval(), DEMO_SIZE, False)
+        try:
+            import timm
+        except ImportError:
+            pass
+        else:
+            net = timm.create_model("efficientnet_b0", pretrained=False, num_classes=1)
+            out["efficientnet_b0 (random)"] = (net.eval(), DEMO_SIZE, False)
+    if quick:
+        out = dict(list(out.items())[:1])
+    return out
 
 
 def session(path: Path) -> Any:
@@ -96,17 +88,20 @@ def session(path: Path) -> Any:
     return ort.InferenceSession(str(path), o, providers=["CPUExecutionProvider"])
 
 
-def latency_ms(path: Path, batch: int, res: int, repeats: int) -> float:
-    sess = session(path)
-    name = sess.get_inputs()[0].name
+def latencies_ms(files: dict[str, Path], batch: int, res: int, rounds: int) -> dict[str, float]:
+    """Median latency per image; variants interleaved round by round so that load
+    from other processes on the machine hits them all alike."""
+    sessions = {k: session(p) for k, p in files.items()}
     x = np.random.default_rng(0).standard_normal((batch, 3, res, res)).astype(np.float32)
-    sess.run(None, {name: x})
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        sess.run(None, {name: x})
-        times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times) / batch
+    times: dict[str, list[float]] = {k: [] for k in files}
+    for sess in sessions.values():
+        sess.run(None, {sess.get_inputs()[0].name: x})
+    for _ in range(rounds):
+        for k, sess in sessions.items():
+            t = time.perf_counter()
+            sess.run(None, {sess.get_inputs()[0].name: x})
+            times[k].append(time.perf_counter() - t)
+    return {k: 1000 * statistics.median(v) / batch for k, v in times.items()}
 
 
 def onnx_auc(path: Path, images: torch.Tensor, labels: np.ndarray) -> float:
@@ -156,78 +151,54 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    res, n_eval, rep1, rep32 = (64, 64, 3, 1) if args.quick else (args.res, 256, 10, 2)
-    size = 64
-    test = next(iter(loader("test", size=size, n=n_eval, batch_size=n_eval)))
-    images, labels = test[0], test[1].numpy()
-    calib = next(iter(loader("val", size=size, n=64, batch_size=64)))[0]
-
-    t0 = time.time()
-    res_net = resnet_like(16 if args.quick else 24)
-    res_net = train_detector(
-        res_net,
-        loader("train", size=size, n=256 if args.quick else 512, batch_size=32),
-        epochs=1 if args.quick else 2,
-        progress=False,
-    )
-    baselines = {
-        "ResNet-like (trained on proxy)": res_net.eval(),
-        "BNext-tiny (random weights)": bnext_tiny(num_classes=1).eval(),
-    }
-    print(f"trained the ResNet-like in {time.time() - t0:.0f} s", flush=True)
-
+    torch.set_num_threads(1)
+    res, n_eval, rep1, rep32 = (64, 64, 3, 1) if args.quick else (args.res, 512, 20, 3)
     rows: list[list[object]] = []
     details: dict[str, Any] = {}
+    t0 = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        for bname, model in baselines.items():
-            tag = bname.split()[0]
-            pruned = prune_channels(model, 0.5, example_inputs=calib[:2])
+        for n_model, (bname, (model, size, trained)) in enumerate(baselines(args.quick).items()):
+            tag = f"m{n_model}"
+            test = next(iter(loader("test", size=size, n=n_eval, batch_size=n_eval)))
+            images, labels = test[0], test[1].numpy()
+            calib = next(iter(loader("val", size=size, n=128, batch_size=128)))[0]
+            ex = calib[:8]
+            kw: dict[str, Any] = {"dynamic_size": True}
+            qkw: dict[str, Any] = {"calibration": calib, "atol": 1e3, "min_agreement": 0.0, **kw}
             files: dict[str, Path] = {}
-            info: dict[str, Any] = {}
-            files["float"] = export_onnx(
-                model, d / f"{tag}-f.onnx", calib[:8], dynamic_size=True
-            ).path
+            files["float"] = export_onnx(model, d / f"{tag}-f.onnx", ex, **kw).path
             q = quantize(model, "int8", calibration=calib, progress=False)
-            r = export_onnx(
-                q,
-                d / f"{tag}-q.onnx",
-                calib[:8],
-                calibration=calib,
-                dynamic_size=True,
-                atol=1.0,
-                min_agreement=0.0,
-            )
-            files["dfc int8"], info["dfc int8"] = r.path, (r.weights, r.int8_kernels)
+            r = export_onnx(q, d / f"{tag}-q.onnx", ex, **qkw)
+            files["dfc int8"] = r.path
+            details[f"{bname} / dfc int8"] = [r.weights, r.int8_kernels, round(r.max_abs_diff, 4)]
             ort_quantize_static(files["float"], d / f"{tag}-ort.onnx", calib)
             files["ort quantize_static"] = d / f"{tag}-ort.onnx"
-            files["s50"] = export_onnx(
-                pruned, d / f"{tag}-s.onnx", calib[:8], dynamic_size=True
-            ).path
+            pruned = prune_channels(model, 0.5, example_inputs=ex)
+            files["s50"] = export_onnx(pruned, d / f"{tag}-s.onnx", ex, **kw).path
             qp = quantize(pruned, "int8", calibration=calib, progress=False)
-            r = export_onnx(
-                qp,
-                d / f"{tag}-sq.onnx",
-                calib[:8],
-                calibration=calib,
-                dynamic_size=True,
-                atol=1.0,
-                min_agreement=0.0,
-            )
-            files["s50 + int8"], info["s50 + int8"] = r.path, (r.weights, r.int8_kernels)
-            base32 = 0.0
+            r = export_onnx(qp, d / f"{tag}-sq.onnx", ex, **qkw)
+            files["s50 + int8"] = r.path
+            details[f"{bname} / s50 + int8"] = [r.weights, r.int8_kernels, round(r.max_abs_diff, 4)]
+            print(f"{bname}: exported in {time.time() - t0:.0f} s", flush=True)
+            lat1 = latencies_ms(files, 1, res, rep1)
+            lat32 = latencies_ms(files, 32, res, rep32)
             for vname, path in files.items():
-                l1 = latency_ms(path, 1, res, rep1)
-                l32 = latency_ms(path, 32, res, rep32)
-                if vname == "float":
-                    base32 = l32
-                a = onnx_auc(path, images, labels)
-                rss = peak_rss_mb(path)
-                mb = path.stat().st_size / 2**20
-                rows.append([bname, vname, l1, l32, f"{base32 / l32:.2f}x", a, mb, rss])
-                details[f"{bname}/{vname}"] = info.get(vname)
+                a = onnx_auc(path, images, labels) if trained else float("nan")
+                rows.append(
+                    [
+                        bname,
+                        vname,
+                        lat1[vname],
+                        lat32[vname],
+                        f"{lat32['float'] / lat32[vname]:.2f}x",
+                        a,
+                        path.stat().st_size / 2**20,
+                        peak_rss_mb(path),
+                    ]
+                )
                 print(rows[-1], flush=True)
+            size_note = size
 
     headers = [
         "model",
@@ -235,7 +206,7 @@ def main() -> None:
         f"ms/img b1 @{res}px",
         f"ms/img b32 @{res}px",
         "speed-up b32",
-        f"AUC (proxy {size}px)",
+        f"AUC (proxy {size_note}px)",
         "file MB",
         "peak RSS MB (b1 @224px)",
     ]
@@ -245,9 +216,11 @@ def main() -> None:
     notes = (
         f"{machine_line()} ONNX Runtime, 1 intra-op thread, CPU {platform.processor() or '?'}; "
         f"VNNI: {'yes' if vnni else 'no (AVX2 only)'}. Latency: median of {rep1} (b1) / "
-        f"{rep32} (b32) runs at {res} px to keep the run short. AUC: {n_eval} proxy test "
-        f"images at {size} px. The BNext-tiny has random weights (no trained checkpoint "
-        "here), so its AUC column is not meaningful; its latency, size and RSS are. "
+        f"{rep32} (b32) runs at {res} px, variants interleaved. AUC: {n_eval} proxy test "
+        f"images at {size_note} px; nan for models with random weights (no trained "
+        "checkpoint from benchmarks/train_baselines.py was found), whose latency, size "
+        "and RSS columns still hold. Peak RSS: VmHWM of a fresh process that loads the "
+        "file and runs one 1x3x224x224 image. "
         f"int8 weight storage and fused kernels: {json.dumps(details)}"
     )
     print(table)

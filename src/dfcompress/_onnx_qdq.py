@@ -364,16 +364,18 @@ def prepare_qdq(model: Any) -> Any:
     return model
 
 
-def to_qdq(model: Any, ranges: Ranges, *, weights: str = "uint8") -> Any:
+def to_qdq(model: Any, ranges: Ranges, *, weights: str = "uint8", output_q: bool = True) -> Any:
     """Rewrite ``model`` (an ``onnx.ModelProto``, modified in place) into fusable QDQ form.
 
     ``weights="uint8"`` stores the int8 weight codes shifted by 128 (exact
     arithmetic everywhere); ``"int8"`` keeps them signed (faster U8S8 kernels,
-    which may saturate on CPUs without VNNI).
+    which may saturate on CPUs without VNNI). ``output_q=False`` inserts no Q/DQ
+    after Conv outputs (exact, but those convs then run in float).
     """
     prepare_qdq(model)
     g = _Graph(model)
-    _insert_output_qdq(g, ranges)
+    if output_q:
+        _insert_output_qdq(g, ranges)
     if weights == "uint8":
         _weights_to_uint8(g)
     _drop_unused_initializers(g)
