@@ -14,6 +14,8 @@ from dfcompress.errors import DfcompressError
 __all__ = ["calibration_batch", "guess_input_shape"]
 
 _TRY_SIZES = (64, 128, 224)
+_SYNTH_SAMPLES = 16
+_SYNTH_STEPS = 20
 
 
 def _declared_shape(model: nn.Module) -> tuple[int, ...] | None:
@@ -76,7 +78,7 @@ def calibration_batch(
     """One batch of up to ``n_samples`` inputs, on the model's device.
 
     Without calibration data the inputs are synthesized from the model alone:
-    optimised to match its BatchNorm statistics
+    at most 16 samples optimised for 20 steps to match its BatchNorm statistics
     (``dfcompress._datafree.synthesize_inputs``), or seeded Gaussian noise for a
     model without BatchNorm, at the shape of ``example_inputs`` or
     :func:`guess_input_shape`.
@@ -98,7 +100,9 @@ def calibration_batch(
     if has_bn:
         from dfcompress._datafree import synthesize_inputs
 
-        x = synthesize_inputs(model, shape, n_samples)
+        # Agreement scores need inputs in the right range, not a converged
+        # optimisation: a few steps on a small batch keep data-free scans cheap.
+        x = synthesize_inputs(model, shape, min(n_samples, _SYNTH_SAMPLES), steps=_SYNTH_STEPS)
     else:  # nothing in the model describes its input distribution: seeded noise
         gen = torch.Generator().manual_seed(0)
         x = torch.randn((n_samples, *shape), generator=gen)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Union
 
 from torch import nn
@@ -12,6 +12,7 @@ from dfcompress.select import CONV_TYPES, LINEAR_TYPES, SelectorLike, as_selecto
 
 __all__ = [
     "AmountSpec",
+    "Select",
     "check_amount",
     "is_binary",
     "prunable_layers",
@@ -19,6 +20,8 @@ __all__ = [
 ]
 
 AmountSpec = Union[float, Mapping[SelectorLike, float]]  # noqa: UP007 - runtime alias
+Select = Union[SelectorLike, Sequence[SelectorLike]]  # noqa: UP007 - runtime alias
+"""A selector, an exact module name, or a list of them (their union)."""
 
 # Layers whose weights are binarized in the forward pass: zeroing a latent weight
 # does not remove it (sign(0) is still +-1), so they are never pruned unstructured.
@@ -49,7 +52,7 @@ def check_amount(amount: float, what: str = "amount") -> float:
     return a
 
 
-def prunable_layers(model: nn.Module, select: SelectorLike | None = None) -> dict[str, nn.Module]:
+def prunable_layers(model: nn.Module, select: Select | None = None) -> dict[str, nn.Module]:
     """Conv and linear layers with a weight, minus binary layers, optionally narrowed."""
     base = {
         n: m
@@ -64,16 +67,23 @@ def prunable_layers(model: nn.Module, select: SelectorLike | None = None) -> dic
     return {n: m for n, m in base.items() if n in chosen}
 
 
-def _resolve_key(model: nn.Module, key: SelectorLike) -> set[str]:
+def _resolve_key(model: nn.Module, key: Select) -> set[str]:
+    if isinstance(key, (list, tuple, set)) and not (
+        isinstance(key, tuple) and all(isinstance(k, type) for k in key)
+    ):
+        out: set[str] = set()
+        for k in key:
+            out |= _resolve_key(model, k)
+        return out
     if isinstance(key, str):
         names = dict(model.named_modules())
         if key in names and key:
             return {key}
-    return set(as_selector(key).resolve(model))
+    return set(as_selector(key).resolve(model))  # type: ignore[arg-type]
 
 
 def resolve_amounts(
-    model: nn.Module, amount: AmountSpec, select: SelectorLike | None = None
+    model: nn.Module, amount: AmountSpec, select: Select | None = None
 ) -> list[tuple[float, dict[str, nn.Module]]]:
     """Groups of layers sharing one amount.
 

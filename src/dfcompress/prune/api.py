@@ -8,7 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from dfcompress.prune._targets import AmountSpec
+from dfcompress.prune._targets import AmountSpec, Select
 from dfcompress.prune.pruner import Method, PruneConfig, Pruner
 from dfcompress.prune.schedule import Finetune, Schedule
 from dfcompress.prune.sensitivity import Metric, Strategy
@@ -31,7 +31,7 @@ def prune(
     steps: int = 1,
     schedule: Schedule | None = None,
     finetune: Finetune | None = None,
-    select: SelectorLike | None = None,
+    select: Select | None = None,
     importance: Literal["l1", "l2", "taylor"] = "l1",
     ignore: SelectorLike | None = "head",
     recalibrate_bn: bool = False,

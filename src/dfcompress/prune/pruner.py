@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from dfcompress.errors import DfcompressError
-from dfcompress.prune._targets import AmountSpec, check_amount
+from dfcompress.prune._targets import AmountSpec, Select, check_amount
 from dfcompress.prune.schedule import Finetune, Schedule, run_schedule
 from dfcompress.prune.sensitivity import (
     DEFAULT_GRID,
@@ -63,7 +63,7 @@ class PruneConfig:
     n_samples: int = 32
     steps: int = 1
     schedule: Schedule | None = None
-    select: SelectorLike | None = None
+    select: Select | None = None
     importance: Literal["l1", "l2", "taylor"] = "l1"
     ignore: SelectorLike | None = "head"
     recalibrate_bn: bool = False

@@ -34,8 +34,7 @@ from torch import nn
 from dfcompress.errors import DfcompressError, require
 from dfcompress.prune._allocate import allocate_budget, allocate_threshold, monotone_losses
 from dfcompress.prune._calib import calibration_batch
-from dfcompress.prune._targets import check_amount, prunable_layers
-from dfcompress.select import SelectorLike
+from dfcompress.prune._targets import Select, check_amount, prunable_layers
 
 __all__ = [
     "LayerSensitivity",
@@ -226,14 +225,13 @@ class _Runner:
         return _as_tensor(h)
 
 
-@torch.no_grad()
 def scan(
     model: nn.Module,
     *,
     calibration: Iterable[Any] | torch.Tensor | None = None,
     metric: Metric | None = None,
     amounts: Sequence[float] = DEFAULT_GRID,
-    select: SelectorLike | None = None,
+    select: Select | None = None,
     n_samples: int = 32,
     example_inputs: torch.Tensor | None = None,
     progress: bool = True,
@@ -269,6 +267,27 @@ def scan(
     start = time.perf_counter()
     work = copy.deepcopy(model).eval()
     x = calibration_batch(work, calibration, n_samples=n_samples, example_inputs=example_inputs)
+    with torch.no_grad():
+        result = _scan(work, x, score_fn, grid, select, progress)
+    result = replace(result, seconds=time.perf_counter() - start)
+    if result.flagged:
+        warnings.warn(
+            f"pruning these layers by {grid[-1]} changed the model's output by nothing "
+            f"measurable on the calibration batch: {', '.join(result.flagged)}; they may be "
+            "off the forward path or unexercised by the data",
+            stacklevel=2,
+        )
+    return result
+
+
+def _scan(
+    work: nn.Module,
+    x: torch.Tensor,
+    score_fn: Metric,
+    grid: tuple[float, ...],
+    select: Select | None,
+    progress: bool,
+) -> SensitivityResult:
     layers = prunable_layers(work, select)
     if not layers:
         raise DfcompressError(f"no prunable conv/linear layer matched select={select!r}")
@@ -291,17 +310,7 @@ def scan(
         m.weight.copy_(w)
         flag = "no effect" if abs(baseline - scores[-1]) < _NO_EFFECT else ""
         out.append(LayerSensitivity(name, w.numel(), grid, tuple(scores), 0.0, flag))
-    result = SensitivityResult(
-        tuple(out), baseline, None, "none", run.calls, time.perf_counter() - start
-    )
-    if result.flagged:
-        warnings.warn(
-            f"pruning these layers by {grid[-1]} changed the model's output by nothing "
-            f"measurable on the calibration batch: {', '.join(result.flagged)}; they may be "
-            "off the forward path or unexercised by the data",
-            stacklevel=2,
-        )
-    return result
+    return SensitivityResult(tuple(out), baseline, None, "none", run.calls)
 
 
 def allocate(

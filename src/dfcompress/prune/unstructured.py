@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from dfcompress.errors import DfcompressError
-from dfcompress.prune._targets import AmountSpec, resolve_amounts
-from dfcompress.select import SelectorLike
+from dfcompress.prune._targets import AmountSpec, Select, resolve_amounts
 
 __all__ = [
     "Scope",
@@ -55,7 +54,7 @@ class _MaskHook:
         if isinstance(mask, torch.Tensor):
             w = _weight(module)
             with torch.no_grad():
-                w.mul_(mask.to(w.dtype))
+                w.masked_fill_(~mask, 0.0)  # +0.0: a -0.0 would not store sparsely
 
 
 def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
@@ -66,7 +65,7 @@ def _set_mask(module: nn.Module, mask: torch.Tensor) -> None:
         setattr(module, _MASK, mask)
     w = _weight(module)
     with torch.no_grad():
-        w.mul_(mask.to(w.dtype))
+        w.masked_fill_(~mask, 0.0)  # +0.0: a -0.0 would not store sparsely
 
 
 def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -92,7 +91,7 @@ def apply_masks(model: nn.Module) -> nn.Module:
         if isinstance(mask, torch.Tensor):
             w = _weight(m)
             with torch.no_grad():
-                w.mul_(mask.to(w.dtype))
+                w.masked_fill_(~mask, 0.0)  # +0.0: a -0.0 would not store sparsely
     return model
 
 
@@ -145,7 +144,7 @@ def l1_unstructured(
     amount: AmountSpec,
     *,
     scope: Scope = "global",
-    select: SelectorLike | None = None,
+    select: Select | None = None,
     keep_masks: bool = False,
     inplace: bool = False,
 ) -> nn.Module:
@@ -195,7 +194,7 @@ def l1_unstructured(
     return model
 
 
-def sparsity(model: nn.Module, select: SelectorLike | None = None) -> float:
+def sparsity(model: nn.Module, select: Select | None = None) -> float:
     """Fraction of zero weights over the prunable conv/linear layers.
 
     >>> from torch import nn
