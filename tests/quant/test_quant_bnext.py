@@ -27,8 +27,9 @@ def _check(variant: str, bits: tuple[int, int, int]) -> None:
     else:
         assert all(isinstance(m, QuantLayer) and m.bits == se for m in se_layers)
     # binary convolutions are not conv/linear layers and stay as they are
-    assert all(type(m).__name__ != "QuantConv2d" for m in q.modules()
-               if isinstance(m, models.BinaryConv2d))
+    assert all(
+        type(m).__name__ != "QuantConv2d" for m in q.modules() if isinstance(m, models.BinaryConv2d)
+    )
     with torch.no_grad():
         ref, out = net(x), q(x)
     assert out.shape == ref.shape

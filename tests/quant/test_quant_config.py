@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 
 from dfcompress.errors import DfcompressError
+from dfcompress.presets import ise
 from dfcompress.quant.config import (
     FP16,
     IntQuant,
@@ -20,7 +20,6 @@ from dfcompress.quant.config import (
 )
 from dfcompress.quant.functional import fake_quantize
 from dfcompress.quant.observers import MSE, MinMax, MovingAverageMinMax, Percentile
-from dfcompress.presets import ise
 from strategies import tensors
 
 
@@ -67,8 +66,12 @@ def test_minmax_scale_covers_every_value(x: torch.Tensor) -> None:
 
 
 def test_constant_tensor_never_gives_zero_scale() -> None:
-    for obs in (MinMax(0, 255, False), MovingAverageMinMax(0, 255, False),
-                Percentile(0, 255, False), MSE(0, 255, False)):
+    for obs in (
+        MinMax(0, 255, False),
+        MovingAverageMinMax(0, 255, False),
+        Percentile(0, 255, False),
+        MSE(0, 255, False),
+    ):
         obs.update(torch.zeros(10))
         assert float(obs.qparams()[0]) > 0
 

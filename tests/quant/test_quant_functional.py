@@ -15,7 +15,7 @@ from dfcompress.quant.functional import (
     int_range,
     quantize,
 )
-from strategies import tensors
+from strategies import shapes, tensors
 
 SCALES = st.floats(min_value=2**-13, max_value=10.0, allow_nan=False, width=32)
 RANGES = st.sampled_from([(-128, 127), (0, 255), (-127, 127), (0, 127)])
@@ -133,3 +133,24 @@ def test_bad_inputs_raise() -> None:
         int_range(1, True)
     with pytest.raises(DfcompressError, match="group_size=3"):
         fake_quantize(torch.ones(2, 4), torch.ones(2, 1), torch.zeros(2, 1), -8, 7, group_size=3)
+
+
+@given(data=st.data(), symmetric=st.booleans())
+def test_inference_path_of_the_module_equals_torch(data: st.DataObject, symmetric: bool) -> None:
+    from dfcompress.quant.config import IntQuant, PerChannel, PerTensor
+    from dfcompress.quant.fake_quantizer import FakeQuantizer
+
+    x = data.draw(tensors(data.draw(shapes(min_dims=2, max_dims=4))))
+    per_channel = data.draw(st.booleans())
+    cfg = IntQuant(8, PerChannel(0) if per_channel else PerTensor(), symmetric=symmetric)
+    fq = FakeQuantizer(cfg, (x.shape[0],) if per_channel else (), 0 if per_channel else None)
+    fq.mode = "observe"
+    fq(x)
+    fq.freeze()
+    z = fq.zero_point_int32()
+    if per_channel:
+        ref = torch.fake_quantize_per_channel_affine(x, fq.scale, z, 0, fq.qmin, fq.qmax)
+    else:
+        ref = torch.fake_quantize_per_tensor_affine(x, fq.scale, z, fq.qmin, fq.qmax)
+    with torch.no_grad():
+        assert torch.equal(fq(x), ref)

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 import torch
+from _quant_nets import TinyResNet, TinyVideoNet, TinyViT, randomize_bn
 from torch import nn
 
-from _quant_nets import TinyResNet, TinyVideoNet, TinyViT, randomize_bn
 from dfcompress._rebuild import kind_of
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import (
@@ -17,8 +17,8 @@ from dfcompress.quant import (
     FoldedBatchNorm,
     IntQuant,
     PerGroup,
-    QuantLayer,
     Quantizer,
+    QuantLayer,
     quantize,
 )
 
@@ -42,8 +42,9 @@ def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("net", list(NETS))
-@pytest.mark.parametrize(("config", "tol"), [("int8", 0.05), ("int4", 0.3), ("fp16", 0.01),
-                                             ("bf16", 0.05)])
+@pytest.mark.parametrize(
+    ("config", "tol"), [("int8", 0.05), ("int4", 0.3), ("fp16", 0.01), ("bf16", 0.05)]
+)
 def test_quantize_keeps_outputs_close(net: str, config: str, tol: float) -> None:
     model, x = _make(net)
     before = copy.deepcopy(model.state_dict())
@@ -109,8 +110,11 @@ def test_packed_equals_unpacked_and_rebuilds_from_spec() -> None:
             k: (v.shape, v.dtype) for k, v in sd2.items()
         }, name
         empty.load_state_dict(sd)
-        xin = torch.randn(2, m.args.get("in_channels", 0) or m.args["in_features"],
-                          *([4, 4] if m.layer_kind == "conv2d" else []))
+        xin = torch.randn(
+            2,
+            m.args.get("in_channels", 0) or m.args["in_features"],
+            *([4, 4] if m.layer_kind == "conv2d" else []),
+        )
         with torch.no_grad():
             assert torch.equal(empty(xin), m(xin))
 
@@ -130,8 +134,9 @@ def test_convert_before_calibrate_is_an_error() -> None:
 
 def test_rules_first_match_wins_and_float_shields() -> None:
     model, x = _make("resnet")
-    q = quantize(model, [("stem", "float"), ("conv", "int4"), ("all", "int8")], calibration=x,
-                 progress=False)
+    q = quantize(
+        model, [("stem", "float"), ("conv", "int4"), ("all", "int8")], calibration=x, progress=False
+    )
     assert type(q.stem[0]) is nn.Conv2d
     assert isinstance(q.conv1, QuantLayer) and q.conv1.bits == 4
     assert isinstance(q.fc, QuantLayer) and q.fc.bits == 8

@@ -25,7 +25,7 @@ from dfcompress._rebuild import register_module
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
 from dfcompress.quant.config import IntQuant, PerGroup, config_from_dict, config_to_dict
-from dfcompress.quant.fake_quantizer import FakeQuantizer, Mode
+from dfcompress.quant.fake_quantizer import FakeQuantizer, Mode, exporting
 from dfcompress.quant.functional import dequantize, quantize
 from dfcompress.quant.observers import granularity_args
 from dfcompress.quant.pack import pack, packed_dtype, packed_numel, unpack
@@ -224,11 +224,14 @@ class QuantLayer(nn.Module):
             w = dequantize(
                 self.int_weight(), wq.scale, wq.zero_point_int32(), wq.axis, wq.group_size
             )
+            if exporting():
+                # Idempotent, and lets an exporter see the QuantizeLinear/DequantizeLinear pair.
+                return wq.quantize_with(w, wq.scale, wq.zero_point_int32())
             self._cache = (key, w)
             return w
         if self.weight is None:  # pragma: no cover
             raise DfcompressError("layer has neither a weight nor packed codes")
-        if torch.is_grad_enabled() or wq.mode == "dynamic":
+        if torch.is_grad_enabled() or wq.mode == "dynamic" or exporting():
             self._cache = None
             out: torch.Tensor = wq(self.weight)
             return out
@@ -238,7 +241,10 @@ class QuantLayer(nn.Module):
             wq.scale._version,
             id(self.weight),
         )
-        if self._cache is None or self._cache[0] != wkey or wq.mode != "fixed":
+        if wq.mode == "track":
+            wq.track(self.weight)  # may change the scale, hence after it the cache check
+            wkey = (*wkey[:2], wq.scale._version, id(self.weight))
+        if self._cache is None or self._cache[0] != wkey:
             self._cache = (wkey, wq(self.weight))
         return self._cache[1]
 

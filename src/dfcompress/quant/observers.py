@@ -91,21 +91,23 @@ class Observer(ABC):
 
     def update(self, x: torch.Tensor) -> None:
         """Observe one tensor (raises on NaN/Inf)."""
-        finite = torch.isfinite(x)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            raise DfcompressError(
-                f"the observed tensor contains NaN or Inf ({bad} of {x.numel()} values): "
-                "check the calibration data and the layers before this one"
-            )
         if self.group_size is not None:
             self._shape = (x.shape[0], x.shape[1] // self.group_size)
         elif self.axis is not None:
             self._shape = (x.shape[self.axis],)
-        self._observe(_rows(x, self.axis, self.group_size))
+        rows = _rows(x, self.axis, self.group_size)
+        lo, hi = torch.aminmax(rows, dim=1)
+        # NaN propagates into min/max and Inf is an extreme, so one pass checks both.
+        if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            bad = int((~torch.isfinite(x)).sum())
+            raise DfcompressError(
+                f"the observed tensor contains NaN or Inf ({bad} of {x.numel()} values): "
+                "check the calibration data and the layers before this one"
+            )
+        self._observe(rows, lo, hi)
 
     @abstractmethod
-    def _observe(self, rows: torch.Tensor) -> None: ...
+    def _observe(self, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None: ...
 
     def _range(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.min_val is None or self.max_val is None:
@@ -124,8 +126,7 @@ class Observer(ABC):
 class MinMax(Observer):
     """The running minimum and maximum."""
 
-    def _observe(self, rows: torch.Tensor) -> None:
-        lo, hi = torch.aminmax(rows, dim=1)
+    def _observe(self, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         if self.min_val is None or self.max_val is None:
             self.min_val, self.max_val = lo, hi
         else:
@@ -142,8 +143,8 @@ class Dynamic(MinMax):
 
     dynamic = True
 
-    def _observe(self, rows: torch.Tensor) -> None:
-        self.min_val, self.max_val = torch.aminmax(rows, dim=1)
+    def _observe(self, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
+        self.min_val, self.max_val = lo, hi
 
 
 class MovingAverageMinMax(Observer):
@@ -163,8 +164,7 @@ class MovingAverageMinMax(Observer):
         self.momentum = momentum
         super().__init__(qmin, qmax, symmetric, axis, group_size)
 
-    def _observe(self, rows: torch.Tensor) -> None:
-        lo, hi = torch.aminmax(rows, dim=1)
+    def _observe(self, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         if self.min_val is None or self.max_val is None:
             self.min_val, self.max_val = lo, hi
         else:
@@ -191,7 +191,7 @@ class Percentile(Observer):
         super().reset()
         self._n = 0
 
-    def _observe(self, rows: torch.Tensor) -> None:
+    def _observe(self, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         n = rows.shape[1]
         k_hi = min(n, max(1, round(n * self.percentile / 100.0)))
         k_lo = max(1, n + 1 - k_hi)
@@ -232,8 +232,7 @@ class MSE(Observer):
         self._samples: list[torch.Tensor] = []
         self._count = 0
 
-    def _observe(self, rows: torch.Tensor) -> None:
-        lo, hi = torch.aminmax(rows, dim=1)
+    def _observe(self, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None:
         if self.min_val is None or self.max_val is None:
             self.min_val, self.max_val = lo, hi
         else:

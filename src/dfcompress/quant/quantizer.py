@@ -179,6 +179,8 @@ class Quantizer:
             for m in layers.values()
             if m.input_quant is not None and m.input_quant.mode != "dynamic"
         ]
+        if not inputs and not self.bias_correction:
+            return  # nothing to calibrate: weights are quantized from themselves
         for q in inputs:
             q.mode = "observe"
         n = _run(model, data, progress, max_samples, "calibrating")
