@@ -129,6 +129,23 @@ def test_unexportable_op_is_named(tmp_path: Path) -> None:
         export_onnx(Unexportable(), tmp_path / "m.onnx", torch.randn(2, 3, 4, 4))
 
 
+class Fft(nn.Module):
+    """Phase-only image by torch.fft: only the dynamo exporter knows these operators."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.fft.fft2(x.mean(1, keepdim=True))
+        return torch.fft.ifft2(f / f.abs().clamp_min(1e-6)).real
+
+
+@pytest.mark.slow
+def test_auto_falls_back_to_the_dynamo_exporter(tmp_path: Path) -> None:
+    x = torch.rand(2, 3, 8, 8)
+    with pytest.raises(DfcompressError, match="aten::fft_fft2"):
+        export_onnx(Fft(), tmp_path / "m.onnx", x, exporter="torchscript")
+    r = export_onnx(Fft(), tmp_path / "m.onnx", x, atol=1e-4)
+    assert r.exporter == "dynamo" and r.max_abs_diff < 1e-4
+
+
 class Noisy(nn.Module):
     """Draws noise in forward: eager and ONNX Runtime draw different numbers."""
 

@@ -161,3 +161,17 @@ def test_calibration_data_sets_inserted_ranges(tmp_path: Path) -> None:
 
     assert a.int8_kernels == b.int8_kernels
     assert np.mean(out_scales(tmp_path / "b.onnx")) > np.mean(out_scales(tmp_path / "a.onnx"))
+
+
+def test_float_conv_outputs_when_asked(tmp_path: Path) -> None:
+    """Without inserted output quantizers the file computes what the model does, up to
+    the rounding of a code where float and integer sums differ in the last bit."""
+    net = q_resnet()
+    x = torch.randn(8, 3, 16, 16)
+    r = export_onnx(net, tmp_path / "q.onnx", x, quantize_conv_outputs=False, int8_weights="uint8")
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    assert not any(t.name.startswith("out_scale") for t in graph.initializer)
+    head = net[-1]
+    assert r.max_abs_diff <= head.scale * float(head.layer.weight.detach().abs().sum()) / 2
+    # convs whose output feeds the next input quantizer still fuse
+    assert r.int8_kernels.get("QLinearConv", 0) >= 2

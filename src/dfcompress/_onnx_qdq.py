@@ -163,7 +163,8 @@ def _dq_params(g: _Graph, dq: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     w = g.const(dq.input[0])
     s = g.const(dq.input[1])
     z = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
-    assert w is not None and s is not None  # guaranteed by _weight_dq
+    if w is None or s is None:  # pragma: no cover - callers checked with _weight_dq
+        raise ValueError(f"{dq.name} does not read a constant weight")
     return w, s.astype(np.float32), np.zeros_like(s, dtype=w.dtype) if z is None else z
 
 
@@ -311,8 +312,8 @@ def _insert_output_qdq(g: _Graph, ranges: Ranges) -> None:
     seen = ranges([op.output[0] for op, _ in todo])
     for op, a in todo:
         name = op.output[0]
-        zt = g.const(a.input[2]) if len(a.input) > 2 and a.input[2] else np.zeros((), np.uint8)
-        assert zt is not None
+        zt = g.const(a.input[2]) if len(a.input) > 2 and a.input[2] else None
+        zt = np.zeros((), np.uint8) if zt is None else zt
         qmin, qmax = _INT_TYPES.get(zt.dtype, (0, 255))
         lo, hi = seen[name]
         lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
