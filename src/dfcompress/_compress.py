@@ -1,16 +1,14 @@
 """The machinery behind :func:`dfcompress.compress`: one recipe step applied to a model.
 
-The public verbs :func:`dfcompress.prune` and :func:`dfcompress.quantize` do
-the work when they are available; otherwise the step runs through
-:class:`~dfcompress.prune.pruner.Pruner` and
-:class:`~dfcompress.quant.quantizer.Quantizer` directly, with the same
-defaults (global L1 with sensitivity allocation; packed integer weights).
+Each step calls the public verb (:func:`dfcompress.prune.api.prune` or
+:func:`dfcompress.quant.api.quantize`) with the recipe's defaults: global L1
+pruning with sensitivity allocation for ``pNN``, channel pruning for ``sNN``,
+and quantized weights packed into real int8 / int4 storage.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -21,26 +19,39 @@ from dfcompress.recipe import MixedPrecision, Prune, Quantize, Step
 
 __all__ = ["PRUNE_OPTIONS", "QUANT_OPTIONS", "apply_step", "split_options"]
 
-Calibration = Iterable[Any] | torch.Tensor | None
-
 PRUNE_OPTIONS: tuple[str, ...] = (
     "scope",
     "sensitivity",
     "strategy",
-    "grid",
-    "n_samples",
+    "metric",
+    "steps",
+    "schedule",
+    "finetune",
+    "prune_select",
     "importance",
     "ignore",
-    "prune_select",
-    "example_inputs",
-    "steps",
     "recalibrate_bn",
+    "example_inputs",
 )
-QUANT_OPTIONS: tuple[str, ...] = ("select", "bias_correction", "fold_bn", "max_samples", "pack")
+"""``compress`` options passed to the pruning verb (``prune_select`` as its ``select``)."""
+
+QUANT_OPTIONS: tuple[str, ...] = (
+    "select",
+    "max_samples",
+    "input_shape",
+    "fold_bn",
+    "bias_correction",
+    "pack",
+)
+"""``compress`` options passed to the quantization verb."""
 
 
 def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split ``compress(**options)`` into pruning and quantization keyword arguments."""
+    """Split ``compress(**options)`` into pruning and quantization keyword arguments.
+
+    >>> split_options({"prune_select": "conv", "pack": False})
+    ({'select': 'conv'}, {'pack': False})
+    """
     prune_opts: dict[str, Any] = {}
     quant_opts: dict[str, Any] = {}
     for key, value in options.items():
@@ -56,78 +67,47 @@ def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     return prune_opts, quant_opts
 
 
-def _verb(module: str, name: str) -> Callable[..., nn.Module] | None:
-    try:
-        mod = importlib.import_module(module)
-    except ImportError:
-        return None
-    fn = getattr(mod, name, None)
-    return fn if callable(fn) else None
-
-
 def _prune(
-    model: nn.Module, step: Prune, calibration: Calibration, progress: bool, opts: dict[str, Any]
+    model: nn.Module,
+    step: Prune,
+    calibration: Iterable[Any] | torch.Tensor | None,
+    progress: bool,
+    opts: dict[str, Any],
 ) -> nn.Module:
-    kwargs: dict[str, Any] = {"sensitivity": step.method == "l1", **opts}
-    if step.method == "l1":
-        kwargs.setdefault("scope", "global")
-    else:
-        kwargs.pop("sensitivity")
-    verb = _verb("dfcompress.prune.api", "prune")
-    if verb is not None:
-        return verb(
-            model,
-            step.amount,
-            method=step.method,
-            calibration=calibration,
-            inplace=True,
-            progress=progress,
-            **kwargs,
-        )
-    from dfcompress.prune.pruner import Pruner
+    from dfcompress.prune.api import prune
 
-    example = kwargs.pop("example_inputs", None)
-    pruner = Pruner(amount=step.amount, method=step.method, **kwargs)
-    return pruner.apply(
-        model, calibration=calibration, example_inputs=example, inplace=True, progress=progress
+    if step.method == "l1":
+        opts.setdefault("sensitivity", True)
+        opts.setdefault("scope", "global")
+    return prune(
+        model,
+        step.amount,
+        method=step.method,
+        calibration=calibration,
+        inplace=True,
+        progress=progress,
+        **opts,
     )
 
 
 def _quantize(
     model: nn.Module,
     step: Quantize | MixedPrecision,
-    calibration: Calibration,
+    calibration: Iterable[Any] | torch.Tensor | None,
     progress: bool,
     opts: dict[str, Any],
 ) -> nn.Module:
-    if step.needs_calibration and calibration is None:
-        raise DfcompressError(
-            f"recipe token {str(step)!r} quantizes activations, whose ranges come from data: "
-            "pass calibration=<a loader or a tensor of inputs>"
-        )
-    config: Any = step.config_name if isinstance(step, Quantize) else step.rules()
-    verb = _verb("dfcompress.quant.api", "quantize")
-    if verb is not None:
-        return verb(
-            model, config, calibration=calibration, inplace=True, progress=progress, **opts
-        )
-    from dfcompress.quant.quantizer import Quantizer
+    from dfcompress.quant.api import quantize
 
-    rules = config if isinstance(config, list) else [(opts.pop("select", None) or "all", config)]
-    opts.pop("select", None)
-    pack = bool(opts.pop("pack", True))
-    max_samples = opts.pop("max_samples", None)
-    quantizer = Quantizer(rules, **opts)
-    prepared = quantizer.prepare(model, inplace=True)
-    if step.needs_calibration:
-        quantizer.calibrate(prepared, calibration, progress=progress, max_samples=max_samples)
-    return quantizer.convert(prepared, pack=pack, inplace=True)
+    config: Any = step.config_name if isinstance(step, Quantize) else step.rules()
+    opts.setdefault("pack", True)
+    return quantize(model, config, calibration, inplace=True, progress=progress, **opts)
 
 
 def apply_step(
     model: nn.Module,
     step: Step,
-    calibration: Calibration,
+    calibration: Iterable[Any] | torch.Tensor | None,
     *,
     progress: bool,
     prune_options: dict[str, Any],

@@ -251,7 +251,7 @@ class Recipe:
 
 def _unknown(token: str, text: str) -> DfcompressError:
     known = [*QUANT_TOKENS, "p50", "s50", "ise8-4-8", _EMPTY]
-    close = difflib.get_close_matches(token, known, n=1)
+    close = difflib.get_close_matches(token, known, n=1, cutoff=0.5)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return DfcompressError(
         f"unknown recipe token {token!r} in {text!r}{hint}: valid tokens are {VALID_TOKENS}"
@@ -278,10 +278,11 @@ def parse_recipe(text: str | Recipe) -> Recipe:
 
     >>> str(parse_recipe("Q16-P50"))
     'q16-p50'
-    >>> parse_recipe("q9")
-    Traceback (most recent call last):
-    ...
-    dfcompress.errors.DfcompressError: unknown recipe token 'q9' in 'q9' (did you mean 'q8'?): valid tokens are q16 (float16), bf16 (bfloat16), q8 (int8), q4 (int4 weight-only), pNN (NN % L1 pruning, NN in 1..99), sNN (NN % channel pruning, NN in 1..99), iseI-SE-O (I-SE-O mixed precision, each of 4, 8, 16, 32), joined by '-' (e.g. 'q8-p50'), or 'baseline' for no compression
+    >>> try:
+    ...     parse_recipe("q9")
+    ... except DfcompressError as e:
+    ...     print(str(e).split(": valid")[0])
+    unknown recipe token 'q9' in 'q9' (did you mean 'q8'?)
     """
     if isinstance(text, Recipe):
         return text
@@ -298,7 +299,7 @@ def parse_recipe(text: str | Recipe) -> Recipe:
     while i < len(pieces):
         piece = pieces[i]
         if piece in QUANT_TOKENS:
-            steps.append(Quantize(piece))  # type: ignore[arg-type]
+            steps.append(Quantize(piece))
             i += 1
             continue
         m = _PRUNE.match(piece)
@@ -341,7 +342,9 @@ def compress(
     Pruning steps run first, then quantization. ``pNN`` is global L1 pruning
     with per-layer amounts allocated by a sensitivity scan on ``calibration``
     (data-free inputs when it is None); ``q8`` and ``ise`` tokens calibrate
-    activation ranges on ``calibration`` and need it. The recipe and its
+    activation ranges on ``calibration`` (inputs synthesized from the
+    BatchNorm statistics when it is None). Quantized weights are packed into
+    real int8 / int4 storage (``pack=False`` keeps them float). The recipe and its
     steps are appended to ``model.dfc_history``, which :func:`dfcompress.save`
     stores in the file.
 
@@ -352,11 +355,12 @@ def compress(
             or a tensor of inputs.
         progress: Show progress bars.
         inplace: Compress ``model`` itself instead of a copy.
-        **options: Passed to the pruning step (``scope``, ``sensitivity``,
-            ``strategy``, ``grid``, ``n_samples``, ``importance``, ``ignore``,
-            ``prune_select``, ``example_inputs``, ``steps``, ``recalibrate_bn``)
-            or to the quantization step (``select``, ``bias_correction``,
-            ``fold_bn``, ``max_samples``, ``pack``).
+        **options: Passed to :func:`dfcompress.prune.api.prune` (``scope``,
+            ``sensitivity``, ``strategy``, ``metric``, ``steps``, ``schedule``,
+            ``finetune``, ``prune_select`` as its ``select``, ``importance``,
+            ``ignore``, ``recalibrate_bn``, ``example_inputs``) or to
+            :func:`dfcompress.quant.api.quantize` (``select``, ``max_samples``,
+            ``input_shape``, ``fold_bn``, ``bias_correction``, ``pack``).
 
     Returns:
         The compressed model (a new one unless ``inplace``), in eval mode.
@@ -390,7 +394,11 @@ def compress(
     entry["dfcompress_version"] = __version__
     if options:
         entry["options"] = sorted(options)
-    out.dfc_history = history + [  # type: ignore[assignment]
-        e for e in getattr(out, "dfc_history", []) if e not in history
-    ] + [entry]
+    out.dfc_history = (
+        history
+        + [  # type: ignore[assignment]
+            e for e in getattr(out, "dfc_history", []) if e not in history
+        ]
+        + [entry]
+    )
     return out.eval()

@@ -80,9 +80,7 @@ def collect(
         x = batch_input(batch)
         y = _labels(batch)
         if y.shape[0] != x.shape[0]:
-            raise DfcompressError(
-                f"a batch has {x.shape[0]} inputs but {y.shape[0]} labels"
-            )
+            raise DfcompressError(f"a batch has {x.shape[0]} inputs but {y.shape[0]} labels")
         names += _names(batch, x.shape[0], len(names))
         batches.append(x.detach())
         labels.append(y)
@@ -150,9 +148,9 @@ def _float32_copy(model: nn.Module) -> nn.Module:
     twin = copy.deepcopy(model).float()
     for m in twin.modules():
         if isinstance(getattr(m, "dtype", None), torch.dtype):
-            m.dtype = torch.float32
+            setattr(m, "dtype", torch.float32)  # noqa: B010  (cast layers cast inputs to it)
             if hasattr(m, "dtype_name"):
-                m.dtype_name = "float32"
+                setattr(m, "dtype_name", "float32")  # noqa: B010
     return twin
 
 
@@ -344,7 +342,9 @@ def compare(
             models[name] = (compress(base_model, v, calib, progress=progress), v)
         elif isinstance(v, nn.Module):
             history = getattr(v, "dfc_history", [])
-            recipe = history[-1].get("recipe") if history and isinstance(history[-1], dict) else None
+            recipe = (
+                history[-1].get("recipe") if history and isinstance(history[-1], dict) else None
+            )
             models[name] = (v, recipe)
         else:
             raise DfcompressError(

@@ -42,8 +42,9 @@ def size_auc_plot(report: Report, path: Path) -> Path:
                 r.status, "gray"
             )
             ax.scatter([r.size_mb], [r.auc], marker=marker, color=color)
-            ax.annotate(r.name, (r.size_mb, r.auc), textcoords="offset points", xytext=(4, 4),
-                        fontsize=8)
+            ax.annotate(
+                r.name, (r.size_mb, r.auc), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
         ax.set_xlabel("Size (MB = 10^6 bytes)")
         ax.set_ylabel("AUC")
         ax.set_title("Size vs AUC")
@@ -100,12 +101,13 @@ def cam_grid(
             if img is not None:
                 ax.imshow(np.clip(img, 0.0, 1.0), interpolation="nearest")
             if not p.flat:
-                ax.imshow(p.cam, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0,
-                          interpolation="bilinear")
+                ax.imshow(
+                    p.cam, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0, interpolation="bilinear"
+                )
             caption = f"P(fake) {p.score:.3f}" + ("\nflat" if p.flat else "")
             ax.set_title(caption, fontsize=8)
             ax.axis("off")
-        for ax in axes[0][len(panels):]:
+        for ax in axes[0][len(panels) :]:
             ax.axis("off")
         fig.suptitle(title, fontsize=9)
         fig.tight_layout()

@@ -109,7 +109,7 @@ def _md_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str
     out = ["| " + " | ".join(md_escape(h) for h in headers) + " |"]
     out.append("|" + "|".join("---" for _ in headers) + "|")
     out += ["| " + " | ".join(md_escape(c) for c in r) + " |" for r in rows]
-    return out + [""]
+    return [*out, ""]
 
 
 def _threshold_line(report: Report) -> str:
@@ -128,10 +128,10 @@ def markdown(report: Report, figures: Mapping[str, Any]) -> str:
     lines += [md_escape(_threshold_line(report)), "", "## Performance summary", ""]
     lines += _md_table(*t["summary"])
     lines += ["## Key insights", ""] + [f"- {md_escape(s)}" for s in report.insights()] + [""]
-    lines += ["## Classification quality", ""] + _md_table(*t["quality"])
-    lines += ["## Cost: latency per sample and peak memory", ""] + _md_table(*t["cost"])
+    lines += ["## Classification quality", "", *_md_table(*t["quality"])]
+    lines += ["## Cost: latency per sample and peak memory", "", *_md_table(*t["cost"])]
     if t["video"][1]:
-        lines += ["## Video level", ""] + _md_table(*t["video"])
+        lines += ["## Video level", "", *_md_table(*t["video"])]
     if "size_auc" in figures or "roc" in figures:
         lines += ["## Plots", ""]
         if "size_auc" in figures:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,7 +124,9 @@ class Report:
                 {
                     "Model": v.name,
                     "Latency ms/sample": fmt(m.latency_ms if m else None, 3),
-                    "Peak RSS MB": fmt(m.peak_rss_bytes / 1e6 if m and m.peak_rss_bytes else None, 1),
+                    "Peak RSS MB": fmt(
+                        m.peak_rss_bytes / 1e6 if m and m.peak_rss_bytes else None, 1
+                    ),
                     "Params": f"{m.params:,}" if m else "n/a",
                     "Non-zero params": f"{m.nonzero_params:,}" if m else "n/a",
                     "MACs": f"{m.macs:,}" if m and m.macs is not None else "n/a",
@@ -274,5 +275,3 @@ class Report:
             json.dumps(self.to_dict(), indent=1, allow_nan=False), encoding="utf-8"
         )
         return out
-
-
