@@ -201,3 +201,16 @@ def test_bias_correction_reduces_mean_output_shift() -> None:
         with torch.no_grad():
             shifts.append(float((q(x) - net(x)).mean((0, 2, 3)).abs().mean()))
     assert shifts[1] < 0.5 * shifts[0]
+
+
+def test_bn_reestimation_tracks_the_quantized_activations() -> None:
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.BatchNorm2d(8)).eval()
+    x = torch.randn(64, 4, 8, 8)
+    q = quantize(
+        net, IntQuant(3), calibration=x, fold_bn=False, bn_reestimation=True, progress=False
+    )
+    with torch.no_grad():
+        pre = q[0](x)
+    assert torch.allclose(q[1].running_mean, pre.mean((0, 2, 3)), atol=1e-4)
+    assert not q[1].training and q[1].momentum == net[1].momentum

@@ -40,6 +40,7 @@ def quantize(
     input_shape: Sequence[int] | None = None,
     fold_bn: bool = True,
     bias_correction: bool = False,
+    bn_reestimation: bool = False,
     pack: bool = False,
 ) -> nn.Module:
     """Quantize a model: prepare, calibrate and convert in one call.
@@ -65,6 +66,8 @@ def quantize(
         fold_bn: Fold BatchNorm into the integer-quantized convs before them.
         bias_correction: Correct each layer's bias for the mean error of its
             quantized weight on the calibration data.
+        bn_reestimation: Recompute unfolded BatchNorm statistics through the
+            quantized layers on the calibration data (with ``fold_bn=False``).
         pack: Store weights as integers (int8, or two int4 per byte) so the
             saved file is 1/4 (int8) or about 1/8 (int4) of float32.
 
@@ -89,9 +92,12 @@ def quantize(
                 "in the rules"
             )
         rules = list(cast("Sequence[Rule]", config))
-    qz = Quantizer(rules, fold_bn=fold_bn, bias_correction=bias_correction)
+    qz = Quantizer(
+        rules, fold_bn=fold_bn, bias_correction=bias_correction, bn_reestimation=bn_reestimation
+    )
     prepared = qz.prepare(model, inplace=inplace)
-    if _needs_calibration(prepared) or (bias_correction and calibration is not None):
+    extra_pass = (bias_correction or bn_reestimation) and calibration is not None
+    if _needs_calibration(prepared) or extra_pass:
         data: Iterable[Any] | torch.Tensor
         if calibration is None:
             shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)

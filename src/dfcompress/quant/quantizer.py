@@ -82,10 +82,18 @@ class Quantizer:
         bias_correction: After calibration, subtract from each quantized
             layer's bias the mean output error its weight quantization causes on
             the calibration data (helps depthwise-heavy networks).
+        bn_reestimation: After calibration, recompute the running statistics of
+            the BatchNorm layers left unfolded from the calibration data as seen
+            through the quantized layers (use with ``fold_bn=False``).
     """
 
     def __init__(
-        self, rules: Sequence[Rule], *, fold_bn: bool = True, bias_correction: bool = False
+        self,
+        rules: Sequence[Rule],
+        *,
+        fold_bn: bool = True,
+        bias_correction: bool = False,
+        bn_reestimation: bool = False,
     ) -> None:
         if isinstance(rules, (str, tuple)) or not rules:
             raise DfcompressError(
@@ -100,6 +108,7 @@ class Quantizer:
         self.rules = parsed
         self.fold_bn = fold_bn
         self.bias_correction = bias_correction
+        self.bn_reestimation = bn_reestimation
 
     def __repr__(self) -> str:
         return f"Quantizer({self.rules!r}, fold_bn={self.fold_bn})"
@@ -179,7 +188,7 @@ class Quantizer:
             for m in layers.values()
             if m.input_quant is not None and m.input_quant.mode != "dynamic"
         ]
-        if not inputs and not self.bias_correction:
+        if not inputs and not self.bias_correction and not self.bn_reestimation:
             return  # nothing to calibrate: weights are quantized from themselves
         for q in inputs:
             q.mode = "observe"
@@ -196,6 +205,8 @@ class Quantizer:
             q.freeze()
         if self.bias_correction:
             _correct_biases(model, data, progress, max_samples)
+        if self.bn_reestimation:
+            _reestimate_bn(model, data, progress, max_samples)
 
     def convert(self, model: nn.Module, pack: bool = False, inplace: bool = False) -> nn.Module:
         """Freeze every quantizer; with ``pack=True`` store weights as int8 / two int4 per byte.
@@ -287,3 +298,33 @@ def _correct_biases(
                 layer.bias = nn.Parameter(torch.zeros_like(shift))
                 layer.args["bias"] = True
             layer.bias.sub_(shift.to(layer.bias.dtype))
+
+
+def _reestimate_bn(
+    model: nn.Module,
+    data: Iterable[Any] | torch.Tensor,
+    progress: bool,
+    max_samples: int | None,
+) -> None:
+    """Recompute BatchNorm running statistics (cumulative average) through the quantized model."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = [b for b in bns if b.track_running_stats]
+    if not bns:
+        return
+    saved = [(b.momentum, b.training) for b in bns]
+    for b in bns:
+        b.reset_running_stats()
+        b.momentum = None  # cumulative moving average over the whole pass
+
+    def to_train(mod: nn.Module, args: tuple[Any, ...]) -> None:
+        mod.train()
+
+    handles = [b.register_forward_pre_hook(to_train) for b in bns]
+    try:
+        _run(model, data, progress, max_samples, "BatchNorm re-estimation")
+    finally:
+        for h in handles:
+            h.remove()
+        for b, (momentum, training) in zip(bns, saved, strict=True):
+            b.momentum = momentum
+            b.train(training)
