@@ -24,7 +24,7 @@ def slug(text: str) -> str:
     """A file-name-safe form of a variant name.
 
     >>> slug("q8-p50"), slug("../<b>")
-    ('q8-p50', '___b_')
+    ('q8-p50', '____b_')
     """
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)[:40] or "_"
 
