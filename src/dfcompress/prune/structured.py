@@ -13,8 +13,11 @@ consistent.
   pruner for each is registered with torch-pruning, so BNext's float and
   binary parts shrink together along the coupled channels (a removed channel
   of a binary conv takes its latent weights, and so its signs, with it).
-- Attention blocks that expose ``qkv`` (``nn.Linear``) and ``num_heads``, as in
-  timm's ViTs, are pruned along head dimensions with ``head_dim`` updated.
+- Attention blocks that expose ``qkv`` (``nn.Linear``) and ``num_heads`` are
+  pruned along head dimensions, with ``head_dim`` updated. timm's attention
+  reshapes its output to its input width, so in timm ViTs the attention and
+  the residual width are kept and the MLP hidden channels are pruned (most of
+  a ViT's parameters).
 - A graph that cannot be pruned (a reshape with hard-coded sizes, an op
   torch-pruning does not know) raises :class:`~dfcompress.DfcompressError`
   naming the layer that failed.
@@ -97,13 +100,26 @@ def _custom_pruners(model: nn.Module) -> dict[Any, Any]:
     return out
 
 
-def _attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+def _frozen_width_attention(module: nn.Module) -> bool:
+    """timm's attention reshapes its output to its *input* width, so neither its
+    head dimensions nor the residual width it sits on can change."""
+    return type(module).__module__.startswith("timm.") and isinstance(
+        getattr(module, "proj", None), nn.Linear
+    )
+
+
+def _attention_heads(model: nn.Module) -> tuple[dict[nn.Module, int], list[nn.Module]]:
     heads: dict[nn.Module, int] = {}
+    frozen: list[nn.Module] = []
     for m in model.modules():
         qkv, n = getattr(m, "qkv", None), getattr(m, "num_heads", None)
         if isinstance(qkv, nn.Linear) and isinstance(n, int):
-            heads[qkv] = n
-    return heads
+            proj = getattr(m, "proj", None)
+            if _frozen_width_attention(m) and isinstance(proj, nn.Module):
+                frozen += [qkv, proj]
+            else:
+                heads[qkv] = n
+    return heads, frozen
 
 
 def _fix_attention(model: nn.Module) -> None:
@@ -180,6 +196,7 @@ def _make_pruner(
     ignored: list[nn.Module],
     round_to: int | None,
 ) -> Any:
+    heads, frozen = _attention_heads(model)
     return tp.pruner.BasePruner(
         model,
         example_inputs,
@@ -187,9 +204,9 @@ def _make_pruner(
         global_pruning=global_pruning,
         pruning_ratio=default,
         pruning_ratio_dict=ratios or None,
-        ignored_layers=ignored,
+        ignored_layers=ignored + frozen,
         round_to=round_to,
-        num_heads=_attention_heads(model),
+        num_heads=heads,
         customized_pruners=_custom_pruners(model),
     )
 
