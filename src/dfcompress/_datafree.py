@@ -68,7 +68,8 @@ def synthesize_inputs(
         dims = [d for d in range(h.dim()) if d != 1]
         mean, var = h.mean(dims), h.var(dims, unbiased=False)
         rm, rv = mod.running_mean, mod.running_var
-        assert isinstance(rm, torch.Tensor) and isinstance(rv, torch.Tensor)
+        if not (isinstance(rm, torch.Tensor) and isinstance(rv, torch.Tensor)):  # pragma: no cover
+            return
         losses.append(
             torch.norm(mean - rm) + torch.norm(torch.sqrt(var + 1e-8) - torch.sqrt(rv + 1e-8))
         )

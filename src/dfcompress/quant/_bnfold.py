@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dfcompress._rebuild import register_module
+from dfcompress.errors import DfcompressError
 
 _log = logging.getLogger("dfcompress")
 
@@ -93,9 +94,11 @@ def _sequential_pairs(model: nn.Module) -> list[tuple[str, str]]:
 @torch.no_grad()
 def fold_bn_into_conv(conv: nn.Module, bn: nn.Module) -> None:
     """Rescale ``conv``'s weight and bias in place so that ``conv`` alone equals ``bn(conv(x))``."""
-    assert isinstance(conv, _CONVS) and isinstance(bn, _BNS)  # checked by _foldable
+    if not (isinstance(conv, _CONVS) and isinstance(bn, _BNS) and _foldable(conv, bn)):
+        raise DfcompressError(f"cannot fold {type(bn).__name__} into {type(conv).__name__}")
     var, mean = bn.running_var, bn.running_mean
-    assert var is not None and mean is not None
+    if not (isinstance(var, torch.Tensor) and isinstance(mean, torch.Tensor)):  # pragma: no cover
+        raise DfcompressError("BatchNorm without running statistics cannot be folded")
     inv_std = torch.rsqrt(var + bn.eps)
     gamma = bn.weight if bn.weight is not None else torch.ones_like(var)
     beta = bn.bias if bn.bias is not None else torch.zeros_like(var)
