@@ -55,12 +55,26 @@ def exporting() -> bool:
 def _fast_fake_quantize(
     x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, qmin: int, qmax: int
 ) -> torch.Tensor:
-    # The same arithmetic as PyTorch's kernel, in place, for inference: the fused
-    # kernel also builds the gradient mask and is several times slower on CPU.
+    """PyTorch's arithmetic in a few in-place passes, for inference.
+
+    The fused kernel also builds the gradient mask and is several times slower
+    on CPU. Since the clamp bounds are integers, clamping before rounding gives
+    the same codes, and ``(q - z) * s`` is then ``round(clamp(x / s, qmin - z,
+    qmax - z)) * s``. Adding and subtracting 1.5 * 2**23 rounds a float32 of
+    magnitude below 2**22 to the nearest integer, ties to even, exactly.
+    """
     inv_s = 1.0 / scale
-    zf = zp.to(torch.float32)
-    q = torch.mul(x, inv_s).round_().add_(zf).clamp_(qmin, qmax)
-    return q.sub_(zf).mul_(scale)
+    t = torch.mul(x, inv_s)
+    if zp.numel() == 1 or not bool(zp.any()):
+        z = int(zp.reshape(-1)[0])
+        t.clamp_(qmin - z, qmax - z)  # scalar bounds: a much faster kernel
+    else:
+        zf = zp.to(torch.float32)
+        t.clamp_(qmin - zf, qmax - zf)
+    return t.add_(_MAGIC).sub_(_MAGIC).mul_(scale)
+
+
+_MAGIC = 12582912.0  # 1.5 * 2**23
 
 
 class FakeQuantizer(nn.Module):
