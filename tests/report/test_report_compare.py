@@ -139,8 +139,13 @@ def test_json_agrees_with_metrics_recomputed_from_its_raw_scores(tmp_path: Path)
 def test_single_class_data_does_not_crash(tmp_path: Path) -> None:
     x, _, _ = _data(8)
     y = torch.ones(8, dtype=torch.long)
-    rep = compare({"baseline": _detector(False), "q16": "q16"}, (x, y), progress=False,
-                  measure_repeats=1, gradcam=False)
+    rep = compare(
+        {"baseline": _detector(False), "q16": "q16"},
+        (x, y),
+        progress=False,
+        measure_repeats=1,
+        gradcam=False,
+    )
     assert math.isnan(rep.variant("q16").metrics.auc)
     assert rep.insights()[0].startswith("AUC is undefined for every variant: all 8 samples")
     rep.save(tmp_path)
@@ -150,13 +155,14 @@ def test_single_class_data_does_not_crash(tmp_path: Path) -> None:
 
 
 def test_mismatches_pair_the_same_samples() -> None:
-    x, y, names = _data()
+    x, y, _names = _data()
     base = _detector(False)
     worse = _detector(False)
     with torch.no_grad():
         worse[4].bias.fill_(-1.0)  # every score moves up
-    rep = compare({"baseline": base, "worse": worse}, (x, y), progress=False,
-                  measure_repeats=1, gradcam=False)
+    rep = compare(
+        {"baseline": base, "worse": worse}, (x, y), progress=False, measure_repeats=1, gradcam=False
+    )
     rows = rep.mismatches()
     b, w = rep.variant("baseline").scores, rep.variant("worse").scores
     top = np.sort(np.abs(w - b))[::-1][:5]
