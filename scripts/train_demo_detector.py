@@ -50,8 +50,10 @@ def main() -> None:
         "torch": torch.__version__,
     }
     path = save(packed, args.out, metadata=metadata)
-    print(f"val AUC {val_auc:.4f}, trained in {seconds:.0f} s, wrote {path} "
-          f"({path.stat().st_size / 1e6:.3f} MB)")
+    print(
+        f"val AUC {val_auc:.4f}, trained in {seconds:.0f} s, wrote {path} "
+        f"({path.stat().st_size / 1e6:.3f} MB)"
+    )
 
 
 if __name__ == "__main__":
