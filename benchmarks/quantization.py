@@ -34,7 +34,7 @@ from _results import machine_line, markdown_table, update_section
 from dfcompress.data import loader, predict, train_detector
 from dfcompress.evaluate.metrics import auc
 from dfcompress.presets import ise
-from dfcompress.quant import IntQuant, PerChannel, PerGroup, QuantLayer, Quantizer, Rule
+from dfcompress.quant import IntQuant, PerChannel, PerGroup, Quantizer, QuantLayer, Rule
 from dfcompress.quant.config import Config, resolve_config
 
 BASELINES = Path.home() / ".cache" / "dfcompress" / "baselines"
