@@ -404,7 +404,8 @@ def _render(results: dict[str, dict[str, dict[str, Any]]], specs: list[ZooModel]
         "",
         table,
         "",
-        f"{raw} raw errors; {total_s / 60:.1f} min of model time (two 1-thread workers in parallel). "
+        f"{raw} raw errors; {total_s / 60:.1f} min of model time "
+        "(two 1-thread workers in parallel). "
         f"{machine_line()}",
     ]
     if fails:
