@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,9 +20,12 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
     "sphinx.ext.mathjax",
-    "myst_parser",
+    "myst_nb",
 ]
-source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
+# The example notebooks are committed without outputs and executed by `nox -s
+# examples`; the site shows their source and explanations.
+nb_execution_mode = "off"
 myst_heading_anchors = 3
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
@@ -35,3 +39,16 @@ exclude_patterns = ["_build"]
 html_theme = "furo"
 html_title = f"dfcompress {release}"
 html_static_path = ["_static"]
+
+
+def _copy_notebooks() -> None:
+    """Copy examples/*.ipynb into docs/_notebooks/ (Sphinx reads only its source dir)."""
+    here = Path(__file__).resolve().parent
+    target = here / "_notebooks"
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    for nb in sorted((here.parent / "examples").glob("*.ipynb")):
+        shutil.copy2(nb, target / nb.name)
+
+
+_copy_notebooks()
