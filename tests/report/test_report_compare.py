@@ -85,7 +85,9 @@ def test_a_flat_map_is_labelled_flat(tmp_path: Path) -> None:
     assert "(flat map)" in (tmp_path / "report.md").read_text()
 
 
-def _saved(tmp_path: Path) -> tuple[Report, Path]:
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory: pytest.TempPathFactory) -> tuple[Report, Path]:
+    """A float, a cast (q16) and a whole-bfloat16 variant, evaluated in two batches and saved."""
     x, y, names = _data()
     base = _detector(False, padding=1)
     rep = compare(
@@ -94,11 +96,11 @@ def _saved(tmp_path: Path) -> tuple[Report, Path]:
         progress=False,
         measure_repeats=1,
     )
-    return rep, rep.save(tmp_path)
+    return rep, rep.save(tmp_path_factory.mktemp("report"))
 
 
-def test_hostile_names_are_escaped_and_links_resolve(tmp_path: Path) -> None:
-    _, out = _saved(tmp_path)
+def test_hostile_names_are_escaped_and_links_resolve(saved: tuple[Report, Path]) -> None:
+    _, out = saved
     html = (out / "report.html").read_text(encoding="utf-8")
     md = (out / "report.md").read_text(encoding="utf-8")
     assert "<script>" not in html and "<script>" not in md
@@ -114,8 +116,10 @@ def test_hostile_names_are_escaped_and_links_resolve(tmp_path: Path) -> None:
     assert all(ord(c) < 0x2500 for c in text), "no emoji or box-drawing mojibake"
 
 
-def test_json_agrees_with_metrics_recomputed_from_its_raw_scores(tmp_path: Path) -> None:
-    rep, out = _saved(tmp_path)
+def test_json_agrees_with_metrics_recomputed_from_its_raw_scores(
+    saved: tuple[Report, Path],
+) -> None:
+    rep, out = saved
     data = json.loads((out / "report.json").read_text())
     labels = data["samples"]["labels"]
     assert len(data["samples"]["names"]) == len(labels) == 24

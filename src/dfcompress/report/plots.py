@@ -86,29 +86,41 @@ def roc_plot(report: Report, path: Path) -> Path:
 
 
 def cam_grid(
-    panels: Sequence[CamPanel],
+    rows: Sequence[tuple[str, Sequence[CamPanel]]],
     images: Mapping[int, npt.NDArray[np.float32]],
     path: Path,
     title: str,
 ) -> Path:
-    """One row of Grad-CAM overlays; a flat map shows the bare picture labelled "flat"."""
+    """One figure of Grad-CAM overlays, a row per category (empty rows say "none").
+
+    A flat map shows the bare picture labelled "flat" instead of an overlay.
+    """
     plt = _pyplot()
-    n = max(len(panels), 1)
-    fig, axes = plt.subplots(1, n, figsize=(2.0 * n, 2.4), dpi=100, squeeze=False)
+    n_cols = max([len(p) for _, p in rows] + [1])
+    fig, axes = plt.subplots(
+        len(rows), n_cols, figsize=(1.9 * n_cols, 2.1 * len(rows)), dpi=90, squeeze=False
+    )
     try:
-        for ax, p in zip(axes[0], panels, strict=False):
-            img = images.get(p.index)
-            if img is not None:
-                ax.imshow(np.clip(img, 0.0, 1.0), interpolation="nearest")
-            if not p.flat:
-                ax.imshow(
-                    p.cam, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0, interpolation="bilinear"
-                )
-            caption = f"P(fake) {p.score:.3f}" + ("\nflat" if p.flat else "")
-            ax.set_title(caption, fontsize=8)
-            ax.axis("off")
-        for ax in axes[0][len(panels) :]:
-            ax.axis("off")
+        for r, (row_title, panels) in enumerate(rows):
+            for c in range(n_cols):
+                ax = axes[r][c]
+                ax.axis("off")
+                if c >= len(panels):
+                    if c == 0:
+                        ax.text(0.0, 0.5, f"{row_title}: none", fontsize=8, va="center")
+                    continue
+                p = panels[c]
+                img = images.get(p.index)
+                if img is not None:
+                    ax.imshow(np.clip(img, 0.0, 1.0), interpolation="nearest")
+                if not p.flat:
+                    ax.imshow(
+                        p.cam, cmap="jet", alpha=0.45, vmin=0.0, vmax=1.0, interpolation="bilinear"
+                    )
+                caption = f"P(fake) {p.score:.3f}" + (" flat" if p.flat else "")
+                if c == 0:
+                    caption = f"{row_title}\n{caption}"
+                ax.set_title(caption, fontsize=7)
         fig.suptitle(title, fontsize=9)
         fig.tight_layout()
         fig.savefig(path)

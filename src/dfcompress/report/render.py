@@ -147,15 +147,15 @@ def markdown(report: Report, figures: Mapping[str, Any]) -> str:
             if not v.cams:
                 continue
             lines += [f"### {md_escape(v.name)}", ""]
+            path = cams.get(v.name)
+            if path:
+                lines += [f"![Grad-CAM of {md_escape(v.name)}]({path})", ""]
             for cat, title in CATEGORIES.items():
                 panels = v.cams.get(cat, [])
                 if not panels:
                     lines += [f"- {title}: none", ""]
                     continue
                 lines += [f"**{title}**", ""]
-                path = cams.get(v.name, {}).get(cat)
-                if path:
-                    lines += [f"![{md_escape(v.name)} {title}]({path})", ""]
                 lines += [
                     f"{k + 1}. {md_escape(p.name)}: P(fake) {fmt(p.score)}"
                     + (" (flat map)" if p.flat else "")
@@ -190,13 +190,12 @@ def html(report: Report, figures: Mapping[str, Any]) -> str:
             cats.append(
                 {
                     "title": title,
-                    "image": cams.get(v.name, {}).get(cat),
                     "samples": [
                         {"name": p.name, "score": fmt(p.score), "flat": p.flat} for p in panels
                     ],
                 }
             )
-        gradcam.append({"name": v.name, "categories": cats})
+        gradcam.append({"name": v.name, "image": cams.get(v.name), "categories": cats})
     return str(
         env.get_template("report.html.j2").render(
             title=report.title,

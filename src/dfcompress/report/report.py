@@ -260,14 +260,20 @@ class Report:
         if plots:
             figures["size_auc"] = size_auc_plot(self, out / "size_vs_auc.png").name
             figures["roc"] = roc_plot(self, out / "roc.png").name
-            cams: dict[str, dict[str, str]] = {}
+            cams: dict[str, str] = {}
+            short = {
+                "resolved_fakes": "resolved fakes",
+                "missed_fakes": "missed fakes",
+                "false_positives": "false positives",
+                "true_negatives": "true negatives",
+            }
             for i, v in enumerate(self.variants):
-                for cat, panels in v.cams.items():
-                    if not panels:
-                        continue
-                    path = out / f"gradcam_{i:02d}_{slug(v.name)}_{cat}.png"
-                    cam_grid(panels, self.images, path, f"{v.name}: {CATEGORIES[cat]}")
-                    cams.setdefault(v.name, {})[cat] = path.name
+                if not any(v.cams.values()):
+                    continue
+                path = out / f"gradcam_{i:02d}_{slug(v.name)}.png"
+                rows = [(short[c], v.cams.get(c, [])) for c in CATEGORIES]
+                cam_grid(rows, self.images, path, f"Grad-CAM: {v.name}")
+                cams[v.name] = path.name
             figures["cams"] = cams
         (out / "report.md").write_text(markdown(self, figures), encoding="utf-8")
         (out / "report.html").write_text(html(self, figures), encoding="utf-8")
