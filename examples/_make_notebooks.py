@@ -7,7 +7,10 @@ run ``python examples/_make_notebooks.py`` after editing a cell below, and
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
+from typing import cast
 
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -502,20 +505,31 @@ NOTEBOOKS: dict[str, list[Cell]] = {
 
 def build(cells: list[Cell]) -> nbformat.NotebookNode:
     """A notebook (no outputs) with a Python 3 kernel."""
-    nb = new_notebook()
-    nb.cells = [new_markdown_cell(s) if k == "md" else new_code_cell(s) for k, s in cells]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb = new_notebook()  # type: ignore[no-untyped-call]
+    nb.cells = [
+        new_markdown_cell(s) if k == "md" else new_code_cell(s)  # type: ignore[no-untyped-call]
+        for k, s in cells
+    ]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
-    return nb
+    return cast("nbformat.NotebookNode", nb)
 
 
 def main() -> None:
-    """Write every notebook next to this script."""
+    """Write every notebook next to this script, formatted by ruff like the rest of the code."""
+    paths = []
     for name, cells in NOTEBOOKS.items():
         nb = build(cells)
         for i, cell in enumerate(nb.cells):
             cell["id"] = f"{name[:2]}-{i:02d}"
-        nbformat.write(nb, HERE / f"{name}.ipynb")
+        path = HERE / f"{name}.ipynb"
+        nbformat.write(nb, path)  # type: ignore[no-untyped-call]
+        paths.append(str(path))
+    subprocess.run([sys.executable, "-m", "ruff", "format", "-q", *paths], check=True)
 
 
 if __name__ == "__main__":
