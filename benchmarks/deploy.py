@@ -152,7 +152,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    res, n_eval, rep1, rep32 = (64, 64, 3, 1) if args.quick else (args.res, 512, 20, 3)
+    res, n_eval, rep1, rep32 = (64, 64, 3, 1) if args.quick else (args.res, 256, 10, 2)
     rows: list[list[object]] = []
     details: dict[str, Any] = {}
     t0 = time.time()

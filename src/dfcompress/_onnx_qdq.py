@@ -88,7 +88,7 @@ class _Graph:
 
 
 def _materialize_constants(g: _Graph) -> None:
-    """Constant nodes and Identity-of-initializer become plain initializers."""
+    """Constant nodes become initializers; Identity-of-initializer is bypassed."""
     changed = True
     while changed:
         changed = False
@@ -102,8 +102,11 @@ def _materialize_constants(g: _Graph) -> None:
                 arr = np.asarray(g.nh.to_array(value))
                 g.graph.initializer.append(g.nh.from_array(arr, n.output[0]))
             elif n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs:
-                arr = np.asarray(g.nh.to_array(inits[n.input[0]]))
-                g.graph.initializer.append(g.nh.from_array(arr, n.output[0]))
+                # PyTorch shares equal constants through Identity: read the source instead
+                for user in g.graph.node:
+                    for k, name in enumerate(user.input):
+                        if name == n.output[0]:
+                            user.input[k] = n.input[0]
             else:
                 continue
             g.remove(n)
