@@ -19,7 +19,7 @@ import time
 from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -189,6 +189,19 @@ def train_demo_detector(
     return trained.eval()
 
 
+def _merged_history(model: nn.Module, pruning: str, recipe: str) -> list[dict[str, Any]]:
+    """One history entry for ``recipe`` in place of its pruning and quantization entries."""
+    from dfcompress.recipe import parse_recipe
+
+    hist: list[dict[str, Any]] = [dict(e) for e in getattr(model, "dfc_history", [])]
+    if not hist:
+        return hist
+    last = hist[-1]
+    last["recipe"] = recipe
+    last["steps"] = parse_recipe(recipe).as_dict()["steps"]
+    return [e for e in hist[:-1] if e.get("recipe") != pruning] + [last]
+
+
 def run_demo(
     out: str | Path = "dfcompress-demo",
     *,
@@ -241,7 +254,7 @@ def _run(
     progress: bool,
 ) -> Report:
     from dfcompress.data import loader, make_proxy
-    from dfcompress.recipe import compress
+    from dfcompress.recipe import Prune, compress, parse_recipe
     from dfcompress.report import compare
 
     t0 = time.perf_counter()
@@ -273,8 +286,25 @@ def _run(
     )
     calib_images, _ = make_proxy("val", size=DEMO_SIZE, n=n_calib).tensors()
     variants: dict[str, nn.Module] = {"baseline": pack_binary(baseline)}
+    # Pruning runs first in every recipe and is deterministic, so "q8-p50" is
+    # "q8" applied to the "p50" model: each pruning (and its sensitivity scan) runs once.
+    pruned: dict[str, nn.Module] = {}
     for r in recipes:
-        variants[r] = pack_binary(compress(baseline, r, calib_images, progress=progress))
+        steps = parse_recipe(r).ordered()
+        cut = [s for s in steps if isinstance(s, Prune)]
+        rest = [s for s in steps if not isinstance(s, Prune)]
+        key = "-".join(str(s) for s in cut)
+        if cut and rest:
+            if key not in pruned:
+                pruned[key] = compress(baseline, key, calib_images, progress=progress)
+            start = pruned[key]
+            small = compress(start, "-".join(str(s) for s in rest), calib_images, progress=progress)
+            small.dfc_history = _merged_history(small, key, r)  # type: ignore[assignment]
+        else:
+            small = compress(baseline, r, calib_images, progress=progress)
+            if cut and not rest:
+                pruned.setdefault(key, small)
+        variants[r] = pack_binary(small)
     test = loader("test", size=DEMO_SIZE, n=n_test, batch_size=100)
     report = compare(
         variants,
