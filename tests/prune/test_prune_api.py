@@ -1,14 +1,14 @@
 from __future__ import annotations
 
 import copy
+import importlib
 from pathlib import Path
 
 import pytest
 import torch
-from prune_nets import TinyMobileNet, TinyResNet, n_params
+from prune_nets import TinyMobileNet, TinyResNet, n_params, one_thread
 from torch import nn
 
-import dfcompress.prune as dprune
 from dfcompress._rebuild import set_constructor
 from dfcompress.errors import DfcompressError
 from dfcompress.prune import PruneConfig, Pruner, prune, sparsity
@@ -60,7 +60,7 @@ def test_pruner_config_and_lazy_structured_export() -> None:
     out = Pruner(cfg).apply(TinyResNet(), progress=False)
     assert sparsity(out) == pytest.approx(0.2, abs=0.01)
     assert "PruneConfig" in repr(Pruner(cfg))
-    assert callable(dprune.prune_channels)
+    assert callable(importlib.import_module("dfcompress.prune").prune_channels)
 
 
 def _tiny_resnet() -> nn.Module:
@@ -89,3 +89,6 @@ def test_structured_model_round_trips(tmp_path: Path) -> None:
     back = dio.load(dio.save(small, tmp_path / "s50.safetensors"), allow=["prune_nets"])
     assert back.layer1.conv1.out_channels == small.layer1.conv1.out_channels
     assert torch.equal(back(x), small(x))
+
+
+__all__ = ["one_thread"]  # the autouse fixture applies to this module

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from prune_nets import TinyResNet
+from prune_nets import TinyResNet, one_thread
 from torch import nn
 
 from dfcompress.errors import DfcompressError
@@ -77,3 +77,6 @@ def test_structured_iterative_reaches_the_cumulative_amount() -> None:
     assert steps == [1, 2]
     assert out.layer1.conv1.out_channels == 8
     assert out(x).shape == net(x).shape
+
+
+__all__ = ["one_thread"]  # the autouse fixture applies to this module

@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prune_nets import TinyResNet
+from prune_nets import TinyResNet, one_thread
 from torch import nn
 
 from dfcompress.errors import DfcompressError
@@ -143,3 +143,6 @@ def test_user_metric_is_used() -> None:
         progress=False,
     )
     assert res.baseline == 0.0 and len(seen) == 1 + len(res.layers)
+
+
+__all__ = ["one_thread"]  # the autouse fixture applies to this module

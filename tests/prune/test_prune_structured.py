@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from prune_nets import TinyMobileNet, TinyResNet, TinyViT, n_params
+from prune_nets import TinyMobileNet, TinyResNet, TinyViT, n_params, one_thread
 from torch import nn
 
 from dfcompress.errors import DfcompressError
@@ -78,3 +78,6 @@ class HardCodedReshape(nn.Module):
 def test_unprunable_graph_names_the_layer() -> None:
     with pytest.raises(DfcompressError, match=r"after layer .conv."):
         prune_channels(HardCodedReshape(), 0.5, example_inputs=torch.randn(1, 3, 4, 4))
+
+
+__all__ = ["one_thread"]  # the autouse fixture applies to this module

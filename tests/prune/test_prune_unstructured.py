@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prune_nets import TinyResNet
+from prune_nets import TinyResNet, one_thread
 from torch import nn
 
 from dfcompress.errors import DfcompressError
@@ -154,3 +154,6 @@ def test_bad_scope_and_unmatched_key() -> None:
         l1_unstructured(_net(0, (4, 4, 4)), 0.5, scope="everywhere")  # type: ignore[arg-type]
     with pytest.raises(DfcompressError, match="conv"):
         l1_unstructured(_net(0, (4, 4, 4)), {"conv": 0.5})
+
+
+__all__ = ["one_thread"]  # the autouse fixture applies to this module
