@@ -103,6 +103,8 @@ def _first_float_dtype(model: nn.Module) -> torch.dtype:
 
 def _input_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
     """float32 if the model accepts it, else the dtype of its first float tensor."""
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
     try:
         with torch.inference_mode():
             model(x[:1].float())
@@ -112,6 +114,9 @@ def _input_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
         if dtype == torch.float32:
             raise
         return dtype
+    finally:
+        for m, was in flags.items():
+            m.train(was)
 
 
 def score_batches(
