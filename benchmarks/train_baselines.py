@@ -148,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
             f"cross-entropy on one logit, {args.threads} torch thread(s). Small resolution and "
             "sample counts keep each model to minutes on a 2-core CPU; the figures are for this "
             "proxy, not for a deepfake data set. Checkpoints: `<out>/<model>.safetensors` "
-            "written by `dfcompress.save`, settings in `<out>/baselines.json`."
+            'written by `dfcompress.save`, settings in `<out>/baselines.json`. "train s" is '
+            "wall-clock time, inflated when the machine is shared. `--models ''` re-renders "
+            "this table from `baselines.json` without training."
         )
         update_section("baselines", f"## Baselines\n\n{table}\n\n{notes}\n\n{machine_line()}")
     return 0
