@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dfcompress._rebuild import set_constructor
 from dfcompress.errors import DfcompressError
+from dfcompress.features import NPR
 from dfcompress.models import BinaryConv2d, BNext, pack_binary
 
 if TYPE_CHECKING:
@@ -66,20 +66,9 @@ DEMO_RECIPES: tuple[str, ...] = (
 _CHECKPOINT = "demo_detector.safetensors"
 
 
-def npr(x: torch.Tensor) -> torch.Tensor:
-    """NPR over 2x2 windows, scaled by 2/3: ``(x - nearest_up(x[..., ::2, ::2])) * 2/3``.
-
-    >>> npr(torch.ones(1, 3, 4, 4)).abs().max().item()
-    0.0
-    """
-    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
-    x = x[..., :h, :w]
-    ref = F.interpolate(x[..., ::2, ::2], scale_factor=2.0, mode="nearest")
-    return (x - ref) * (2.0 / 3.0)
-
-
 class NprDetector(nn.Module):
-    """A detector that feeds :func:`npr` features of its RGB input to a BNext.
+    """A detector that feeds NPR features (2x2 windows, pixel 0, scaled by 2/3 as
+    published) of its RGB input to a BNext.
 
     Args:
         channels: BNext stem width then block widths (each equal to or double the last).
@@ -91,11 +80,12 @@ class NprDetector(nn.Module):
 
     def __init__(self, channels: Sequence[int] = DEMO_CHANNELS, num_classes: int = 1) -> None:
         super().__init__()
+        self.npr = NPR(window=2, pixel=0, scale=2.0 / 3.0)
         self.net = BNext(tuple(int(c) for c in channels), num_classes=num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[N, num_classes]`` of an ``[N, 3, H, W]`` batch in [0, 1]."""
-        out: torch.Tensor = self.net(npr(x))
+        out: torch.Tensor = self.net(self.npr(x))
         return out
 
 
