@@ -32,6 +32,8 @@ autodoc_member_order = "bysource"
 autodoc_default_options = {"members": True, "show-inheritance": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
+# Dataclass fields are documented by autodoc; render Attributes sections as :ivar:.
+napoleon_use_ivar = True
 # Type hints name torch / numpy classes that have no inventory offline.
 nitpicky = False
 suppress_warnings = ["autodoc.import_object"]

@@ -22,6 +22,7 @@ from dfcompress._version import __version__ as __version__
 from dfcompress.errors import DfcompressError as DfcompressError
 from dfcompress.evaluate.measure import Measurement as Measurement
 from dfcompress.evaluate.measure import measure as measure
+from dfcompress.export import ExportResult as ExportResult
 from dfcompress.export import export_onnx as export_onnx
 from dfcompress.export import export_torchscript as export_torchscript
 from dfcompress.io import load as load
@@ -54,6 +55,7 @@ __all__ = [
     "BF16",
     "FP16",
     "DfcompressError",
+    "ExportResult",
     "Float",
     "IntQuant",
     "Measurement",

@@ -2,20 +2,16 @@
 
 A recipe is a list of tokens joined by ``-``:
 
-============  ==========================================================
-token         meaning
-============  ==========================================================
-``q16``       cast conv/linear layers to float16 (:class:`~dfcompress.quant.config.FP16`)
-``bf16``      cast conv/linear layers to bfloat16
-``q8``        int8 weights (per channel) and activations (per tensor), calibrated
-``q4``        int4 weight-only, in groups of 32 input channels
-``pNN``       NN % L1 unstructured pruning, global, with per-layer amounts
-              allocated from a sensitivity scan (``p50``)
-``sNN``       NN % structured channel pruning (``s50``)
-``iseI-SE-O`` the BNext study's mixed precision: bits of the stem, of the
-              squeeze-and-excitation convs and of the head, each 4, 8 or 16,
-              or 32 for "leave in float" (``ise8-4-8``)
-============  ==========================================================
+- ``q16``: cast conv/linear layers to float16 (:class:`~dfcompress.quant.config.FP16`);
+- ``bf16``: cast conv/linear layers to bfloat16;
+- ``q8``: int8 weights (per channel) and activations (per tensor), calibrated;
+- ``q4``: int4 weight-only, in groups of 32 input channels;
+- ``pNN``: NN % L1 unstructured pruning, global, with per-layer amounts
+  allocated from a sensitivity scan (``p50``);
+- ``sNN``: NN % structured channel pruning (``s50``);
+- ``iseI-SE-O``: the BNext study's mixed precision: bits of the stem, of the
+  squeeze-and-excitation convs and of the head, each 4, 8 or 16, or 32 for
+  "leave in float" (``ise8-4-8``).
 
 Whatever order the tokens are written in, pruning is applied first and
 quantization last (``"q8-p50"`` prunes, then quantizes). A recipe holds at

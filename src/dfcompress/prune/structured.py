@@ -230,7 +230,7 @@ def prune_channels(
         amount: Fraction of channels to remove in every prunable group, or
             ``{selector: fraction}`` (other layers keep their channels).
         importance: ``"l1"`` / ``"l2"`` group weight norms, or ``"taylor"``
-            (|weight x gradient| on the calibration batch, label-free: the
+            (``abs(weight * gradient)`` on the calibration batch, label-free: the
             model's own decisions are the targets).
         example_inputs: A batch to trace the graph with (default: one guessed
             or taken from ``calibration``).
