@@ -85,7 +85,7 @@ def _unpack_bits(packed: Tensor, numel: int) -> Tensor:
 
 @register_module("bnext.binary_conv2d")
 class BinaryConv2d(nn.Module):
-    """A convolution with 1-bit weights: ``alpha * sign(w)``, alpha = per-output-channel mean ``abs(w)``.
+    """A convolution with 1-bit weights ``alpha * sign(w)``, alpha = mean ``abs(w)`` per channel.
 
     It is deliberately not an :class:`~torch.nn.Conv2d` subclass, so that
     selectors such as ``"conv"`` and float quantizers leave it alone; test for
