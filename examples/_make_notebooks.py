@@ -31,7 +31,7 @@ from dfcompress.data import loader
 
 SIZE = 32  # the demo detector's input side, in pixels
 calib = loader("train", size=SIZE, n=128, batch_size=32)
-test = loader("test", size=SIZE, n=256, batch_size=64)"""
+test = loader("test", size=SIZE, n=192, batch_size=64)"""
 
 Cell = tuple[str, str]  # ("md" | "py", source)
 
@@ -75,8 +75,8 @@ inputs; the test split has labels (1 = fake)."""),
 
 `compress` never changes the model you pass in: it returns a new one. Pruning
 steps run first, then quantization; `calibration=` gives the activation ranges
-for int8 (and the data for the sensitivity scan that spreads the 50 % over the
-layers)."""),
+for int8 and the data for the sensitivity scan that spreads the 50 % over the
+layers."""),
     py("""
 from dfcompress.recipe import compress
 
@@ -201,7 +201,8 @@ model = load_demo_detector()"""),
     py("""
 from dfcompress.prune import allocate, scan
 
-result = scan(model, calibration=calib, amounts=(0.25, 0.5, 0.75, 0.9), progress=False)
+result = scan(model, calibration=calib, amounts=(0.25, 0.5, 0.75, 0.9), n_samples=16,
+              progress=False)
 result = allocate(result, 0.5)
 print(f"{len(result.layers)} layers, {result.forward_passes} forward passes, "
       f"achieved {result.achieved:.3f}")"""),
@@ -226,15 +227,17 @@ Image(filename=str(png))"""),
     md("""
 ## Apply it
 
-`prune(..., sensitivity=True)` runs the same scan and allocation and applies
-the amounts. We compare with uniform global L1 pruning at the same 50 %."""),
+`result.amounts` maps each layer's name to its chosen amount; `l1_unstructured`
+applies such a mapping. (`prune(model, 0.5, sensitivity=True, calibration=...)`
+does the scan, the allocation and this step in one call.) We compare with
+uniform global L1 pruning at the same 50 %."""),
     py("""
 from dfcompress.data import predict
 from dfcompress.evaluate.metrics import auc
-from dfcompress.prune import prune, sparsity
+from dfcompress.prune import l1_unstructured, prune, sparsity
 
 uniform = prune(model, 0.5, progress=False)
-allocated = prune(model, 0.5, sensitivity=True, calibration=calib, progress=False)
+allocated = l1_unstructured(model, result.amounts, scope="local")
 for name, m in {"float": model, "global L1": uniform, "sensitivity": allocated}.items():
     p = predict(m, test, progress=False)
     print(f"{name:12s} sparsity {sparsity(m):.2f}   AUC {auc(p.labels, p.scores):.4f}")"""),
@@ -246,73 +249,65 @@ STRUCTURED: list[Cell] = [
 
 Unstructured pruning zeroes weights: the file shrinks through sparse storage,
 but a dense CPU kernel does the same work. *Structured* pruning removes whole
-channels through torch-pruning's dependency graph, so parameters, MACs and
-latency really drop. Removing 50 % of the channels hurts accuracy; a short
-fine-tune between pruning steps recovers most of it.
+channels through torch-pruning's dependency graph, so parameters, MACs, file
+size and latency really drop. It works on BNext too: a binary convolution loses
+channels like a float one, and the SE branches, BatchNorms and PReLUs coupled
+to it follow.
 
-We use a small ResNet-like CNN trained for a few epochs on the proxy task."""),
+We prune the demo detector (a trained BNext reading NPR features) by 50 % of
+its channels three ways: in one shot, in one shot followed by re-estimating the
+BatchNorm statistics, and in two steps with a short fine-tune after each."""),
     py(SETUP),
     py("""
-from torch import nn
-
-
-def block(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(),
-        nn.MaxPool2d(2),
-    )
-
-
-net = nn.Sequential(
-    block(3, 16), block(16, 32), block(32, 64),
-    nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 1),
-)"""),
-    py("""
 from dfcompress.data import loader, predict, train_detector
+from dfcompress.demo import load_demo_detector
 from dfcompress.evaluate.metrics import auc
 
+model = load_demo_detector()
 train = loader("train", size=32, n=512, batch_size=64)
-test = loader("test", size=32, n=256, batch_size=64)
-model = train_detector(net, train, epochs=4, progress=False)
+test = loader("test", size=32, n=192, batch_size=64)
 
 
-def score(m: nn.Module) -> float:
+def score(m: torch.nn.Module) -> float:
     p = predict(m, test, progress=False)
-    return auc(p.labels, p.scores)
-
-
-print(f"trained AUC {score(model):.4f}")"""),
+    return auc(p.labels, p.scores)"""),
     md("""
-## Prune 50 % of the channels, with and without fine-tuning
-
-`steps=2` prunes in two steps along a schedule; the `finetune(model, step)`
-callback runs after each step. Here it trains one epoch (a real project would
-train longer)."""),
+`steps=2` prunes 25 % and then 50 % (a linear schedule; `dfcompress.prune.cubic`
+is the other built-in one, and any `(step, steps, target) -> amount` callable
+works). The `finetune(model, step)` callback runs after each step; here it
+trains one epoch on 512 images, which shows the mechanism rather than a recipe:
+a real project fine-tunes longer, on its own data."""),
     py("""
 import dfcompress as dfc
 from dfcompress.prune import prune
 
 example = torch.rand(1, 3, 32, 32)
-pruned = prune(model, 0.5, method="structured", example_inputs=example, progress=False)
 
 
-def finetune(m: nn.Module, step: int) -> None:
+def finetune(m: torch.nn.Module, step: int) -> None:
     train_detector(m, train, epochs=1, lr=1e-3, progress=False, inplace=True)
 
 
-tuned = prune(model, 0.5, method="structured", example_inputs=example, steps=2,
-              finetune=finetune, progress=False)
-
-for name, m in {"trained": model, "s50": pruned, "s50 + fine-tune": tuned}.items():
+variants = {
+    "trained": model,
+    "s50": prune(model, 0.5, method="structured", example_inputs=example, progress=False),
+    "s50 + BN": prune(model, 0.5, method="structured", example_inputs=example,
+                      recalibrate_bn=True, calibration=train, progress=False),
+    "s50, 2 steps + fine-tune": prune(model, 0.5, method="structured",
+                                      example_inputs=example, steps=2, finetune=finetune,
+                                      progress=False),
+}
+for name, m in variants.items():
     r = dfc.measure(m, example, repeats=5)
-    print(f"{name:16s} params {r.params:7d}  MACs {r.macs:9d}  AUC {score(m):.4f}")"""),
+    print(f"{name:25s} params {r.params:6d}  MACs {r.macs:8d}  file {r.size_mb:.3f} MB  "
+          f"AUC {score(m):.4f}")"""),
     md("""
-The output shape is unchanged and the head keeps its inputs' meaning: only
-hidden channels were removed (the head is ignored by default). Layers that
-cannot be pruned raise a `DfcompressError` that names the layer."""),
+The output shape is unchanged: only hidden channels were removed, and the head
+keeps its inputs (layers named by `ignore=`, the head by default, keep their
+output channels). A graph that cannot be pruned raises a `DfcompressError`
+naming the layer."""),
     py("""
-print(model[0][0], "->", tuned[0][0])"""),
+print(model.net.stem_conv, "->", variants["s50"].net.stem_conv)"""),
 ]
 
 FEATURES: list[Cell] = [
@@ -371,7 +366,7 @@ from dfcompress.features import widen_stem
 from dfcompress.models import bnext
 
 stack = FeatureStack([npr, phase, mag])
-detector = bnext("tiny", num_classes=1)
+detector = bnext("tiny", num_classes=1).eval()
 wide = widen_stem(detector, stack.out_channels - 3)
 model = nn.Sequential(stack, wide).eval()
 print(stack.out_channels, "input channels ->", wide.stem_conv)
@@ -394,7 +389,8 @@ baseline, EER, confusion at 0.5, latency and memory, the samples whose decision
 flipped, and Grad-CAM maps of each outcome. `Report.save(folder)` writes it as
 markdown, HTML, JSON and PNG plots.
 
-Variants can be models or recipe strings applied to the baseline."""),
+Variants can be models or recipe strings (applied to the baseline by
+`compress`)."""),
     py(SETUP),
     py("""
 from dfcompress.demo import load_demo_detector
@@ -402,16 +398,22 @@ from dfcompress.demo import load_demo_detector
 model = load_demo_detector()"""),
     py(DATA),
     py("""
+from dfcompress.recipe import compress
 from dfcompress.report import compare
 
+# "q8-p50" is "p50" followed by "q8": build p50 once (its sensitivity scan is
+# the slowest step) and quantize it.
+p50 = compress(model, "p50", calib, progress=False)
+q8_p50 = compress(p50, "q8", calib, progress=False)
+
 report = compare(
-    {"baseline": model, "q16": "q16", "q8": "q8", "p50": "p50", "q8-p50": "q8-p50"},
+    {"baseline": model, "q16": "q16", "q8": "q8", "p50": p50, "q8-p50": q8_p50},
     test,
     calibration=calib,
     measure_repeats=3,
     top_k=2,
     progress=False,
-    notes=["proxy task, 32 px, 256 test images"],
+    notes=["proxy task, 32 px, 192 test images"],
 )
 for row in report.summary():
     print(row)"""),
@@ -479,7 +481,8 @@ session = ort.InferenceSession(str(folder / "int8.onnx"), providers=["CPUExecuti
 name = session.get_inputs()[0].name
 scores = session.run(None, {name: example.numpy()})[0]
 with torch.no_grad():
-    print(scores[:4].ravel(), q8(example)[:4].ravel())"""),
+    print("ONNX Runtime:", scores[:4].ravel().round(4))
+    print("PyTorch:     ", q8(example)[:4].ravel().numpy().round(4))"""),
     md("""
 ## TorchScript
 
