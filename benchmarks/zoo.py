@@ -12,11 +12,12 @@ and put through five operations:
   loaded models must reproduce the outputs bit for bit;
 - ``onnx``: :func:`dfcompress.export_onnx` of the float model, checked in ONNX Runtime.
 
-Each model runs in its own subprocess and each operation under a time limit, so one
-bad architecture cannot stall the run. A cell is ``ok``, ``clear`` (a
+The models run in worker processes (imports are paid once per worker; a crashed or
+stuck worker is replaced) and each operation under a time limit, so one bad
+architecture cannot stall the run. A cell is ``ok``, ``clear`` (a
 :class:`~dfcompress.DfcompressError` that says what is wrong), ``raw`` (any other
-exception: a defect to fix), ``wrong`` (it ran but the result failed a check) or
-``timeout``.
+exception: a defect to fix), ``wrong`` (it ran but the result failed a check),
+``timeout`` or ``setup`` (timm could not build the model with these arguments).
 
 Usage (needs timm, i.e. the ``zoo`` extra)::
 
@@ -131,7 +132,7 @@ MODELS: tuple[ZooModel, ...] = (
     ZooModel("mixer_s16_224", {"img_size": 64}, 64, "mlp"),
     ZooModel("resmlp_12_224", {"img_size": 64}, 64, "mlp"),
     ZooModel("efficientvit_b0", family="hybrid"),
-    ZooModel("tiny_vit_5m_224", {"img_size": 64}, 64, "hybrid"),
+    ZooModel("mobilevit_xs", family="hybrid"),
 )
 
 
@@ -173,7 +174,10 @@ def _describe(e: BaseException) -> dict[str, str]:
         own = [f for f in frames if "dfcompress" in f.filename and "benchmarks" not in f.filename]
         if own and own[-1] is not inner:
             where += f" (from {Path(own[-1].filename).name}:{own[-1].lineno})"
-    if isinstance(e, _Timeout):
+    chain: list[BaseException] = [e]
+    while chain[-1].__cause__ is not None and len(chain) < 10:
+        chain.append(chain[-1].__cause__)
+    if any(isinstance(c, _Timeout) for c in chain) or "_Timeout" in str(e):
         status = "timeout"
     elif isinstance(e, _Wrong):
         status = "wrong"
@@ -196,6 +200,7 @@ def _worker(specs: list[ZooModel], limit: int) -> None:
                 ops = _setup(spec)
         except Exception as e:
             bad = _describe(e)
+            bad["status"] = "setup"
             bad["error"] = f"(building the model) {bad['error']}"
             for op in OPS:
                 print(json.dumps({**bad, "model": spec.name, "op": op}), flush=True)
@@ -322,7 +327,10 @@ def _run_shard(
             model, op = row.pop("model"), row.pop("op")
             if op == "_start":
                 if current is not None:
-                    results[current]["_seconds"] = {"seconds": time.perf_counter() - started}
+                    results[current]["_seconds"] = {
+                        "seconds": time.perf_counter() - started,
+                        "limit": limit,
+                    }
                     _progress(current, results)
                 current, started = model, time.perf_counter()
                 results[model] = {}
@@ -337,7 +345,10 @@ def _run_shard(
                     "status": status,
                     "error": f"{why} (exit {proc.returncode})",
                 }
-            results[current]["_seconds"] = {"seconds": time.perf_counter() - started}
+            results[current]["_seconds"] = {
+                "seconds": time.perf_counter() - started,
+                "limit": limit,
+            }
             _progress(current, results)
         done = set(results)
         todo = [s for s in todo if s.name not in done]
@@ -370,16 +381,20 @@ def _render(results: dict[str, dict[str, dict[str, Any]]], specs: list[ZooModel]
     rows: list[list[object]] = []
     for s in specs:
         r = results[s.name]
-        rows.append([f"`{s.name}`", s.family, s.px, *(_cell(r[op]) for op in OPS)])
+        secs = f"{r['_seconds']['seconds']:.0f}"
+        rows.append([f"`{s.name}`", s.family, s.px, *(_cell(r[op]) for op in OPS), secs])
     n = len(specs)
     totals = []
     for op in OPS:
         ok = sum(results[s.name][op]["status"] == "ok" for s in specs)
         totals.append(f"{100 * ok / n:.0f} %" if n else "n/a")
-    rows.append(["**passed**", "", "", *(f"**{t}**" for t in totals)])
-    target_row: list[object] = ["target", "", "", *(f">= {TARGETS[op]:.0f} %" for op in OPS)]
+    rows.append(["**passed**", "", "", *(f"**{t}**" for t in totals), ""])
+    target_row: list[object] = ["target", "", "", *(f">= {TARGETS[op]:.0f} %" for op in OPS), ""]
     rows.append(target_row)
-    table = markdown_table(["model", "family", "px", *OPS], rows)
+    table = markdown_table(["model", "family", "px", *OPS, "s"], rows)
+    limits = " or ".join(
+        sorted({str(results[s.name]["_seconds"].get("limit", "?")) for s in specs}, key=len)
+    )
     fails = []
     for s in specs:
         for op in OPS:
@@ -400,7 +415,9 @@ def _render(results: dict[str, dict[str, dict[str, Any]]], specs: list[ZooModel]
         "through the recorded constructor `timm:create_model`, outputs bit-exact; "
         "`onnx` float export checked in ONNX Runtime. `clear` = a DfcompressError naming "
         "the problem; **raw** = another exception (a defect); **wrong** = it ran but a "
-        "check failed; `timeout` = over the per-operation limit.",
+        f"check failed; `timeout` = over the per-operation limit ({limits} s); `setup` = timm "
+        "could not build the model. Column s: seconds for the whole row on this loaded "
+        "machine.",
         "",
         table,
         "",
@@ -421,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=120, help="seconds per operation")
     ap.add_argument("--jobs", type=int, default=2, help="worker processes in parallel")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
+    ap.add_argument("--resume", type=Path, help="results JSON of an earlier run to complete")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -432,7 +450,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.models:
         specs = [by_name.get(n, ZooModel(n)) for n in args.models.split(",")]
     results: dict[str, dict[str, dict[str, Any]]] = {}
-    shards = [specs[i :: args.jobs] for i in range(args.jobs)]
+    if args.resume:
+        # keep an earlier run's rows and rerun only --models (e.g. with a longer --limit)
+        earlier = json.loads(args.resume.read_text())
+        keep = {s.name for s in specs} if args.models else set()
+        specs, run = list(MODELS), [s for s in specs if s.name in keep]
+        results.update({k: v for k, v in earlier.items() if k not in keep})
+        run += [s for s in specs if s.name not in results and s.name not in keep]
+    else:
+        run = specs
+    shards = [run[i :: args.jobs] for i in range(args.jobs)]
     threads = [threading.Thread(target=_run_shard, args=(sh, args.limit, results)) for sh in shards]
     for t in threads:
         t.start()
