@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -150,11 +150,11 @@ def test_compress_prunes_and_quantizes_what_it_says() -> None:
     assert torch.corrcoef(torch.stack([q8(x).flatten(), net(x).flatten()]))[0, 1] > 0.9
 
 
-def test_history_survives_save_and_load(tmp_path: object) -> None:
+def test_history_survives_save_and_load(tmp_path: Path) -> None:
     net = set_constructor(_net(), "tests_missing:never")
     small = compress(net, "q4-p50", torch.rand(8, 3, 16, 16), progress=False)
-    _stored, header = dio.serialize(small, constructor="builtins:object")
-    manifest = json.loads(header["dfcompress"])
+    path = dio.save(small, tmp_path / "small.safetensors", constructor="builtins:object")
+    manifest = dio.read_manifest(path)
     assert manifest["history"][-1]["recipe"] == "q4-p50"
     assert [s["op"] for s in manifest["history"][-1]["steps"]] == ["prune", "quantize"]
 

@@ -20,7 +20,8 @@ def net() -> nn.Module:
 
 
 def test_counts_match_hand_computation() -> None:
-    m = dfc.measure(net(), torch.zeros(2, 3, 16, 16), repeats=2, warmup=0)
+    model = net()
+    m = dfc.measure(model, torch.zeros(2, 3, 16, 16), repeats=2, warmup=0)
     assert m.params == 224 + 80 + 18
     hw = 16 * 16
     per_sample = 8 * 3 * 9 * hw + 8 * 9 * hw + 8 * 2
@@ -28,7 +29,7 @@ def test_counts_match_hand_computation() -> None:
     assert m.batch_size == 2 and m.threads is not None and m.threads >= 1
     assert m.latency_ms is not None and m.latency_ms > 0
     assert m.peak_rss_bytes is not None and m.peak_rss_bytes > 10_000_000
-    assert m.serialized_bytes == dfc.io.serialized_size(net())
+    assert m.serialized_bytes == dfc.io.serialized_size(model)
     assert "MB" in m.table() and f"{m.params:,}" in m.table()
 
 
