@@ -7,8 +7,9 @@ Baselines:
 
 - ``bnext``: :func:`dfcompress.data.detectors.npr_bnext` (NPR features into
   BNext-tiny, one logit);
-- ``efficientnet_b0``: timm's EfficientNet-B0 (``pretrained=False``, one
-  logit); skipped with a message when timm is not installed.
+- ``efficientnet_b0``: :func:`dfcompress.data.detectors.npr_timm` (the same NPR
+  front end into timm's EfficientNet-B0, ``pretrained=False``, one logit);
+  skipped with a message when timm is not installed.
 
 Each is trained on the proxy train split, scored on the test split, and saved
 with :func:`dfcompress.save` to ``--out`` (default
@@ -31,9 +32,9 @@ from torch import nn
 
 import dfcompress
 from _results import machine_line, markdown_table, update_section
-from dfcompress._rebuild import set_constructor
 from dfcompress.data import loader, predict, train_detector
-from dfcompress.data.detectors import npr_bnext
+from dfcompress.data.detectors import npr_bnext, npr_timm
+from dfcompress.errors import MissingExtraError
 from dfcompress.evaluate.metrics import fmt, summarize
 
 DEFAULT_OUT = Path.home() / ".cache" / "dfcompress" / "baselines"
@@ -64,13 +65,10 @@ def build(name: str) -> nn.Module | None:
     if name == "bnext":
         return npr_bnext("tiny", num_classes=1)
     try:
-        import timm
-    except ImportError:
+        return npr_timm(name, num_classes=1)
+    except MissingExtraError:
         print(f"skipping {name}: timm is not installed (pip install 'dfcompress[zoo]')")
         return None
-    model = timm.create_model(name, pretrained=False, num_classes=1)
-    set_constructor(model, "timm:create_model", model_name=name, pretrained=False, num_classes=1)
-    return model
 
 
 def main(argv: list[str] | None = None) -> int:

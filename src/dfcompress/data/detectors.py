@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
 from dfcompress._rebuild import set_constructor
+from dfcompress.errors import require
 from dfcompress.features import NPR
 from dfcompress.models import Variant, bnext
 
-__all__ = ["npr_bnext"]
+__all__ = ["npr_bnext", "npr_timm"]
 
 
 def npr_bnext(variant: Variant = "tiny", num_classes: int = 1) -> nn.Sequential:
@@ -31,5 +34,25 @@ def npr_bnext(variant: Variant = "tiny", num_classes: int = 1) -> nn.Sequential:
     model = nn.Sequential(NPR(scale=2 / 3), bnext(variant, num_classes=num_classes))
     set_constructor(
         model, "dfcompress.data.detectors:npr_bnext", variant=variant, num_classes=num_classes
+    )
+    return model
+
+
+def npr_timm(model_name: str = "efficientnet_b0", num_classes: int = 1) -> nn.Sequential:
+    """A timm backbone (``pretrained=False``) fed with NPR features: ``Sequential(NPR, net)``.
+
+    The same NPR front end as :func:`npr_bnext`, in front of any timm
+    architecture; needs the ``zoo`` extra. The model records its constructor,
+    so :func:`dfcompress.load` rebuilds it without needing ``allow=["timm"]``.
+
+    Args:
+        model_name: a timm architecture name, e.g. ``"efficientnet_b0"``.
+        num_classes: 1 (a fake-vs-real logit) or 2 (real, fake logits).
+    """
+    timm: Any = require("timm", "zoo")
+    net = timm.create_model(model_name, pretrained=False, num_classes=num_classes)
+    model = nn.Sequential(NPR(scale=2 / 3), net)
+    set_constructor(
+        model, "dfcompress.data.detectors:npr_timm", model_name=model_name, num_classes=num_classes
     )
     return model
