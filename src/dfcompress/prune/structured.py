@@ -305,14 +305,28 @@ def prune_channels(
         loss = _self_supervised_loss(_output(model(x)))
         torch.autograd.backward(loss)
     names = {m: n for n, m in model.named_modules()}
-    for group in pruner.step(interactive=True):
+    groups = iter(pruner.step(interactive=True))
+    last: str | None = None
+    while True:
+        try:
+            # Importance is scored while the generator advances; a coupling
+            # torch-pruning mis-tracks shows up here as an IndexError.
+            group = next(groups)
+        except StopIteration:
+            break
+        except Exception as e:
+            where = "the first channel group" if last is None else f"the group after {last!r}"
+            raise DfcompressError(
+                f"torch-pruning cannot score {where} of {type(model).__name__}: "
+                f"{type(e).__name__}: {e}; exclude the layers involved with ignore=..."
+            ) from e
+        layer = group[0].dep.target.module
+        last = names.get(layer, type(layer).__name__)
         try:
             group.prune()
         except Exception as e:
-            layer = group[0].dep.target.module
             raise DfcompressError(
-                f"cannot prune the channels of layer {names.get(layer, type(layer).__name__)!r}"
-                f": {type(e).__name__}: {e}"
+                f"cannot prune the channels of layer {last!r}: {type(e).__name__}: {e}"
             ) from e
     model.zero_grad(set_to_none=True)
     _fix_attention(model)
