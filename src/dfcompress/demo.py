@@ -271,8 +271,8 @@ def _run(
         "Every variant's binary convolutions are packed at 1 bit (their deployed form, "
         "identical outputs); quantization and pruning act on the float layers (stem, "
         "SE branches, head). Those float layers are a small share of this detector and "
-        "every file carries its JSON manifest (tens of kB), so quantization moves the "
-        "file size little and can even grow it (scales, zero points, module specs)."
+        "every file carries its compressed JSON manifest (a few kB), so quantization "
+        "moves the file size less than on a float detector."
     )
     calib_images, _ = make_proxy("val", size=DEMO_SIZE, n=n_calib).tensors()
     variants: dict[str, nn.Module] = {"baseline": pack_binary(baseline)}

@@ -8,7 +8,8 @@ A recipe is a list of tokens joined by ``-``:
 - ``q4``: int4 weight-only, in groups of 32 input channels;
 - ``pNN``: NN % L1 unstructured pruning, global, with per-layer amounts
   allocated from a sensitivity scan (``p50``);
-- ``sNN``: NN % structured channel pruning (``s50``);
+- ``sNN``: NN % structured channel pruning (``s50``), BatchNorm statistics
+  re-estimated on the calibration data when given;
 - ``iseI-SE-O``: the BNext study's mixed precision: bits of the stem, of the
   squeeze-and-excitation convs and of the head, each 4, 8 or 16, or 32 for
   "leave in float" (``ise8-4-8``).
