@@ -74,6 +74,41 @@ def zoo(session: nox.Session) -> None:
 
 
 @nox.session
+def report(session: nox.Session) -> None:
+    """Run the demo and screenshot its HTML report in headless Chromium.
+
+    Needs Debian's chromium (``apt-get install chromium``); writes
+    ``report/screenshot.png`` next to the report.
+    """
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        session.error("chromium not found: apt-get install chromium")
+    _install(session, ".[demo,report]")
+    session.run("dfcompress", "demo", "--out", "report")
+    html = Path("report/report.html").resolve()
+    session.run(
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={Path('.nox/chromium-profile').resolve()}",
+        "--window-size=1280,2400",
+        f"--screenshot={Path('report/screenshot.png').resolve()}",
+        html.as_uri(),
+        external=True,
+    )
+    if not Path("report/screenshot.png").is_file():
+        session.error("chromium wrote no screenshot")
+
+
+@nox.session
 def examples(session: nox.Session) -> None:
     """Execute every example notebook top to bottom; fails on any error."""
     _install(session, ".[dev,report,onnx,demo]")
