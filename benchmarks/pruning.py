@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--finetune-batches", type=int, default=15)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--section", default="pruning", help="RESULTS.md section to write")
     p.add_argument("--no-results", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -245,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
             "the timing noise of this shared machine. A baseline AUC far below 0.9 means the "
             "detector is under-trained, and then a fine-tune can raise AUC above it."
         )
+        title = "Pruning" + ("" if args.section == "pruning" else f" ({name})")
         update_section(
-            "pruning", f"## Pruning\n\n{table}\n\n{verdict}\n\n{notes}\n\n{machine_line()}"
+            args.section, f"## {title}\n\n{table}\n\n{verdict}\n\n{notes}\n\n{machine_line()}"
         )
     return 0
 
