@@ -6,10 +6,11 @@ from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
 from dfcompress.errors import DfcompressError
 
-__all__ = ["batch_input", "iter_inputs"]
+__all__ = ["batch_input", "input_dtype", "iter_inputs", "model_float_dtype"]
 
 _INPUT_KEYS = ("image", "images", "input", "inputs", "x", "pixel_values", "video", "frames")
 
@@ -52,3 +53,42 @@ def iter_inputs(
             x = x[: limit - seen]
         seen += x.shape[0]
         yield x
+
+
+def model_float_dtype(model: nn.Module) -> torch.dtype:
+    """float16 or bfloat16 if any parameter is held in it, else float32.
+
+    >>> model_float_dtype(nn.Linear(2, 2).half())
+    torch.float16
+    """
+    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
+    for d in (torch.float16, torch.bfloat16):
+        if d in dtypes:
+            return d
+    return torch.float32
+
+
+def input_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
+    """The dtype to feed ``model``: float32 unless only its own 16-bit dtype works.
+
+    Mixed models (16-bit layers that cast their input) take float32; a model made
+    16-bit throughout by ``.half()`` needs a 16-bit input. One trial forward of
+    ``x[:1]`` in eval mode decides; the model's train/eval flags are restored.
+
+    >>> input_dtype(nn.Linear(2, 2).half(), torch.zeros(1, 2))
+    torch.float16
+    """
+    dtype = model_float_dtype(model)
+    if dtype == torch.float32:
+        return dtype
+    flags = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(x[:1].float())
+        return torch.float32
+    except (RuntimeError, TypeError):
+        return dtype
+    finally:
+        for m, was in flags.items():
+            m.train(was)

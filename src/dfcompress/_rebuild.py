@@ -32,6 +32,7 @@ from dfcompress.errors import DfcompressError
 __all__ = [
     "Rebuildable",
     "get_constructor",
+    "import_ref",
     "kind_of",
     "rebuild",
     "register_module",
@@ -141,3 +142,23 @@ def get_constructor(model: nn.Module) -> dict[str, Any] | None:
     """The constructor recorded by :func:`set_constructor`, or None."""
     c = getattr(model, "dfc_constructor", None)
     return dict(c) if isinstance(c, dict) else None
+
+
+def import_ref(ref: str, what: str = "object") -> Any:
+    """Import ``"package.module:attr.path"`` and return the attribute.
+
+    >>> import_ref("math:pi")
+    3.141592653589793
+    """
+    import importlib
+
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise DfcompressError(f"{what} {ref!r} must look like 'package.module:function'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as e:
+        raise DfcompressError(f"cannot import {what} {ref!r}: {e}") from e
+    return obj

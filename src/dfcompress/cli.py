@@ -15,12 +15,12 @@ True
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dfcompress._rebuild import import_ref
 from dfcompress.errors import DfcompressError
 
 __all__ = ["build_parser", "main"]
@@ -37,12 +37,7 @@ def _factory(ref: str) -> Any:
         raise DfcompressError(f"{ref!r} is neither a file nor a 'package.module:function' factory")
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise DfcompressError(f"cannot import {ref!r}: {e}") from e
+    obj = import_ref(ref, "factory")
     if not callable(obj):
         raise DfcompressError(f"{ref!r} is not callable")
     return obj()

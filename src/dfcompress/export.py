@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dfcompress._data import iter_inputs
+from dfcompress._data import input_dtype, iter_inputs, model_float_dtype
 from dfcompress._onnx_torch import to_onnx
 from dfcompress.errors import DfcompressError, require
 
@@ -75,14 +75,6 @@ def _flat(out: Any) -> list[torch.Tensor]:
     raise DfcompressError(f"cannot compare a model output of type {type(out).__name__}")
 
 
-def _model_dtype(model: nn.Module) -> torch.dtype:
-    dtypes = {p.dtype for p in model.parameters() if p.is_floating_point()}
-    for d in (torch.float16, torch.bfloat16):
-        if d in dtypes:
-            return d
-    return torch.float32
-
-
 def _eager(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
     with torch.no_grad():
         outs = _flat(model(x))
@@ -90,20 +82,8 @@ def _eager(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
 
 
 def _input_for(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``x`` in the dtype the model takes: float32 unless only its own 16-bit dtype works.
-
-    Mixed models (16-bit layers that cast their input) take float32; a model made
-    16-bit throughout by ``.half()`` needs a 16-bit input.
-    """
-    dtype = _model_dtype(model)
-    if not x.is_floating_point() or dtype == torch.float32:
-        return x
-    try:
-        with torch.no_grad():
-            model(x[:1].float())
-        return x.float()
-    except RuntimeError:
-        return x.to(dtype)
+    """``x`` in the dtype the model takes (see :func:`dfcompress._data.input_dtype`)."""
+    return x.to(input_dtype(model, x)) if x.is_floating_point() else x
 
 
 def _predictions(y: np.ndarray) -> np.ndarray | None:
@@ -254,7 +234,7 @@ def export_onnx(
         tries = ["int8", "uint8"] if int8_weights == "auto" and check else [int8_weights]
         if tries == ["auto"]:
             tries = ["int8"]
-    elif _model_dtype(work) != torch.float32:
+    elif model_float_dtype(work) != torch.float32:
         kind = "16bit"
     for n, weights in enumerate(tries):
         graph = onnx.ModelProto()  # type: ignore[attr-defined]
@@ -343,7 +323,8 @@ def export_torchscript(
             f"try method={'script' if method == 'trace' else 'trace'!r}"
         ) from e
     torch.jit.save(compiled, str(path))
-    kind: Literal["float", "16bit"] = "float" if _model_dtype(work) == torch.float32 else "16bit"
+    is_float = model_float_dtype(work) == torch.float32
+    kind: Literal["float", "16bit"] = "float" if is_float else "16bit"
     result = ExportResult(path, "torchscript", kind, path.stat().st_size, None, method)
     if not check:
         return result

@@ -37,7 +37,6 @@ import base64
 import binascii
 import copy
 import hashlib
-import importlib
 import json
 import math
 import os
@@ -50,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dfcompress._rebuild import get_constructor, kind_of, rebuild
+from dfcompress._rebuild import get_constructor, import_ref, kind_of, rebuild
 from dfcompress._version import __version__
 from dfcompress.errors import DfcompressError, UnsafeFileError
 
@@ -427,21 +426,15 @@ def _resolve_factory(
         if not callable(factory):
             raise DfcompressError(f"factory must be callable, got {factory!r}")
         return factory
-    module_name, _, attr = factory_ref.partition(":")
+    top = factory_ref.partition(":")[0].split(".")[0]
     allowed = {"dfcompress", *allow}
-    top = module_name.split(".")[0]
     if top not in allowed:
         raise UnsafeFileError(
             f"the file asks to build the model with {factory_ref!r}, and {top!r} is not an "
             f"allowed package ({', '.join(sorted(allowed))}); if you trust it, pass "
             f"allow=[{top!r}] or factory=<your constructor>"
         )
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise DfcompressError(f"cannot import the model factory {factory_ref!r}: {e}") from e
+    obj = import_ref(factory_ref, "the model factory")
     if not callable(obj):
         raise UnsafeFileError(f"the model factory {factory_ref!r} is not callable")
     return obj  # type: ignore[no-any-return]

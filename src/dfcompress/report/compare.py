@@ -22,7 +22,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from dfcompress._data import batch_input
+from dfcompress._data import batch_input, input_dtype
 from dfcompress.errors import DfcompressError
 from dfcompress.evaluate.gradcam import fake_logodds, grad_cam
 from dfcompress.evaluate.measure import Measurement, measure
@@ -92,31 +92,6 @@ def collect(
             f"labels must be 0 (real) or 1 (fake); got {sorted(set(y_all.tolist()))[:5]}"
         )
     return batches, y_all, names
-
-
-def _first_float_dtype(model: nn.Module) -> torch.dtype:
-    for t in list(model.parameters()) + list(model.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    return torch.float32
-
-
-def _input_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
-    """float32 if the model accepts it, else the dtype of its first float tensor."""
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.inference_mode():
-            model(x[:1].float())
-        return torch.float32
-    except (RuntimeError, TypeError):
-        dtype = _first_float_dtype(model)
-        if dtype == torch.float32:
-            raise
-        return dtype
-    finally:
-        for m, was in flags.items():
-            m.train(was)
 
 
 def score_batches(
@@ -361,7 +336,7 @@ def compare(
     bar = tqdm(total=len(models) * len(batches), desc="evaluate", disable=not progress)
     try:
         for name, (model, recipe) in models.items():
-            dtype = _input_dtype(model, inputs)
+            dtype = input_dtype(model, inputs)
             scores = score_batches(model, batches, dtype=dtype, bar=bar)
             metrics = summarize(labels, scores, threshold=threshold)
             m: Measurement = measure(model, ex.to(dtype), repeats=measure_repeats, warmup=2)
