@@ -29,7 +29,8 @@ def test_quantized_model_runs_int8_kernels(make: type[nn.Module], tmp_path: Path
     x = torch.randn(8, 3, 32, 32)
     q = quantize(net, "int8", calibration=x, progress=False)
     r = export_onnx(q, tmp_path / "q.onnx", x)
-    n_conv = sum(type(m).__name__ == "QuantConv2d" for m in q.modules())
+    # binary convolutions of a quantized model run as int8 kernels too
+    n_conv = sum(type(m).__name__ in ("QuantConv2d", "BinaryConv2d") for m in q.modules())
     assert r.kind == "int8" and r.int8_kernels.get("QLinearConv", 0) == n_conv > 0
     assert r.agreement == 1.0
 

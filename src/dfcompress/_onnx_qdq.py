@@ -237,10 +237,22 @@ def _quantized_ops(g: _Graph) -> list[tuple[Any, Any, Any]]:
     return found
 
 
-def _quantize_bias(g: _Graph) -> None:
-    """A float bias becomes int32 with scale s_x * s_w, as the QDQ kernels require."""
+def _quantize_bias(g: _Graph, *, unfused_convs: bool = True) -> None:
+    """A float bias becomes int32 with scale s_x * s_w, as the QDQ kernels require.
+
+    ``unfused_convs=False`` keeps the float bias of convs whose output no QuantizeLinear
+    reads: they run in float, where rounding the bias would only add error (a binary
+    network's signs flip on a bias rounded by half a step).
+    """
+    cons, outputs = g.consumers(), g.outputs()
     for op, a, wdq in _quantized_ops(g):
         if op.op_type == "MatMul" or len(op.input) < 3 or not op.input[2]:
+            continue
+        if (
+            not unfused_convs
+            and op.op_type == "Conv"
+            and _needs_output_q(g, cons, outputs, op.output[0])
+        ):
             continue
         b = g.const(op.input[2])
         if b is None or b.dtype != np.float32 or b.ndim != 1:
@@ -358,13 +370,20 @@ def has_qdq(model: Any) -> bool:
     return any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node)
 
 
-def prepare_qdq(model: Any) -> Any:
-    """Steps that need no calibration: constants, weight Q folding, BatchNorm, bias."""
+def prepare_qdq(model: Any, *, output_q: bool = True) -> Any:
+    """Steps that need no calibration: constants, weight Q folding, binary codes, BatchNorm, bias.
+
+    ``output_q=False``: convs that will run in float keep their float bias.
+    """
+    from dfcompress._onnx_binary import binary_weights, sign_codes
+
     g = _Graph(model)
     _materialize_constants(g)
     _fold_weight_quantize(g)
+    sign_codes(g)
+    binary_weights(g, _act_dq)
     _fold_batchnorm(g)
-    _quantize_bias(g)
+    _quantize_bias(g, unfused_convs=output_q)
     return model
 
 
@@ -376,7 +395,7 @@ def to_qdq(model: Any, ranges: Ranges, *, weights: str = "uint8", output_q: bool
     which may saturate on CPUs without VNNI). ``output_q=False`` inserts no Q/DQ
     after Conv outputs (exact, but those convs then run in float).
     """
-    prepare_qdq(model)
+    prepare_qdq(model, output_q=output_q)
     g = _Graph(model)
     if output_q:
         _insert_output_qdq(g, ranges)

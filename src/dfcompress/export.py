@@ -142,6 +142,7 @@ def export_onnx(
     exporter: Literal["auto", "torchscript", "dynamo"] = "auto",
     int8_weights: Literal["auto", "int8", "uint8"] = "auto",
     quantize_conv_outputs: bool = True,
+    binary: Literal["auto", "int8", "float"] = "auto",
     atol: float | None = None,
     rtol: float | None = None,
     min_agreement: float | None = None,
@@ -177,6 +178,13 @@ def export_onnx(
             output feeds no quantizer, so that they run as int8 kernels. False keeps
             those outputs (and convolutions) in float: exact, slower; useful for
             models that amplify small errors, such as binary networks.
+        binary: How binary convolutions (:class:`~dfcompress.models.BinaryConv2d`)
+            are written. ``"int8"``: as exact int8 convolutions (sign activations
+            as uint8 codes {0, 2} with zero point 1, weights as int8 {-1, +1} with
+            per-channel scale alpha; one byte per weight), run by QLinearConv when
+            ``quantize_conv_outputs`` (their outputs are then requantized like any
+            other conv's). ``"float"``: as float convolutions. ``"auto"`` (default):
+            int8 when the rest of the model is quantized, float otherwise.
         atol: Absolute tolerance (default 1e-4 float, 2e-2 16-bit, 5e-2 int8).
         rtol: Tolerance relative to the largest eager output (1e-3 float, 2e-2
             16-bit, 0.1 int8).
@@ -208,6 +216,8 @@ def export_onnx(
         raise DfcompressError(
             f"int8_weights={int8_weights!r} is unknown: use 'auto', 'int8' or 'uint8'"
         )
+    if binary not in ("auto", "int8", "float"):
+        raise DfcompressError(f"binary={binary!r} is unknown: use 'auto', 'int8' or 'float'")
     if exporter not in ("auto", "torchscript", "dynamo"):
         raise DfcompressError(
             f"exporter={exporter!r} is unknown: use 'auto', 'torchscript' or 'dynamo'"
@@ -217,10 +227,18 @@ def export_onnx(
 
     work = copy.deepcopy(model).eval()
     x = _input_for(work, example.detach().cpu())
-    blob, used = to_onnx(work, x, opset, (dynamic_batch, dynamic_size), exporter)
-    proto = onnx.load_from_string(blob)  # type: ignore[attr-defined]
-
     from dfcompress._onnx_qdq import has_qdq, to_qdq
+    from dfcompress.models._binary import int8_codes
+
+    axes = (dynamic_batch, dynamic_size)
+    n_binary = int8_codes(work, binary == "int8")
+    blob, used = to_onnx(work, x, opset, axes, exporter)
+    proto = onnx.load_from_string(blob)  # type: ignore[attr-defined]
+    if binary == "auto" and n_binary and has_qdq(proto):
+        int8_codes(work)  # the model is quantized: its binary convs become int8 too
+        blob, used = to_onnx(work, x, opset, axes, exporter)
+        proto = onnx.load_from_string(blob)  # type: ignore[attr-defined]
+    int8_codes(work, False)
     from dfcompress._onnx_runtime import int8_kernels, observe_ranges, run_session
 
     kind: Literal["float", "16bit", "int8"] = "float"

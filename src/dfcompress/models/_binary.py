@@ -4,6 +4,14 @@ Both straight-through estimators are written as ``forward + (g - g.detach())``
 rather than with a custom autograd function: the added term is exactly zero in
 the forward pass (so outputs are bit-identical to the plain sign), it carries
 the surrogate gradient backwards, and it scripts and exports like any tensor op.
+Without autograd (``torch.no_grad``, inference, export) the term is left out.
+
+For ONNX export both layers have an *integer-code* mode (:func:`int8_codes`):
+the sign activation is written as the uint8 codes {0, 2} with scale 1 and zero
+point 1 (``{-1, +1}``; zero padding stays 0), the weight as the int8 codes
+{-1, +1} with the per-channel scale alpha. Both operands are exactly
+representable, so ONNX Runtime's int8 convolution computes the same sums as the
+float one, with weights stored in one byte instead of four.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ from torch.nn import functional as F
 from dfcompress._rebuild import register_module
 from dfcompress.errors import DfcompressError
 
-__all__ = ["BinaryActivation", "BinaryConv2d", "binary_sign"]
+__all__ = ["BinaryActivation", "BinaryConv2d", "binary_sign", "int8_codes"]
 
 #: Activations pass their gradient only where |x + bias| <= this bound.
 ACTIVATION_CLIP = 1.5
@@ -59,10 +67,17 @@ class BinaryActivation(nn.Module):
         super().__init__()
         self.clip = float(clip)
         self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.export_codes = False
 
     def forward(self, x: Tensor) -> Tensor:
         """Binarize ``x + bias`` to {-1, +1}."""
+        if self.export_codes:
+            # x + b >= 0 exactly when x >= -b (a float sum is 0 only when exactly 0)
+            signs = torch.where(x >= -self.bias, 1.0, -1.0).to(x.dtype)
+            return torch.fake_quantize_per_tensor_affine(signs, 1.0, 1, 0, 255)
         shifted = x + self.bias
+        if not torch.is_grad_enabled():
+            return binary_sign(shifted)
         surrogate = shifted.clamp(-self.clip, self.clip)
         return binary_sign(shifted) + (surrogate - surrogate.detach())
 
@@ -143,6 +158,8 @@ class BinaryConv2d(nn.Module):
         self.stride = stride
         self.padding = kernel_size // 2 if padding is None else padding
         self.packed = False
+        self.export_codes = False
+        self._frozen: Tensor | None = None
         self.weight: nn.Parameter | None = nn.Parameter(
             torch.randn(out_channels, in_channels, kernel_size, kernel_size) * 1e-3
         )
@@ -176,7 +193,24 @@ class BinaryConv2d(nn.Module):
                 "a packed BinaryConv2d is inference-only: call model.eval() "
                 "(train the unpacked model, then pack it)"
             )
+        frozen = self._frozen
+        if self.export_codes and frozen is not None:
+            return F.conv2d(x, frozen.to(x.dtype), None, self.stride, self.padding)
         return F.conv2d(x, self.binary_weight().to(x.dtype), None, self.stride, self.padding)
+
+    def _set_codes(self, enabled: bool) -> None:
+        """Freeze ``alpha * sign(w)`` into a plain tensor (or drop it).
+
+        It is held outside the module's state, so tracing records it as a constant:
+        the exported graph holds the binarized weight (one magnitude per output
+        channel, which the ONNX rewrite stores as int8 codes), not the latent float
+        weight and the ops that binarize it.
+        """
+        self.export_codes = enabled
+        self._frozen = None
+        if enabled:
+            with torch.no_grad():
+                self._frozen = self.binary_weight().detach().float().clone()
 
     def train(self, mode: bool = True) -> BinaryConv2d:
         """Set training mode; a packed layer refuses ``mode=True``."""
@@ -230,3 +264,37 @@ class BinaryConv2d(nn.Module):
             module.training = False
             module.packed = True
         return module
+
+
+def int8_codes(model: nn.Module, enabled: bool = True) -> int:
+    """Switch the binary layers of ``model`` (in place) to or from integer-code export.
+
+    In code mode, :class:`BinaryActivation` outputs fake-quantized uint8 codes
+    (scale 1, zero point 1) and :class:`BinaryConv2d` fake-quantized int8 weights
+    {-1, +1} with scale alpha; outputs are unchanged, and the ONNX exporter writes
+    them as QuantizeLinear/DequantizeLinear pairs that run as int8 convolutions.
+    :func:`dfcompress.export_onnx` does this on its own copy of the model.
+
+    Args:
+        model: Any model; only its binary layers are touched.
+        enabled: True for code mode, False for the normal float forward.
+
+    Returns:
+        The number of :class:`BinaryConv2d` layers switched.
+
+    >>> net = nn.Sequential(BinaryActivation(2), BinaryConv2d(2, 3, 3)).eval()
+    >>> x = torch.randn(1, 2, 4, 4)
+    >>> ref = net(x)
+    >>> int8_codes(net)
+    1
+    >>> torch.allclose(net(x), ref, atol=1e-6)
+    True
+    """
+    n = 0
+    for m in model.modules():
+        if isinstance(m, BinaryActivation):
+            m.export_codes = bool(enabled)
+        elif isinstance(m, BinaryConv2d):
+            m._set_codes(bool(enabled))
+            n += 1
+    return n
