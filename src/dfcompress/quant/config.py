@@ -114,6 +114,14 @@ class IntQuant:
             with per-tensor granularity and no ``activations`` of its own), or
             None for weight-only quantization.
         percentile: The percentile used by the ``"percentile"`` observer.
+        smoothing: Activation equalization strength ``alpha`` in [0, 1], or
+            None for none. Calibration then divides each input channel by a
+            factor ``s_j = max|x_j| ** alpha / max|W_:j| ** (1 - alpha)`` before
+            the per-tensor input quantizer and multiplies the weights that read
+            it by ``s_j`` (the layer computes the same function; the weights
+            absorb the channels' uneven ranges). Depthwise convs with
+            per-channel weights use ``alpha = 1``, which costs their weights
+            nothing. Needs ``activations`` with the ``"minmax"`` observer.
 
     >>> IntQuant(8, activations=IntQuant(8, PerTensor(), symmetric=False)).activations.symmetric
     False
@@ -129,9 +137,19 @@ class IntQuant:
     observer: ObserverName = "minmax"
     activations: IntQuant | None = None
     percentile: float = 99.99
+    smoothing: float | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
+        sm = self.smoothing
+        if sm is not None:
+            if isinstance(sm, bool) or not isinstance(sm, (int, float)) or not 0.0 <= sm <= 1.0:
+                raise DfcompressError(f"smoothing={sm!r} is out of range: use a number in [0, 1]")
+            if self.activations is None or self.activations.observer != "minmax":
+                raise DfcompressError(
+                    f"smoothing={sm!r} needs activations=IntQuant(..., observer='minmax'), "
+                    f"got activations={self.activations!r}"
+                )
         if not isinstance(self.granularity, (PerTensor, PerChannel, PerGroup)):
             raise DfcompressError(
                 f"granularity={self.granularity!r} is not a granularity: use PerTensor(), "
@@ -205,10 +223,17 @@ class Float:
 Config = IntQuant | FP16 | BF16 | Float
 
 
+#: The activation equalization strength of the named ``"int8"`` config.
+SMOOTHING = 0.8
+
+
 def _int8() -> IntQuant:
     # Activations: asymmetric uint8 per tensor, ONNX Runtime's default and
     # fastest activation type; weights: symmetric int8 per output channel.
-    return IntQuant(8, PerChannel(0), True, "minmax", IntQuant(8, PerTensor(), False, "minmax"))
+    # Equalization lets per-tensor activation scales serve networks whose
+    # channels differ widely in range (depthwise/SE backbones such as EfficientNet).
+    act = IntQuant(8, PerTensor(), False, "minmax")
+    return IntQuant(8, PerChannel(0), True, "minmax", act, smoothing=SMOOTHING)
 
 
 _NAMED: dict[str, Any] = {
@@ -227,7 +252,8 @@ def resolve_config(config: Config | str) -> Config:
     ``"float"``) or a config itself.
 
     - ``"int8"``: per-channel symmetric int8 weights, per-tensor asymmetric
-      (uint8-style) int8 activations calibrated with min/max;
+      (uint8-style) int8 activations calibrated with min/max, after activation
+      equalization (``smoothing=0.8``, see :class:`IntQuant`);
     - ``"int8-weight"``: the same weights, float activations;
     - ``"int4"``: weight-only symmetric int4 in groups of 32 input channels
       (per output channel where 32 does not divide the input size).

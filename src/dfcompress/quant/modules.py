@@ -23,7 +23,7 @@ from torch import nn
 
 from dfcompress._rebuild import register_module
 from dfcompress.errors import DfcompressError
-from dfcompress.quant import _layers
+from dfcompress.quant import _equalize, _layers
 from dfcompress.quant.config import IntQuant, PerGroup, config_from_dict, config_to_dict
 from dfcompress.quant.fake_quantizer import FakeQuantizer, Mode, exporting
 from dfcompress.quant.functional import dequantize, quantize
@@ -106,6 +106,14 @@ class QuantLayer(nn.Module):
         self.input_quant = None
         if config.activations is not None:
             self.input_quant = FakeQuantizer(config.activations, (), None, None, input_mode)
+        # Activation equalization factors (one per input channel; inputs are divided by them).
+        self.input_smoothing: torch.Tensor | None
+        if config.smoothing is not None and config.activations is not None:
+            n_in = shape[1] * int(args.get("groups", 1))
+            self.register_buffer("input_smoothing", torch.ones(n_in))
+        else:
+            self.register_buffer("input_smoothing", None)
+        self._chan: tuple[torch.Tensor, torch.Tensor] | None = None
         self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
         self._wkey: tuple[int, ...] = ()
 
@@ -275,8 +283,70 @@ class QuantLayer(nn.Module):
             wq.track(self.weight)
         wq.mode = "fixed"
 
+    # -- activation equalization ---------------------------------------------------------
+
+    def smoothed_input(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` divided by the equalization factors (``x`` itself when there are none)."""
+        s = self.input_smoothing
+        if s is None:
+            return x
+        dim = _equalize.channel_dim(self.layer_kind, x)
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        return x / s.reshape(shape)
+
+    def _observe_channels(self, x: torch.Tensor) -> None:
+        lo, hi = _equalize.channel_minmax(x, _equalize.channel_dim(self.layer_kind, x))
+        if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            raise DfcompressError(
+                f"the observed tensor contains NaN or Inf ({int((~torch.isfinite(x)).sum())} "
+                f"of {x.numel()} values): check the calibration data and the layers before this one"
+            )
+        if self._chan is None:
+            self._chan = (lo, hi)
+        else:
+            self._chan = (torch.minimum(self._chan[0], lo), torch.maximum(self._chan[1], hi))
+
+    def equalize_(self) -> None:
+        """Set the equalization factors from the observed inputs (calibration, ``observe`` mode).
+
+        Rescales the weight so the layer computes the same function, and gives the
+        input quantizer's observer the range of the rescaled input.
+        """
+        iq, s_old, alpha = self.input_quant, self.input_smoothing, self.config.smoothing
+        if iq is None or s_old is None or alpha is None or self._chan is None:
+            return
+        if self.weight is None:
+            raise DfcompressError("cannot equalize a layer whose weights are packed")
+        groups = int(self.args.get("groups", 1))
+        lo, hi = self._chan
+        self._chan = None
+        with torch.no_grad():
+            w = _equalize.scale_weight_columns(self.weight, 1.0 / s_old, groups)
+            absorbed = (
+                self.weight_quant.axis == 0 and self.weight_quant.group_size is None
+            ) and w.shape[1] == 1
+            s = _equalize.smoothing_factors(
+                torch.maximum(lo.abs(), hi.abs()),
+                _equalize.weight_column_max(w, groups),
+                1.0 if absorbed else float(alpha),
+            ).to(s_old.device)
+            self.weight.copy_(_equalize.scale_weight_columns(w, s, groups))
+            s_old.copy_(s)
+            iq.observer.reset()
+            iq.observer.update(torch.stack([(lo / s).min(), (hi / s).max()]))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_quant is not None:
+            if self.input_smoothing is not None:
+                if self.input_quant.mode == "observe":
+                    # The per-tensor range follows from the per-channel one in equalize_().
+                    self._observe_channels(x)
+                    w = self.quantized_weight()
+                    return _layers.layer_forward(
+                        self.layer_kind, self.args, self.smoothed_input(x), w, self.bias
+                    )
+                x = self.smoothed_input(x)
             x = self.input_quant(x)
         w = self.quantized_weight()
         return _layers.layer_forward(self.layer_kind, self.args, x, w, self.bias)

@@ -195,6 +195,8 @@ class Quantizer:
         n = _run(model, data, progress, max_samples, "calibrating")
         if n == 0:
             raise DfcompressError("the calibration data yielded no samples")
+        for layer in layers.values():
+            layer.equalize_()
         for name, layer in layers.items():
             iq = layer.input_quant
             if iq is not None and iq.mode == "observe" and not iq.observer.ready:
@@ -275,7 +277,7 @@ def _correct_biases(
         def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
             if not isinstance(mod, QuantLayer) or mod.weight is None:  # pragma: no cover
                 return
-            x = args[0]
+            x = mod.smoothed_input(args[0])
             diff = _layers.layer_forward(
                 mod.layer_kind, mod.args, x, mod.quantized_weight() - mod.weight, None
             )
