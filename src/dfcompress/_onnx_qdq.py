@@ -387,18 +387,31 @@ def prepare_qdq(model: Any, *, output_q: bool = True) -> Any:
     return model
 
 
-def to_qdq(model: Any, ranges: Ranges, *, weights: str = "uint8", output_q: bool = True) -> Any:
+def to_qdq(
+    model: Any,
+    ranges: Ranges,
+    *,
+    weights: str = "uint8",
+    output_q: bool = True,
+    chain: bool = False,
+) -> Any:
     """Rewrite ``model`` (an ``onnx.ModelProto``, modified in place) into fusable QDQ form.
 
     ``weights="uint8"`` stores the int8 weight codes shifted by 128 (exact
     arithmetic everywhere); ``"int8"`` keeps them signed (faster U8S8 kernels,
     which may saturate on CPUs without VNNI). ``output_q=False`` inserts no Q/DQ
-    after Conv outputs (exact, but those convs then run in float).
+    after Conv outputs (exact, but those convs then run in float). ``chain=True``
+    also quantizes the outputs of the operators between convs (see
+    :mod:`dfcompress._onnx_chain`), so int8 tensors stay int8 there.
     """
     prepare_qdq(model, output_q=output_q)
     g = _Graph(model)
     if output_q:
         _insert_output_qdq(g, ranges)
+    if chain:
+        from dfcompress._onnx_chain import chain_qdq
+
+        chain_qdq(g, ranges)
     if weights == "uint8":
         _weights_to_uint8(g)
     _drop_unused_initializers(g)

@@ -142,6 +142,7 @@ def export_onnx(
     exporter: Literal["auto", "torchscript", "dynamo"] = "auto",
     int8_weights: Literal["auto", "int8", "uint8"] = "auto",
     quantize_conv_outputs: bool = True,
+    quantize_elementwise: bool = True,
     binary: Literal["auto", "int8", "float"] = "auto",
     atol: float | None = None,
     rtol: float | None = None,
@@ -178,6 +179,12 @@ def export_onnx(
             output feeds no quantizer, so that they run as int8 kernels. False keeps
             those outputs (and convolutions) in float: exact, slower; useful for
             models that amplify small errors, such as binary networks.
+        quantize_elementwise: Also quantize the outputs of the operators between
+            quantized convs (Sigmoid, Mul, Add, average pooling; ranges observed on
+            ``calibration``, Sigmoid's fixed to [0, 1]) so that ONNX Runtime runs
+            them as integer kernels (QLinearSigmoid, QLinearMul, ...) and int8
+            tensors stay int8 from conv to conv: faster, one more rounding per
+            operator. False keeps them in float.
         binary: How binary convolutions (:class:`~dfcompress.models.BinaryConv2d`)
             are written. ``"int8"``: as exact int8 convolutions (sign activations
             as uint8 codes {0, 2} with zero point 1, weights as int8 {-1, +1} with
@@ -259,7 +266,13 @@ def export_onnx(
         graph.CopyFrom(proto)
         if weights is not None:
             ranges = functools.partial(observe_ranges, graph, inputs=calib)
-            to_qdq(graph, ranges, weights=weights, output_q=quantize_conv_outputs)
+            to_qdq(
+                graph,
+                ranges,
+                weights=weights,
+                output_q=quantize_conv_outputs,
+                chain=quantize_elementwise,
+            )
         try:
             onnx.checker.check_model(graph)  # type: ignore[attr-defined]
         except Exception as e:

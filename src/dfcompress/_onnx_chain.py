@@ -1,0 +1,102 @@
+"""Keep int8 tensors int8 between convolutions: Q/DQ around the cheap operators too.
+
+After :func:`dfcompress._onnx_qdq.to_qdq` every quantized conv reads and writes int8,
+but the operators between two convs (SiLU's Sigmoid and Mul, squeeze-and-excitation
+gates, residual Adds, pooling) still dequantize to float, compute, and quantize
+again. ONNX Runtime has integer kernels for them (QLinearSigmoid, QLinearMul,
+QLinearAdd, QLinearGlobalAveragePool, QLinearAveragePool, QLinearLeakyRelu) and
+fuses ``DQ -> op -> Q`` into them. :func:`chain_qdq` adds the missing ``Q -> DQ``
+after each such operator whose inputs are all dequantized int8 tensors, with the
+range observed on calibration data (Sigmoid: the fixed range [0, 1]); walking the
+graph in order, one such operator makes the next one eligible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["chain_qdq"]
+
+_UNARY = frozenset({"Sigmoid", "GlobalAveragePool", "AveragePool", "LeakyRelu"})
+_BINARY = frozenset({"Add", "Mul"})
+_RANGE = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
+
+
+def _act_type(g: Any, dq: Any) -> np.dtype | None:
+    """Integer type of a per-tensor activation DequantizeLinear (None otherwise)."""
+    if g.const(dq.input[0]) is not None:
+        return None
+    s = g.const(dq.input[1])
+    z = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.uint8)
+    if s is None or z is None or s.size != 1 or z.size != 1 or z.dtype not in _RANGE:
+        return None
+    return z.dtype
+
+
+def _eligible(g: Any) -> list[tuple[Any, np.dtype]]:
+    """Operators (in graph order) to give an output Q/DQ, with their integer type."""
+    outputs, cons = g.outputs(), g.consumers()
+    inits = set(g.inits())
+    quantized: dict[str, np.dtype] = {}
+    found: list[tuple[Any, np.dtype]] = []
+    for n in g.graph.node:
+        if n.op_type == "DequantizeLinear":
+            t = _act_type(g, n)
+            if t is not None:
+                quantized[n.output[0]] = t
+            continue
+        if n.op_type not in _UNARY | _BINARY or not n.output or n.output[0] in outputs:
+            continue
+        ins = [i for i in n.input if i]
+        ins = ins[:1] if n.op_type in _UNARY else ins
+        if len(ins) != (1 if n.op_type in _UNARY else 2) or any(i in inits for i in ins):
+            continue
+        t = quantized.get(ins[0])
+        if t is None or any(quantized.get(i) != t for i in ins):
+            continue
+        users = cons.get(n.output[0], [])
+        if users and all(u.op_type == "QuantizeLinear" for u in users):
+            continue  # already fused as it is
+        found.append((n, t))
+        quantized[n.output[0]] = t
+    return found
+
+
+def chain_qdq(g: Any, ranges: Callable[[Sequence[str]], dict[str, tuple[float, float]]]) -> int:
+    """Insert calibrated Q/DQ after eligible operators (see the module docstring).
+
+    Args:
+        g: A ``_Graph`` view of the model (modified in place).
+        ranges: Observed (min, max) of named tensors on calibration data.
+
+    Returns:
+        The number of operators given an output Q/DQ.
+    """
+    todo = _eligible(g)
+    if not todo:
+        return 0
+    names = [n.output[0] for n, _ in todo if n.op_type != "Sigmoid"]
+    seen = ranges(names) if names else {}
+    for n, t in todo:
+        qmin, qmax = _RANGE[t]
+        if n.op_type == "Sigmoid":
+            scale, zp = 1.0 / (qmax - qmin), qmin  # [0, 1], no calibration needed
+        else:
+            lo, hi = seen[n.output[0]]
+            lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+            scale = max((hi - lo) / (qmax - qmin), 1e-8)
+            zp = int(np.clip(np.rint(qmin - lo / scale), qmin, qmax))
+        name = n.output[0]
+        s_name = g.add_const("chain_scale", np.asarray(scale, np.float32))
+        z_name = g.add_const("chain_zp", np.asarray(zp, t))
+        raw, q_out = g.fresh(name + "_float"), g.fresh(name + "_q")
+        n.output[0] = raw
+        q = g.onnx.helper.make_node("QuantizeLinear", [raw, s_name, z_name], [q_out])
+        dq = g.onnx.helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [name])
+        at = list(g.graph.node).index(n) + 1
+        g.graph.node.insert(at, dq)
+        g.graph.node.insert(at, q)
+    return len(todo)
