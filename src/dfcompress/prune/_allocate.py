@@ -35,18 +35,24 @@ def allocate_budget(
     its current grid amount to any larger one) with the least loss per pruned
     weight, until the budget ``round(target * sum(params))`` is reached. The
     final step is cut short, so one layer may get an amount between grid points.
+    A layer whose ``losses`` are shorter than ``grid`` is never raised past
+    the last amount it has a loss for.
 
     >>> allocate_budget([100, 100], [0.5, 0.9], [[0.0, 0.1], [0.5, 0.9]], 0.45)
     [0.9, 0.0]
     """
     total = sum(params)
     budget = round(target * total)
-    counts = [[0] + [round(a * n) for a in grid] for n in params]
+    # a curve shorter than the grid (a scan stopped early) ends where it was measured
+    counts = [
+        [0] + [round(a * n) for a in grid[: len(ls)]] for n, ls in zip(params, losses, strict=True)
+    ]
     reach = sum(c[-1] for c in counts)
     if budget > reach:
         raise DfcompressError(
-            f"target={target!r} cannot be met: pruning every layer to {max(grid)} removes "
-            f"{reach / max(total, 1):.3f} of the weights; lower the target or raise max_amount"
+            f"target={target!r} cannot be met: pruning every layer to its largest scanned "
+            f"amount removes {reach / max(total, 1):.3f} of the weights; lower the target, "
+            "scan larger amounts or lower stop_below"
         )
     curves = [[0.0, *ls] for ls in losses]
     level = [0] * len(params)

@@ -44,6 +44,8 @@ class PruneConfig:
         strategy: Allocation rule for ``sensitivity``: ``"budget"`` or ``"threshold"``.
         grid: Amounts each layer is scanned at.
         n_samples: Calibration samples of the scan (one batch).
+        stop_below: Scan option: stop raising a layer's amount once its score
+            falls below this (fewer passes; see :func:`~dfcompress.prune.scan`).
         steps: Number of pruning steps; ``finetune`` runs after each.
         schedule: ``(step, steps, target) -> amount`` (default linear).
         select: Candidate layers (default: every non-binary conv/linear).
@@ -61,6 +63,7 @@ class PruneConfig:
     strategy: Strategy = "budget"
     grid: Sequence[float] = field(default=DEFAULT_GRID)
     n_samples: int = 32
+    stop_below: float | None = None
     steps: int = 1
     schedule: Schedule | None = None
     select: Select | None = None
@@ -155,6 +158,7 @@ class Pruner:
             select=c.select,
             n_samples=c.n_samples,
             example_inputs=example_inputs,
+            stop_below=c.stop_below,
             progress=progress,
         )
         self.last_sensitivity = allocate(res, float(target), strategy=c.strategy)

@@ -8,9 +8,15 @@ when judged alone). The default score needs no labels: the agreement of the
 pruned model's outputs with the unpruned model's (:func:`cosine_agreement`).
 
 Cost: one forward pass of the calibration batch per (layer, amount), under
-``torch.no_grad``; when the model is an ``nn.Sequential`` the input of each
-top-level stage is cached once and only the suffix from the stage holding the
-layer is recomputed. The count is reported as ``forward_passes``.
+``torch.no_grad``, and most of each pass is not recomputed: the model is
+traced with ``torch.fx`` (untraceable submodules kept whole), everything
+upstream of the pruned layer is computed once and kept, and only the nodes from
+the layer on are re-run. The scores are exactly those of full forwards; when
+the model cannot be traced every pass is a full forward. ``forward_passes``
+counts the passes and ``full_pass_equivalent`` their cost in full forwards.
+With ``stop_below``, a layer's larger amounts are not scanned once its score
+falls below that value (the allocation then never gives it more than the last
+amount measured).
 
 A layer whose pruning at the largest amount changes the score by less than
 ``1e-6`` is flagged ``"no effect"`` and named in a warning: it is usually not
@@ -34,6 +40,7 @@ from torch import nn
 from dfcompress.errors import DfcompressError, require
 from dfcompress.prune._allocate import allocate_budget, allocate_threshold, monotone_losses
 from dfcompress.prune._calib import calibration_batch
+from dfcompress.prune._suffix import SuffixRunner
 from dfcompress.prune._targets import Select, check_amount, prunable_layers
 
 __all__ = [
@@ -116,8 +123,10 @@ class SensitivityResult:
         baseline: The metric of the unpruned model on the calibration batch.
         target: The parameter-weighted target the amounts were allocated for.
         strategy: How amounts were chosen (``"budget"``, ``"threshold"`` or ``"none"``).
-        forward_passes: Forward calls made by the scan (full or suffix).
+        forward_passes: Forward passes made by the scan (full or partial).
         seconds: Wall time of the scan.
+        full_pass_equivalent: The cost of those passes in full forwards (the
+            share of the graph each one re-ran, summed).
     """
 
     layers: tuple[LayerSensitivity, ...]
@@ -126,6 +135,7 @@ class SensitivityResult:
     strategy: str = "none"
     forward_passes: int = 0
     seconds: float = 0.0
+    full_pass_equivalent: float = 0.0
 
     @property
     def amounts(self) -> dict[str, float]:
@@ -147,9 +157,11 @@ class SensitivityResult:
     def rows(self) -> list[dict[str, Any]]:
         """One dict per layer: name, params, chosen amount, flag, and the score at each amount."""
         out = []
+        grid = max((ly.amounts for ly in self.layers), key=len, default=())
         for ly in self.layers:
             row: dict[str, Any] = {"layer": ly.name, "params": ly.params, "chosen": ly.chosen}
-            row.update({f"score@{a:g}": s for a, s in zip(ly.amounts, ly.scores, strict=False)})
+            measured = dict(zip(ly.amounts, ly.scores, strict=False))
+            row.update({f"score@{a:g}": measured.get(a, "") for a in grid})
             row["flag"] = ly.flag
             out.append(row)
         return out
@@ -168,7 +180,8 @@ class SensitivityResult:
         lines.append(
             f"baseline score {self.baseline:.4f}; strategy {self.strategy}; target "
             f"{self.target}; achieved {self.achieved:.4f}; {self.forward_passes} forward "
-            f"passes in {self.seconds:.1f} s"
+            f"passes ({self.full_pass_equivalent:.1f} full-pass equivalents) in "
+            f"{self.seconds:.1f} s"
         )
         return "\n".join(lines)
 
@@ -198,33 +211,6 @@ class SensitivityResult:
         return path
 
 
-class _Runner:
-    """Forward passes over one batch, re-running only a Sequential suffix when possible."""
-
-    def __init__(self, model: nn.Module, x: torch.Tensor) -> None:
-        self.model, self.x, self.calls = model, x, 0
-        self.stage_of: dict[str, int] = {}
-        self.inputs: list[torch.Tensor] = []
-        if isinstance(model, nn.Sequential) and len(model) > 1:
-            h = x
-            for i, (child_name, child) in enumerate(model.named_children()):
-                self.inputs.append(h)
-                for n, _ in child.named_modules():
-                    self.stage_of[f"{child_name}.{n}" if n else child_name] = i
-                h = child(h)
-            self.calls += 1
-
-    def __call__(self, layer: str | None = None) -> torch.Tensor:
-        self.calls += 1
-        stage = self.stage_of.get(layer or "", None)
-        if stage is None:
-            return _as_tensor(self.model(self.x))
-        h = self.inputs[stage]
-        for child in list(self.model.children())[stage:]:
-            h = child(h)
-        return _as_tensor(h)
-
-
 def scan(
     model: nn.Module,
     *,
@@ -234,6 +220,7 @@ def scan(
     select: Select | None = None,
     n_samples: int = 32,
     example_inputs: torch.Tensor | None = None,
+    stop_below: float | None = None,
     progress: bool = True,
 ) -> SensitivityResult:
     """Prune each layer alone at each amount and score the network's output.
@@ -248,6 +235,9 @@ def scan(
         select: Which layers to scan (default: every non-binary conv/linear).
         n_samples: Size of the calibration batch.
         example_inputs: Gives the input shape when synthesizing data.
+        stop_below: Stop raising a layer's amount once its score is below this
+            (the larger amounts are then not measured, and :func:`allocate`
+            never gives the layer more than its last measured amount).
         progress: Show a progress bar.
 
     Returns:
@@ -257,7 +247,7 @@ def scan(
     >>> from torch import nn
     >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
     >>> res = scan(net, calibration=torch.randn(16, 8), amounts=(0.5, 0.9), progress=False)
-    >>> [ly.name for ly in res.layers], res.forward_passes
+    >>> [ly.name for ly in res.layers], res.forward_passes  # check + reference + 2 x 2
     (['0', '2'], 6)
     """
     grid = tuple(check_amount(a, "amounts[i]") for a in amounts)
@@ -268,7 +258,7 @@ def scan(
     work = copy.deepcopy(model).eval()
     x = calibration_batch(work, calibration, n_samples=n_samples, example_inputs=example_inputs)
     with torch.no_grad():
-        result = _scan(work, x, score_fn, grid, select, progress)
+        result = _scan(work, x, score_fn, grid, select, stop_below, progress)
     result = replace(result, seconds=time.perf_counter() - start)
     if result.flagged:
         warnings.warn(
@@ -286,31 +276,48 @@ def _scan(
     score_fn: Metric,
     grid: tuple[float, ...],
     select: Select | None,
+    stop_below: float | None,
     progress: bool,
 ) -> SensitivityResult:
     layers = prunable_layers(work, select)
     if not layers:
         raise DfcompressError(f"no prunable conv/linear layer matched select={select!r}")
-    run = _Runner(work, x)
-    reference = run()
+    run = SuffixRunner(work, x)
+    reference = _as_tensor(run.reference())
     baseline = float(score_fn(reference, reference))
     from tqdm.auto import tqdm
 
-    out = []
-    for name, m in tqdm(layers.items(), desc="sensitivity", disable=not progress):
-        w = m.weight.detach().clone()
+    found: dict[str, LayerSensitivity] = {}
+    bar = tqdm(total=len(layers), desc="sensitivity", disable=not progress)
+    for name, forward in run.walk(list(layers)):
+        weight = layers[name].weight
+        if not isinstance(weight, torch.Tensor):  # pragma: no cover - excluded by prunable_layers
+            continue
+        w = weight.detach().clone()
         order = torch.sort(w.abs().flatten(), stable=True).indices
-        scores = []
+        scores: list[float] = []
         for a in grid:
             k = round(a * w.numel())
             pruned = w.flatten().clone()
             pruned[order[:k]] = 0
-            m.weight.copy_(pruned.view_as(w))
-            scores.append(float(score_fn(run(name), reference)))
-        m.weight.copy_(w)
+            weight.copy_(pruned.view_as(w))
+            scores.append(float(score_fn(_as_tensor(forward()), reference)))
+            if stop_below is not None and scores[-1] < stop_below:
+                break
+        weight.copy_(w)
         flag = "no effect" if abs(baseline - scores[-1]) < _NO_EFFECT else ""
-        out.append(LayerSensitivity(name, w.numel(), grid, tuple(scores), 0.0, flag))
-    return SensitivityResult(tuple(out), baseline, None, "none", run.calls)
+        amounts = grid[: len(scores)]
+        found[name] = LayerSensitivity(name, w.numel(), amounts, tuple(scores), 0.0, flag)
+        bar.update(1)
+    bar.close()
+    return SensitivityResult(
+        tuple(found[n] for n in layers),
+        baseline,
+        None,
+        "none",
+        run.calls,
+        full_pass_equivalent=run.cost,
+    )
 
 
 def allocate(
@@ -348,7 +355,7 @@ def allocate(
     target = check_amount(target, "target")
     if not result.layers:
         raise DfcompressError("the sensitivity result has no layer to allocate")
-    grid = result.layers[0].amounts
+    grid = max((ly.amounts for ly in result.layers), key=len)
     if strategy == "budget":
         losses = [monotone_losses(result.baseline, ly.scores) for ly in result.layers]
         chosen = allocate_budget([ly.params for ly in result.layers], grid, losses, target)
