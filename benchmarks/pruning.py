@@ -2,17 +2,23 @@
 
     python benchmarks/pruning.py                    # a baseline checkpoint if found, else a CNN
     python benchmarks/pruning.py --models cnn       # the small CNN trained here
+    python benchmarks/pruning.py --models efficientnet_b0 --size 64 --n-train 2000 \\
+        --section pruning-efficientnet_b0 --variants scan,structured   # part of the rows
 
 Baselines come from ``benchmarks/train_baselines.py`` checkpoints
 (``~/.cache/dfcompress/baselines/<name>.safetensors``); when none exists a
 small residual CNN is trained here on the proxy task (about a minute).
 
-Rows: p20 / p50 / p70 L1 global, with and without sensitivity allocation
-(budget strategy, no fine-tune); p50 reached in 3 cubic steps with a short
-fine-tune; structured s30 and s50 (L1 channel importance) with a short
-fine-tune; q8-p50 (int8 after p50 with sensitivity). Files are written with
-``dfcompress.save`` (sparse storage of pruned weights; q8 packed). The table is
-printed and written to the "pruning" section of ``benchmarks/RESULTS.md``.
+Rows (groups for ``--variants``): ``l1``: p20 / p50 / p70 L1 global, with and
+without sensitivity allocation (budget strategy, no fine-tune); ``scan``: the
+sensitivity scan at 5 amounts over 256 images, timed, and p50 allocated from
+it; ``iterative``: p50 reached in 3 cubic steps with a short fine-tune;
+``structured``: s50 in one step with a short BCE fine-tune, and s50 in several
+steps with distillation from the dense model after each; ``q8``: int8 after p50
+with sensitivity. Files are written with ``dfcompress.save`` (sparse storage of
+pruned weights; q8 packed). The table is printed and written to the section
+``--section`` of ``benchmarks/RESULTS.md``; rows of groups not run are kept
+from the section's previous table, so split runs merge.
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ import torch
 from torch import nn
 
 import dfcompress.io as dio
-from _results import machine_line, markdown_table, update_section
+from _results import RESULTS, machine_line, markdown_table, update_section
 from dfcompress.data import loader, predict, train_detector
 from dfcompress.evaluate.measure import count_macs
 from dfcompress.evaluate.metrics import auc
-from dfcompress.prune import Pruner, prune, sparsity
+from dfcompress.prune import Pruner, l1_unstructured, prune, sparsity
+from dfcompress.prune.distill import distill_finetune
 
 BASELINES = Path.home() / ".cache" / "dfcompress" / "baselines"
 
@@ -68,17 +75,20 @@ class ResidualCNN(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
-def latency_ms(model: nn.Module, x: torch.Tensor, reps: int) -> float:
+def latency_ratio(model: nn.Module, base: nn.Module, x: torch.Tensor, reps: int) -> float:
+    """Median eager latency of ``model`` over ``base``'s, timed alternately in one run."""
     model.eval()
+    base.eval()
     with torch.no_grad():
-        for _ in range(2):
-            model(x)
-        times = []
+        for m in (model, base):
+            m(x)
+        mine, theirs = [], []
         for _ in range(reps):
-            t = time.perf_counter()
-            model(x)
-            times.append(time.perf_counter() - t)
-    return 1000 * statistics.median(times)
+            for m, out in ((model, mine), (base, theirs)):
+                t = time.perf_counter()
+                m(x)
+                out.append(time.perf_counter() - t)
+    return statistics.median(mine) / statistics.median(theirs)
 
 
 def short_finetune(train: Any, batches: int) -> Any:
@@ -99,6 +109,53 @@ def short_finetune(train: Any, batches: int) -> Any:
     return finetune
 
 
+def previous_rows(section: str) -> dict[str, list[str]]:
+    """The rows of a section's table in RESULTS.md, by variant (to merge split runs)."""
+    if not RESULTS.exists():
+        return {}
+    text = RESULTS.read_text()
+    begin, end = f"<!-- begin:{section} -->", f"<!-- end:{section} -->"
+    if begin not in text:
+        return {}
+    body = text.split(begin, 1)[1].split(end, 1)[0]
+    rows = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and cells[0] not in ("variant",) and len(cells) == len(HEADERS):
+            rows[cells[0]] = cells
+    return rows
+
+
+HEADERS = [
+    "variant",
+    "test AUC",
+    "diff",
+    "file KB",
+    "file ratio",
+    "file ratio, binary packed",
+    "MACs ratio",
+    "latency ratio b1",
+    "latency ratio b32",
+    "scan s",
+    "notes",
+]
+ORDER = [
+    "baseline",
+    "p20",
+    "p20 sens",
+    "p50",
+    "p50 sens",
+    "p70",
+    "p70 sens",
+    "scan 5x256",
+    "p50 iterative",
+    "s50 one-shot",
+    "s50 KD",
+    "q8-p50",
+]
+GROUPS = ("l1", "scan", "iterative", "structured", "q8")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--models", default="auto", help="'auto', 'cnn' or a baseline name (bnext)")
@@ -107,11 +164,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n-test", type=int, default=1000)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--finetune-batches", type=int, default=15)
+    p.add_argument("--kd-steps", type=int, default=3, help="structured pruning steps")
+    p.add_argument("--kd-epochs", type=float, default=1.0, help="distillation epochs per step")
+    p.add_argument("--scan-samples", type=int, default=256)
+    p.add_argument("--stop-below", type=float, default=None, help="scan option for 'scan 5x256'")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--variants", default=",".join(GROUPS), help=f"groups to run, from {','.join(GROUPS)}"
+    )
     p.add_argument("--section", default="pruning", help="RESULTS.md section to write")
     p.add_argument("--no-results", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    groups = set(args.variants.split(","))
+    if not groups <= set(GROUPS):
+        p.error(f"--variants {args.variants!r}: use groups from {','.join(GROUPS)}")
 
     train = loader("train", size=args.size, n=args.n_train, batch_size=32, seed=0)
     test = loader("test", size=args.size, n=args.n_test, batch_size=100, seed=0)
@@ -132,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     x1 = calib[:1]
     x32 = calib[:32]
+    binary = any(type(m).__name__ == "BinaryConv2d" for m in base.modules())
 
     def evaluate(model: nn.Module) -> float:
         pred = predict(model, test, progress=False)
@@ -146,109 +214,220 @@ def main(argv: list[str] | None = None) -> int:
             .st_size
         )
 
+    def packed_bytes(model: nn.Module, tag: str) -> int | None:
+        if not binary:
+            return None
+        from dfcompress.models import pack_binary
+
+        try:
+            return file_bytes(pack_binary(model), f"{tag}-packed")
+        except Exception as e:  # a quantized model may not pack
+            print(f"{tag}: cannot pack binary layers: {type(e).__name__}: {e}")
+            return None
+
     base_auc = evaluate(base)
     base_file = file_bytes(base, "base")
+    base_packed = packed_bytes(base, "base")
     base_macs = count_macs(base, x1)
-    base_l1, base_l32 = latency_ms(base, x1, 50), latency_ms(base, x32, 10)
-    rows: list[list[Any]] = []
+    rows: dict[str, list[Any]] = {}
 
     def record(tag: str, model: nn.Module, scan_s: float | None = None, note: str = "") -> None:
         a = evaluate(model)
         size = file_bytes(model, tag)
+        packed = packed_bytes(model, tag)
         try:
             macs = f"{count_macs(model, x1) / base_macs:.3f}"
         except Exception:  # a quantized model may not run under the flop counter
             macs = "n/a"
-        rows.append(
-            [
-                tag,
-                f"{a:.4f}",
-                f"{a - base_auc:+.4f}",
-                f"{size / 1e3:.1f}",
-                f"{size / base_file:.3f}",
-                macs,
-                f"{latency_ms(model, x1, 50) / base_l1:.2f}",
-                f"{latency_ms(model, x32, 10) / base_l32:.2f}",
-                "" if scan_s is None else f"{scan_s:.1f}",
-                note,
-            ]
-        )
-        print(rows[-1])
+        rows[tag] = [
+            tag,
+            f"{a:.4f}",
+            f"{a - base_auc:+.4f}",
+            f"{size / 1e3:.1f}",
+            f"{size / base_file:.3f}",
+            f"{packed / base_packed:.3f}" if packed and base_packed else "",
+            macs,
+            f"{latency_ratio(model, base, x1, 30):.2f}",
+            f"{latency_ratio(model, base, x32, 7):.2f}",
+            "" if scan_s is None else f"{scan_s:.1f}",
+            note,
+        ]
+        print(" | ".join(str(c) for c in rows[tag]), flush=True)
 
     record("baseline", base)
-    for amount in (0.2, 0.5, 0.7):
-        tag = f"p{round(amount * 100)}"
-        record(tag, prune(base, amount, progress=False), note="L1 global")
-        pruner = Pruner(amount=amount, sensitivity=True)
-        t0 = time.perf_counter()
-        small = pruner.apply(base, calibration=calib, progress=False)
-        sc = pruner.last_sensitivity
-        record(
-            f"{tag} sens",
-            small,
-            scan_s=time.perf_counter() - t0,
-            note=f"sparsity {sparsity(small):.3f}, {sc.forward_passes if sc else 0} passes",
+    if "l1" in groups:
+        for amount in (0.2, 0.5, 0.7):
+            tag = f"p{round(amount * 100)}"
+            record(tag, prune(base, amount, progress=False), note="L1 global")
+            pruner = Pruner(amount=amount, sensitivity=True, n_samples=64)
+            t0 = time.perf_counter()
+            small = pruner.apply(base, calibration=calib, progress=False)
+            sc = pruner.last_sensitivity
+            passes = (
+                f"{sc.forward_passes} passes = {sc.full_pass_equivalent:.0f} full-pass equivalents"
+                if sc
+                else ""
+            )
+            record(
+                f"{tag} sens",
+                small,
+                scan_s=time.perf_counter() - t0,
+                note=f"sparsity {sparsity(small):.3f}; 64 images x 9 amounts, {passes}",
+            )
+    if "scan" in groups:
+        scan_x = torch.cat(
+            [x for x, _, _ in loader("val", size=args.size, n=args.scan_samples, batch_size=64)]
         )
-    ft = short_finetune(train, args.finetune_batches)
-    from dfcompress.prune import cubic
+        grid = (0.1, 0.3, 0.5, 0.7, 0.9)
+        pruner = Pruner(
+            amount=0.5,
+            sensitivity=True,
+            grid=grid,
+            n_samples=args.scan_samples,
+            stop_below=args.stop_below,
+        )
+        t0 = time.perf_counter()
+        res = pruner.scan(base, calibration=scan_x, progress=False)
+        scan_s = time.perf_counter() - t0
+        small = l1_unstructured(
+            base, {n: a for n, a in res.amounts.items() if a > 0}, scope="local"
+        )
+        stop = "" if args.stop_below is None else f", stop_below={args.stop_below}"
+        record(
+            "scan 5x256",
+            small,
+            scan_s=scan_s,
+            note=(
+                f"scan alone: {len(res.layers)} layers x {len(grid)} amounts over "
+                f"{scan_x.shape[0]} images{stop}: {res.forward_passes} passes = "
+                f"{res.full_pass_equivalent:.0f} full-pass equivalents; row = p50 allocated "
+                "from it (budget), no fine-tune; target scan <= 300 s"
+            ),
+        )
+    if "iterative" in groups:
+        from dfcompress.prune import cubic
 
-    record(
-        "p50 iterative",
-        prune(base, 0.5, steps=3, schedule=cubic, finetune=ft, progress=False),
-        note=f"3 cubic steps, {args.finetune_batches} batches fine-tune each",
-    )
-    for amount in (0.3, 0.5):
-        small = prune(base, amount, method="structured", example_inputs=x1, progress=False)
+        ft = short_finetune(train, args.finetune_batches)
+        record(
+            "p50 iterative",
+            prune(base, 0.5, steps=3, schedule=cubic, finetune=ft, progress=False),
+            note=f"3 cubic steps, {args.finetune_batches} batches fine-tune each",
+        )
+    if "structured" in groups:
+        ft = short_finetune(train, args.finetune_batches)
+        small = prune(base, 0.5, method="structured", example_inputs=x1, progress=False)
         ft(small, 1)
         record(
-            f"s{round(amount * 100)}",
+            "s50 one-shot",
             small,
-            note=f"channels, {args.finetune_batches} batches fine-tune",
+            note=f"L1 channels in one step, {args.finetune_batches} batches of BCE fine-tune",
         )
-    try:
-        from dfcompress.quant import quantize
-    except ImportError:
-        rows.append(["q8-p50", "not run: dfcompress.quant missing", *[""] * 8])
-    else:
-        p50 = Pruner(amount=0.5, sensitivity=True).apply(base, calibration=calib, progress=False)
-        q = quantize(p50, "int8", calibration=calib, progress=False, pack=True)
-        record("q8-p50", q, note="int8 packed after p50 sens")
+        seconds = [0.0]
+        kd = distill_finetune(base, train, epochs=args.kd_epochs, lr=1e-3, progress=False)
 
-    headers = [
-        "variant",
-        "test AUC",
-        "diff",
-        "file KB",
-        "file ratio",
-        "MACs ratio",
-        "latency ratio b1",
-        "latency ratio b32",
-        "scan s",
-        "notes",
-    ]
-    table = markdown_table(headers, rows)
+        def timed(model: nn.Module, step: int) -> None:
+            t = time.perf_counter()
+            kd(model, step)
+            seconds[0] += time.perf_counter() - t
+
+        t0 = time.perf_counter()
+        small = prune(
+            base,
+            0.5,
+            method="structured",
+            steps=args.kd_steps,
+            importance="l2",
+            ignore=["head", "stem"],
+            finetune=timed,
+            calibration=calib,
+            example_inputs=calib[:2],
+            progress=False,
+        )
+        total = time.perf_counter() - t0
+        batches = len(train)
+        record(
+            "s50 KD",
+            small,
+            note=(
+                f"L2 channels, head and stem kept, {args.kd_steps} linear steps, each followed "
+                f"by {args.kd_epochs:g} epoch of distillation from the dense model over "
+                f"{args.n_train} train images ({batches} batches of 32 per epoch; T=2, "
+                "alpha=0.7, AdamW lr 1e-3 cosine): fine-tune "
+                f"{seconds[0]:.0f} s of {total:.0f} s in all"
+            ),
+        )
+    if "q8" in groups:
+        try:
+            from dfcompress.quant import quantize
+        except ImportError:
+            print("q8-p50 not run: dfcompress.quant missing")
+        else:
+            p50 = Pruner(amount=0.5, sensitivity=True).apply(
+                base, calibration=calib, progress=False
+            )
+            q = quantize(p50, "int8", calibration=calib, progress=False, pack=True)
+            record("q8-p50", q, note="int8 packed after p50 sens")
+
+    merged = previous_rows(args.section) if not args.no_results else {}
+    merged.update(rows)
+    table = markdown_table(HEADERS, [merged[t] for t in ORDER if t in merged])
     print(table)
-    target = next(r for r in rows if r[0] == "p50 sens")
-    verdict = (
-        f"Target (p50 L1 global with sensitivity, no fine-tune): AUC drop <= 0.01 -> "
-        f"{target[2]} ({'met' if float(target[2]) >= -0.01 else 'MISSED'}); file <= 0.60 of "
-        f"dense -> {target[4]} ({'met' if float(target[4]) <= 0.60 else 'MISSED'})."
-    )
+    lines = []
+    if "p50 sens" in merged:
+        r = merged["p50 sens"]
+        lines.append(
+            f"p50 L1 global with sensitivity, no fine-tune: AUC drop <= 0.01 -> {r[2]} "
+            f"({'met' if float(r[2]) >= -0.01 else 'MISSED'}); file <= 0.60 of dense -> "
+            f"{r[4]} ({'met' if float(r[4]) <= 0.60 else 'MISSED'})"
+            + (f", {r[5]} with binary layers packed in both" if r[5] else "")
+            + "."
+        )
+    if "s50 KD" in merged:
+        r = merged["s50 KD"]
+        lines.append(
+            f"s50 + short fine-tune: AUC drop <= 0.02 -> {r[2]} "
+            f"({'met' if float(r[2]) >= -0.02 else 'MISSED'}); MACs <= 0.35x -> {r[6]} "
+            f"({'met' if float(r[6]) <= 0.35 else 'MISSED'}); batch-32 latency >= 1.8x faster "
+            f"-> {1 / float(r[8]):.2f}x ({'met' if 1 / float(r[8]) >= 1.8 else 'MISSED'})."
+        )
+    if "scan 5x256" in merged:
+        r = merged["scan 5x256"]
+        lines.append(
+            f"Sensitivity scan at 5 amounts over 256 images <= 300 s -> {r[9]} s "
+            f"({'met' if float(r[9]) <= 300 else 'MISSED'})."
+        )
+    if "q8-p50" in merged:
+        r = merged["q8-p50"]
+        lines.append(
+            f"q8-p50: AUC drop <= 0.015 -> {r[2]} ({'met' if float(r[2]) >= -0.015 else 'MISSED'})"
+            f"; file <= 0.16 of float32 -> {r[4]} ({'met' if float(r[4]) <= 0.16 else 'MISSED'})."
+        )
+    verdict = "Targets: " + " ".join(lines) if lines else ""
     print(verdict)
     if not args.no_results:
         notes = (
             f"Model: {source}. Proxy task at {args.size}x{args.size} px, {args.n_test} test "
-            "samples; sensitivity on 64 validation images (one batch, 9 amounts per layer). "
-            "File sizes from `dfcompress.save` (pruned weights stored sparsely). Latency: eager "
-            "PyTorch, median of 50 (batch 1) / 10 (batch 32) runs, "
-            f"{args.threads} thread(s); unstructured zeros do not speed up dense kernels. The "
-            "baseline row's latency ratio is a second measurement of the same model: it shows "
-            "the timing noise of this shared machine. A baseline AUC far below 0.9 means the "
-            "detector is under-trained, and then a fine-tune can raise AUC above it."
+            "samples. `pN sens`: sensitivity on 64 validation images (one batch, 9 amounts per "
+            "layer, budget allocation, no fine-tune). File sizes from `dfcompress.save` (pruned "
+            "weights stored sparsely). Latency ratios: eager PyTorch, pruned model timed "
+            "alternately with the dense one in the same run (median of 30 runs at batch 1, 7 at "
+            f"batch 32), {args.threads} thread(s); unstructured zeros do not speed up dense "
+            "kernels, so only structured rows can be faster. The baseline row's latency ratio "
+            "is the dense model against itself: the timing noise of this shared machine. Rows "
+            "may come from separate runs of this script (--variants), each under the timing "
+            "lock."
         )
-        title = "Pruning" + ("" if args.section == "pruning" else f" ({name})")
+        if binary:
+            notes += (
+                " BNext: only its float layers (stem, SE, downsampling, head) can be pruned "
+                "unstructured; its binary convolutions hold nearly all the weights, so the plain "
+                "file ratio of `pN` stays near 1. `file ratio, binary packed` compares files "
+                "with the binary layers packed at 1 bit (`dfcompress.models.pack_binary`) in "
+                "both the pruned and the dense model."
+            )
         update_section(
-            args.section, f"## {title}\n\n{table}\n\n{verdict}\n\n{notes}\n\n{machine_line()}"
+            args.section,
+            f"## Pruning ({name})\n\n{table}\n\n{verdict}\n\n{notes}\n\n{machine_line()}",
         )
     return 0
 
