@@ -1,5 +1,7 @@
 """Pruning: L1 unstructured (local/global), iterative schedules, sensitivity allocation, channels.
 
+Fine-tuning after pruning by distillation from the unpruned model: :func:`distill`.
+
 The :func:`prune` verb covers the common cases; :class:`Pruner` holds one
 configuration for repeated use; the functions below are the building blocks.
 Structured pruning (:func:`prune_channels`) imports torch-pruning on first use.
@@ -10,6 +12,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from dfcompress.prune.api import prune as prune
+from dfcompress.prune.distill import distill as distill
+from dfcompress.prune.distill import distill_finetune as distill_finetune
+from dfcompress.prune.distill import distillation_loss as distillation_loss
 from dfcompress.prune.pruner import Method as Method
 from dfcompress.prune.pruner import PruneConfig as PruneConfig
 from dfcompress.prune.pruner import Pruner as Pruner
@@ -42,6 +47,9 @@ __all__ = [
     "apply_masks",
     "cosine_agreement",
     "cubic",
+    "distill",
+    "distill_finetune",
+    "distillation_loss",
     "get_masks",
     "l1_unstructured",
     "linear",
