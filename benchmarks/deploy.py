@@ -3,8 +3,9 @@
 For each trained baseline it writes these ONNX files and measures them side by side:
 
 - ``float``: the model as trained;
-- ``dfc int8``: ``dfcompress`` int8 (per-channel weights, calibrated activations;
-  binary convolutions as exact int8 convolutions);
+- ``dfc int8``: ``dfcompress`` int8 (per-channel weights, calibrated activations
+  after activation equalization; binary convolutions as exact int8 convolutions);
+- ``dfc int8, no equalization``: the same without activation equalization;
 - ``dfc int8 (binary convs only)``: models with binary convolutions only: the float
   model with just its binary convolutions as int8 kernels;
 - ``ort quantize_static``: ONNX Runtime's own QDQ quantizer on the float file
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -37,7 +39,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _results import machine_line, markdown_table, update_section
+from _results import RESULTS, machine_line, markdown_table, update_section
 from dfcompress._onnx_runtime import int8_kernels
 from dfcompress.data import loader
 from dfcompress.demo import DEMO_SIZE, load_demo_detector
@@ -48,8 +50,13 @@ from dfcompress.io import load
 from dfcompress.models import BinaryConv2d
 from dfcompress.prune.structured import prune_channels
 from dfcompress.quant import quantize
+from dfcompress.quant.config import IntQuant, PerChannel, PerTensor
 
 Baseline = tuple[nn.Module, int, bool]
+
+#: "int8" without activation equalization: every equalized layer divides its input by
+#: per-channel factors, a float Div in the graph between int8 kernels.
+NO_EQUALIZATION = IntQuant(8, PerChannel(0), True, "minmax", IntQuant(8, PerTensor(), False))
 
 RSS_CHILD = """
 import re, sys, numpy as np, onnxruntime as ort
@@ -166,6 +173,10 @@ def export_variants(
     r = export_onnx(q, d / f"{tag}-q.onnx", ex, **qkw)
     files["dfc int8"] = r.path
     details[f"{tag} dfc int8"] = [r.weights, r.int8_kernels]
+    q = quantize(model, NO_EQUALIZATION, calibration=calib, progress=False)
+    r = export_onnx(q, d / f"{tag}-qn.onnx", ex, **qkw)
+    files["dfc int8, no equalization"] = r.path
+    details[f"{tag} dfc int8, no equalization"] = [r.weights, r.int8_kernels]
     if any(isinstance(m, BinaryConv2d) for m in model.modules()):
         r = export_onnx(model, d / f"{tag}-b.onnx", ex, binary="int8", **qkw)
         files["dfc int8 (binary convs only)"] = r.path
@@ -182,8 +193,70 @@ def export_variants(
     return files
 
 
+def prepare(out: Path, quick: bool, only: list[str]) -> None:
+    """Export every variant of every baseline into ``out`` (untimed; run it niced)."""
+    models, skipped = baselines(quick, only)
+    meta: dict[str, Any] = {"skipped": skipped, "models": {}}
+    for bname, (model, size, _) in models.items():
+        t0 = time.time()
+        calib = next(iter(loader("val", size=size, n=128, batch_size=128)))[0]
+        details: dict[str, Any] = {}
+        files = export_variants(model, out, bname, calib, details)
+        meta["models"][bname] = {
+            "size": size,
+            "files": {k: v.name for k, v in files.items()},
+            "details": details,
+        }
+        print(f"{bname}: exported in {time.time() - t0:.0f} s", flush=True)
+    (out / "meta.json").write_text(json.dumps(meta))
+
+
+def kept_rows(models: list[str]) -> tuple[list[str], list[str]]:
+    """Table rows and note lines of the "deploy" section for baselines not measured now."""
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    m = re.search(r"<!-- begin:deploy -->(.*?)<!-- end:deploy -->", text, re.S)
+    lines = (m.group(1) if m else "").splitlines()
+    noted = {ln[4:].split("**")[0] for ln in lines if ln.startswith("- **")}
+    keep = noted - set(models)
+    rows = [ln for ln in lines if ln.startswith("| ") and ln[2:].split(" |")[0] in keep]
+    notes = [ln for ln in lines if ln.startswith("- **") and ln[4:].split("**")[0] in keep]
+    return rows, notes
+
+
+def measure(
+    src: Path, res: int, n_eval: int, rep1: int, rep32: int
+) -> tuple[list[list[object]], dict[str, Any]]:
+    """Latency (interleaved), AUC, file size and peak RSS of the files :func:`prepare` wrote."""
+    meta = json.loads((src / "meta.json").read_text())
+    rows: list[list[object]] = []
+    for bname, info in meta["models"].items():
+        size = int(info["size"])
+        files = {k: src / v for k, v in info["files"].items()}
+        test = next(iter(loader("test", size=size, n=n_eval, batch_size=n_eval)))
+        images, labels = test[0], test[1].numpy()
+        lat1 = latencies_ms(files, 1, res, rep1)
+        lat32 = latencies_ms(files, 32, res, rep32)
+        for vname, path in files.items():
+            rows.append(
+                [
+                    bname,
+                    vname,
+                    lat1[vname],
+                    lat32[vname],
+                    f"{lat32['float'] / lat32[vname]:.2f}x",
+                    f"{onnx_auc(path, images, labels):.4f} @{size}px",
+                    path.stat().st_size / 2**20,
+                    peak_rss_mb(path),
+                ]
+            )
+            print(rows[-1], flush=True)
+    return rows, meta
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--prepare", type=Path, help="only export the variants into this folder")
+    ap.add_argument("--measure", type=Path, help="only measure the files --prepare wrote")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     ap.add_argument("--res", type=int, default=112, help="latency resolution (px)")
     ap.add_argument("--model", action="append", default=[], help="only these baselines")
@@ -196,37 +269,17 @@ def main() -> None:
     res, n_eval, rep1, rep32 = (
         (64, 64, 2, 1) if args.quick else (args.res, args.n_test, 10, args.rounds)
     )
-    rows: list[list[object]] = []
-    details: dict[str, Any] = {}
-    sizes: dict[str, int] = {}
+    if args.prepare is not None:
+        args.prepare.mkdir(parents=True, exist_ok=True)
+        prepare(args.prepare, args.quick, args.model)
+        return
     t0 = time.time()
-    models, skipped = baselines(args.quick, args.model)
     with tempfile.TemporaryDirectory() as tmp:
-        d = Path(tmp)
-        for bname, (model, size, trained) in models.items():
-            sizes[bname] = size
-            test = next(iter(loader("test", size=size, n=n_eval, batch_size=n_eval)))
-            images, labels = test[0], test[1].numpy()
-            calib = next(iter(loader("val", size=size, n=128, batch_size=128)))[0]
-            files = export_variants(model, d, bname, calib, details)
-            print(f"{bname}: exported in {time.time() - t0:.0f} s", flush=True)
-            lat1 = latencies_ms(files, 1, res, rep1)
-            lat32 = latencies_ms(files, 32, res, rep32)
-            for vname, path in files.items():
-                a = onnx_auc(path, images, labels) if trained else float("nan")
-                rows.append(
-                    [
-                        bname,
-                        vname,
-                        lat1[vname],
-                        lat32[vname],
-                        f"{lat32['float'] / lat32[vname]:.2f}x",
-                        f"{a:.4f} @{size}px",
-                        path.stat().st_size / 2**20,
-                        peak_rss_mb(path),
-                    ]
-                )
-                print(rows[-1], flush=True)
+        src = args.measure
+        if src is None:
+            src = Path(tmp)
+            prepare(src, args.quick, args.model)
+        rows, meta = measure(src, res, n_eval, rep1, rep32)
     elapsed = time.time() - t0
 
     headers = [
@@ -239,7 +292,10 @@ def main() -> None:
         "file MB",
         "peak RSS MB (b1 @224px)",
     ]
+    names = list(meta["models"])
+    old_rows, old_notes = kept_rows(names)
     table = markdown_table(headers, rows)
+    table = "\n".join([*table.splitlines()[:2], *old_rows, *table.splitlines()[2:]])
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     cpu = next(
         (ln.split(":", 1)[1].strip() for ln in flags.splitlines() if "model name" in ln), "?"
@@ -247,23 +303,29 @@ def main() -> None:
     vnni = "avx512_vnni" in flags or "avx_vnni" in flags
     import onnxruntime
 
-    notes = (
-        f"{machine_line()} ONNX Runtime {onnxruntime.__version__}, 1 intra-op and 1 "
-        f"inter-op thread, ORT_ENABLE_ALL; CPU {cpu}; VNNI: "
+    common = (
+        f"ONNX Runtime {onnxruntime.__version__}, 1 intra-op and 1 inter-op thread, "
+        f"ORT_ENABLE_ALL; CPU {cpu}; VNNI: "
         f"{'yes' if vnni else 'no (AVX2 only: int8 kernels use 16-bit pair sums)'}. "
-        f"Latency: median of {rep1} (b1) / {rep32} (b32) runs at {res} px of every variant, "
-        "interleaved round by round. AUC: "
-        f"{n_eval} proxy test images at the resolution each baseline was trained at "
-        f"({', '.join(f'{k} {v} px' for k, v in sizes.items())}); calibration: 128 val images. "
-        "s50 is not fine-tuned after pruning. Peak RSS: VmHWM of a fresh process that "
-        f"loads the file and runs one 1x3x224x224 image. Whole run {elapsed / 60:.1f} min. "
-        + (f"Skipped: {'; '.join(skipped)}. " if skipped else "")
-        + f"int8 weight storage and the integer kernels ONNX Runtime runs: {json.dumps(details)}"
+        f"Latency: median of {rep1} (b1) / {rep32} (b32) runs at {res} px, all variants "
+        "of a model interleaved round by round. AUC: "
+        f"{n_eval} proxy test images at the resolution the baseline was trained at; "
+        "calibration: 128 val images. s50 is not fine-tuned after pruning. dfc files use "
+        "export_onnx's defaults (int8 weights, elementwise operators quantized). Peak "
+        "RSS: VmHWM of a fresh process that loads the file and runs one 1x3x224x224 image."
     )
+    notes = [
+        f"- **{b}**: {machine_line()} {common} Measured in {elapsed / 60:.1f} min "
+        f"(with {', '.join(names)}). int8 weight storage and the integer kernels ONNX "
+        f"Runtime runs: {json.dumps(info['details'])}"
+        for b, info in meta["models"].items()
+    ]
+    notes += [f"- skipped: {s}" for s in meta["skipped"]]
+    body = "\n".join(sorted([*old_notes, *notes]))
     print(table)
-    print(notes)
+    print(body)
     if not args.no_write and not args.quick:
-        update_section("deploy", "## Deployment (ONNX Runtime)\n\n" + table + "\n\n" + notes)
+        update_section("deploy", "## Deployment (ONNX Runtime)\n\n" + table + "\n\n" + body)
 
 
 if __name__ == "__main__":

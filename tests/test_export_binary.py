@@ -16,6 +16,7 @@ from dfcompress.export import export_onnx
 from dfcompress.models import BinaryActivation, BinaryConv2d, BNext, pack_binary
 from dfcompress.models._binary import int8_codes
 from dfcompress.quant import quantize
+from dfcompress.quant.config import IntQuant, PerChannel, PerTensor
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -203,3 +204,17 @@ def test_elementwise_ops_run_as_integer_kernels(tmp_path: Path) -> None:
         assert on.int8_kernels.get(op, 0) >= 1
     assert "QLinearSigmoid" not in off.int8_kernels
     assert on.int8_kernels["QLinearConv"] == off.int8_kernels["QLinearConv"] == 3
+
+
+def test_no_tensor_is_rounded_twice_on_its_way_into_a_conv(tmp_path: Path) -> None:
+    x = torch.randn(16, 3, 12, 12)
+    # without activation equalization, so that inputs are quantized right where they are made
+    cfg = IntQuant(8, PerChannel(0), True, "minmax", IntQuant(8, PerTensor(), False, "minmax"))
+    q = quantize(SiluNet().eval(), cfg, calibration=x, progress=False)
+    r = export_onnx(q, tmp_path / "q.onnx", x, min_agreement=0.8)
+    graph = onnx.load(str(r.path)).graph
+    prod = {o: n for n in graph.node for o in n.output}
+    for n in graph.node:
+        if n.op_type == "QuantizeLinear":
+            src = prod.get(n.input[0])
+            assert src is None or src.op_type != "DequantizeLinear", n.name

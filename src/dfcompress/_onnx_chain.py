@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["chain_qdq"]
+__all__ = ["chain_qdq", "share_quantizer"]
 
 _UNARY = frozenset({"Sigmoid", "GlobalAveragePool", "AveragePool", "LeakyRelu"})
 _BINARY = frozenset({"Add", "Mul"})
@@ -34,6 +34,45 @@ def _act_type(g: Any, dq: Any) -> np.dtype | None:
     if s is None or z is None or s.size != 1 or z.size != 1 or z.dtype not in _RANGE:
         return None
     return z.dtype
+
+
+def _quantizer_user(g: Any, name: str) -> Any | None:
+    """A per-tensor QuantizeLinear (constant scale and integer zero point) reading ``name``."""
+    for u in g.consumers().get(name, []):
+        if u.op_type != "QuantizeLinear" or u.input[0] != name or len(u.input) < 3:
+            continue
+        s, z = g.const(u.input[1]), g.const(u.input[2])
+        if s is not None and z is not None and s.size == 1 and z.size == 1 and z.dtype in _RANGE:
+            return u
+    return None
+
+
+def share_quantizer(g: Any, name: str) -> bool:
+    """Let the float readers of ``name`` read it through the QuantizeLinear it already has.
+
+    When a tensor feeds both a quantizer (the next layer's input quantizer) and float
+    operators, giving it a second, calibrated Q/DQ would round it twice on the way
+    into the next layer (DQ then Q with another scale). Instead its existing
+    quantizer's output is dequantized once and read by the others. Returns whether
+    such a quantizer was found.
+    """
+    if name in g.outputs():
+        return False
+    q0 = _quantizer_user(g, name)
+    if q0 is None:
+        return False
+    deq = g.fresh(name + "_shared")
+    dq = g.onnx.helper.make_node(
+        "DequantizeLinear", [q0.output[0], q0.input[1], q0.input[2]], [deq]
+    )
+    g.graph.node.insert(list(g.graph.node).index(q0) + 1, dq)
+    for u in g.consumers().get(name, []):
+        if u is q0:
+            continue
+        for k, i in enumerate(u.input):
+            if i == name:
+                u.input[k] = deq
+    return True
 
 
 def _eligible(g: Any) -> list[tuple[Any, np.dtype]]:
@@ -78,9 +117,12 @@ def chain_qdq(g: Any, ranges: Callable[[Sequence[str]], dict[str, tuple[float, f
     todo = _eligible(g)
     if not todo:
         return 0
-    names = [n.output[0] for n, _ in todo if n.op_type != "Sigmoid"]
+    shared = {n.output[0] for n, _ in todo if _quantizer_user(g, n.output[0]) is not None}
+    names = [n.output[0] for n, _ in todo if n.op_type != "Sigmoid" and n.output[0] not in shared]
     seen = ranges(names) if names else {}
     for n, t in todo:
+        if n.output[0] in shared and share_quantizer(g, n.output[0]):
+            continue
         qmin, qmax = _RANGE[t]
         if n.op_type == "Sigmoid":
             scale, zp = 1.0 / (qmax - qmin), qmin  # [0, 1], no calibration needed

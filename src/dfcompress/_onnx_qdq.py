@@ -324,6 +324,11 @@ def _insert_output_qdq(g: _Graph, ranges: Ranges) -> None:
     ]
     if not todo:
         return
+    from dfcompress._onnx_chain import share_quantizer
+
+    todo = [(op, a) for op, a in todo if not share_quantizer(g, op.output[0])]
+    if not todo:
+        return
     seen = ranges([op.output[0] for op, _ in todo])
     for op, a in todo:
         name = op.output[0]
