@@ -120,6 +120,9 @@ class FakeQuantizer(nn.Module):
             mode = "dynamic"
         self.mode: Mode = mode
         self._key: tuple[int, int, int] | None = None
+        #: Round scales derived by :meth:`track` to float16 values when all of them
+        #: lie in float16's normal range (weights: halves the cost of stored scales).
+        self.half_scales = False
 
     @property
     def mode(self) -> Mode:
@@ -153,7 +156,12 @@ class FakeQuantizer(nn.Module):
             return
         self.observer.reset()
         self.observer.update(x)
-        self._set(*self.observer.qparams())
+        scale, zero_point = self.observer.qparams()
+        if self.half_scales:
+            a = scale.abs()
+            if bool(((a >= 2.0**-14) & (a <= 6.0e4)).all()):
+                scale = scale.to(torch.float16).to(torch.float32)
+        self._set(scale, zero_point)
         self._key = key
 
     def freeze(self) -> None:

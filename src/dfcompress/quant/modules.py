@@ -60,6 +60,15 @@ def _qshape(shape: tuple[int, ...], axis: int | None, group: int | None) -> tupl
     return ()
 
 
+_SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+
+
+def _half_exact_enough(scale: torch.Tensor) -> bool:
+    """Whether every scale lies in float16's normal range (full 11-bit precision)."""
+    a = scale.detach().abs().to(torch.float32)
+    return bool(((a >= 2.0**-14) & (a <= 6.0e4)).all())
+
+
 class QuantLayer(nn.Module):
     """Common machinery of the quantized conv/linear wrappers (use the concrete classes)."""
 
@@ -79,6 +88,7 @@ class QuantLayer(nn.Module):
         packed: bool = False,
         weight_mode: Mode = "track",
         input_mode: Mode = "off",
+        scale_dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self.args = dict(args)
@@ -88,10 +98,14 @@ class QuantLayer(nn.Module):
         self._shape = shape
         # Packed per-group scales are stored in float16: in float32 they would cost
         # 1 bit per weight at group size 32, a quarter of an int4 weight.
-        scale_dtype = torch.float16 if packed and group_size is not None else torch.float32
+        if scale_dtype is None:
+            scale_dtype = torch.float16 if packed and group_size is not None else torch.float32
         self.weight_quant = FakeQuantizer(
             config, _qshape(shape, axis, group_size), axis, group_size, weight_mode, scale_dtype
         )
+        # Weight scales take float16 values where float16 holds them at full precision,
+        # so packed storage keeps them in 16 bits and computes exactly what this does.
+        self.weight_quant.half_scales = True
         self.packed = packed
         if packed:
             self.register_parameter("weight", None)
@@ -144,6 +158,7 @@ class QuantLayer(nn.Module):
             "packed": self.packed,
             "weight_mode": self.weight_quant.mode,
             "input_mode": self.input_quant.mode if self.input_quant is not None else "off",
+            "scale_dtype": str(self.weight_quant.scale.dtype).removeprefix("torch."),
         }
 
     @classmethod
@@ -157,6 +172,7 @@ class QuantLayer(nn.Module):
             packed=bool(spec["packed"]),
             weight_mode=spec["weight_mode"],
             input_mode=spec["input_mode"],
+            scale_dtype=_SCALE_DTYPES.get(str(spec.get("scale_dtype"))),
         )
 
     # -- exporter-facing attributes -----------------------------------------------------
@@ -266,7 +282,9 @@ class QuantLayer(nn.Module):
                 "only frozen (non-dynamic) weights can be packed"
             )
         wq = self.weight_quant
-        if wq.group_size is not None:
+        if _half_exact_enough(wq.scale):
+            # Stored scales cost 16 bits per channel or group instead of 32 (a
+            # relative change of at most 2**-11, which the codes are computed with).
             wq.scale = wq.scale.to(torch.float16)
         codes = self.int_weight()
         self.weight = None

@@ -76,8 +76,9 @@ class Quantizer:
             :func:`dfcompress.select.as_selector` accepts, a config an
             :class:`~dfcompress.quant.config.IntQuant`, ``FP16``, ``BF16``,
             ``Float`` or a name for :func:`~dfcompress.quant.config.resolve_config`.
-        fold_bn: Fold BatchNorm layers into the integer-quantized convs that
-            feed them (what an int8 runtime executes). Turn off for QAT that
+        fold_bn: Fold eval-mode BatchNorm layers into the integer-quantized or
+            cast (FP16/BF16) convs that feed them: what an int8 runtime executes,
+            and no BatchNorm statistics left to store. Turn off for QAT that
             should keep training BatchNorm statistics.
         bias_correction: After calibration, subtract from each quantized
             layer's bias the mean output error its weight quantization causes on
@@ -146,7 +147,7 @@ class Quantizer:
             )
         m = model if inplace else copy.deepcopy(model)
         if self.fold_bn:
-            fold_batchnorms(m, {n for n, c in plan.items() if isinstance(c, IntQuant)})
+            fold_batchnorms(m, {n for n, c in plan.items() if not isinstance(c, Float)})
         counts: dict[str, int] = {}
         for name, cfg in plan.items():
             mod = m.get_submodule(name)
