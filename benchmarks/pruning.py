@@ -37,9 +37,10 @@ from torch import nn
 import dfcompress.io as dio
 from _results import RESULTS, machine_line, markdown_table, update_section
 from dfcompress.data import loader, predict, train_detector
+from dfcompress.errors import DfcompressError
 from dfcompress.evaluate.measure import count_macs
 from dfcompress.evaluate.metrics import auc
-from dfcompress.prune import Pruner, l1_unstructured, prune, sparsity
+from dfcompress.prune import Pruner, allocate, l1_unstructured, prune, scan, sparsity
 from dfcompress.prune.distill import distill_finetune
 
 BASELINES = Path.home() / ".cache" / "dfcompress" / "baselines"
@@ -167,7 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kd-steps", type=int, default=3, help="structured pruning steps")
     p.add_argument("--kd-epochs", type=float, default=1.0, help="distillation epochs per step")
     p.add_argument("--scan-samples", type=int, default=256)
-    p.add_argument("--stop-below", type=float, default=None, help="scan option for 'scan 5x256'")
+    p.add_argument("--sens-samples", type=int, default=64, help="scan batch of the pN sens rows")
+    p.add_argument(
+        "--sens-grid", default="0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", help="pN sens scan amounts"
+    )
+    p.add_argument("--stop-below", type=float, default=None, help="scan option (all scans)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--variants", default=",".join(GROUPS), help=f"groups to run, from {','.join(GROUPS)}"
@@ -248,31 +253,45 @@ def main(argv: list[str] | None = None) -> int:
             f"{packed / base_packed:.3f}" if packed and base_packed else "",
             macs,
             f"{latency_ratio(model, base, x1, 30):.2f}",
-            f"{latency_ratio(model, base, x32, 7):.2f}",
+            f"{latency_ratio(model, base, x32, 15):.2f}",
             "" if scan_s is None else f"{scan_s:.1f}",
             note,
         ]
         print(" | ".join(str(c) for c in rows[tag]), flush=True)
 
     record("baseline", base)
+    sens_grid = tuple(float(a) for a in args.sens_grid.split(","))
+    sens_x = calib[: args.sens_samples]
+    sens_how = f"{sens_x.shape[0]} images x {len(sens_grid)} amounts" + (
+        "" if args.stop_below is None else f", stop_below={args.stop_below}"
+    )
     if "l1" in groups:
+        t0 = time.perf_counter()
+        res = scan(
+            base,
+            calibration=sens_x,
+            amounts=sens_grid,
+            n_samples=sens_x.shape[0],
+            stop_below=args.stop_below,
+            progress=False,
+        )
+        scan_s = time.perf_counter() - t0
+        passes = f"{res.forward_passes} passes = {res.full_pass_equivalent:.0f} full-pass equiv."
         for amount in (0.2, 0.5, 0.7):
             tag = f"p{round(amount * 100)}"
             record(tag, prune(base, amount, progress=False), note="L1 global")
-            pruner = Pruner(amount=amount, sensitivity=True, n_samples=64)
-            t0 = time.perf_counter()
-            small = pruner.apply(base, calibration=calib, progress=False)
-            sc = pruner.last_sensitivity
-            passes = (
-                f"{sc.forward_passes} passes = {sc.full_pass_equivalent:.0f} full-pass equivalents"
-                if sc
-                else ""
-            )
+            try:
+                chosen = allocate(res, amount).amounts
+            except DfcompressError as e:
+                print(f"{tag} sens: {e}")
+                continue
+            small = l1_unstructured(base, {n: a for n, a in chosen.items() if a > 0}, scope="local")
             record(
                 f"{tag} sens",
                 small,
-                scan_s=time.perf_counter() - t0,
-                note=f"sparsity {sparsity(small):.3f}; 64 images x 9 amounts, {passes}",
+                scan_s=scan_s,
+                note=f"sparsity {sparsity(small):.3f}; one scan for the 3 targets: {sens_how}, "
+                f"{passes}",
             )
     if "scan" in groups:
         scan_x = torch.cat(
@@ -362,11 +381,15 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("q8-p50 not run: dfcompress.quant missing")
         else:
-            p50 = Pruner(amount=0.5, sensitivity=True).apply(
-                base, calibration=calib, progress=False
-            )
+            p50 = Pruner(
+                amount=0.5,
+                sensitivity=True,
+                grid=sens_grid,
+                n_samples=sens_x.shape[0],
+                stop_below=args.stop_below,
+            ).apply(base, calibration=sens_x, progress=False)
             q = quantize(p50, "int8", calibration=calib, progress=False, pack=True)
-            record("q8-p50", q, note="int8 packed after p50 sens")
+            record("q8-p50", q, note=f"int8 packed after p50 sens ({sens_how})")
 
     merged = previous_rows(args.section) if not args.no_results else {}
     merged.update(rows)
@@ -407,10 +430,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_results:
         notes = (
             f"Model: {source}. Proxy task at {args.size}x{args.size} px, {args.n_test} test "
-            "samples. `pN sens`: sensitivity on 64 validation images (one batch, 9 amounts per "
-            "layer, budget allocation, no fine-tune). File sizes from `dfcompress.save` (pruned "
-            "weights stored sparsely). Latency ratios: eager PyTorch, pruned model timed "
-            "alternately with the dense one in the same run (median of 30 runs at batch 1, 7 at "
+            "samples. `pN sens`: one sensitivity scan on validation images (batch and amounts "
+            "in the notes column), budget allocation for each target, no fine-tune. File "
+            "sizes from `dfcompress.save` (pruned weights stored sparsely). Latency ratios: "
+            "eager PyTorch, pruned model timed alternately with the dense one in the same run "
+            "(median of 30 runs at batch 1, 15 at "
             f"batch 32), {args.threads} thread(s); unstructured zeros do not speed up dense "
             "kernels, so only structured rows can be faster. The baseline row's latency ratio "
             "is the dense model against itself: the timing noise of this shared machine. Rows "

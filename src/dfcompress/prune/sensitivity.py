@@ -247,8 +247,8 @@ def scan(
     >>> from torch import nn
     >>> net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 1))
     >>> res = scan(net, calibration=torch.randn(16, 8), amounts=(0.5, 0.9), progress=False)
-    >>> [ly.name for ly in res.layers], res.forward_passes  # check + reference + 2 x 2
-    (['0', '2'], 6)
+    >>> [ly.name for ly in res.layers], res.forward_passes  # reference + 2 layers x 2 amounts
+    (['0', '2'], 5)
     """
     grid = tuple(check_amount(a, "amounts[i]") for a in amounts)
     if not grid or any(a <= 0 for a in grid) or list(grid) != sorted(set(grid)):
