@@ -81,16 +81,3 @@ def test_unprunable_graph_names_the_layer() -> None:
 
 
 __all__ = ["one_thread"]  # the autouse fixture applies to this module
-
-
-def test_importance_failure_inside_torch_pruning_is_a_clear_error(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    import torch_pruning as tp
-
-    def broken(self: object, group: object) -> torch.Tensor:
-        raise IndexError("index 4 is out of bounds for dimension 0 with size 4")
-
-    monkeypatch.setattr(tp.importance.GroupMagnitudeImportance, "__call__", broken)
-    with pytest.raises(DfcompressError, match=r"cannot score .*IndexError: index 4"):
-        prune_channels(TinyResNet(), 0.3, example_inputs=torch.rand(1, 3, 16, 16))

@@ -18,8 +18,14 @@ consistent.
   reshapes its output to its input width, so in timm ViTs the attention and
   the residual width are kept and the MLP hidden channels are pruned (most of
   a ViT's parameters).
-- A graph that cannot be pruned (a reshape with hard-coded sizes, an op
-  torch-pruning does not know) raises :class:`~dfcompress.DfcompressError`
+- A channel group torch-pruning cannot score (its index mapping through a
+  reshape or a concatenation is wrong) is kept whole; the others are pruned.
+- When the pruned graph no longer runs (a ``torch.split`` whose sizes are
+  fixed in the model's code, a layer scale reshaped to a stored shape), the
+  model is pruned again from its original weights with the groups that cross a
+  split, and those of the layer that failed, kept whole (up to three passes).
+- A graph that still cannot be pruned (one torch-pruning cannot trace, or one
+  that fails after every pass) raises :class:`~dfcompress.DfcompressError`
   naming the layer that failed.
 """
 
@@ -28,6 +34,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -37,96 +44,19 @@ from torch import nn
 from dfcompress.errors import DfcompressError
 from dfcompress.prune._calib import calibration_batch, guess_input_shape
 from dfcompress.prune._targets import AmountSpec, check_amount
+from dfcompress.prune._tp_support import (
+    GuardedImportance,
+    attention_heads,
+    custom_pruners,
+    fix_after_pruning,
+)
 from dfcompress.select import SelectorLike, as_selector
 
 __all__ = ["ImportanceName", "prune_channels"]
 
 ImportanceName = Literal["l1", "l2", "taylor"]
 
-
-class _BinaryConvPruner(tp.pruner.BasePruningFunc):  # type: ignore[misc]
-    """Channel pruner for dfcompress's BinaryConv2d (latent float weight, out x in x k x k)."""
-
-    def prune_out_channels(self, layer: Any, idxs: Sequence[int]) -> Any:
-        keep = _keep(layer.out_channels, idxs)
-        layer.weight = nn.Parameter(layer.weight.data[keep].clone())
-        layer.out_channels = len(keep)
-        return layer
-
-    def prune_in_channels(self, layer: Any, idxs: Sequence[int]) -> Any:
-        keep = _keep(layer.in_channels, idxs)
-        layer.weight = nn.Parameter(layer.weight.data[:, keep].clone())
-        layer.in_channels = len(keep)
-        return layer
-
-    def get_out_channels(self, layer: Any) -> int:
-        return int(layer.out_channels)
-
-    def get_in_channels(self, layer: Any) -> int:
-        return int(layer.in_channels)
-
-
-class _ChannelParamPruner(tp.pruner.BasePruningFunc):  # type: ignore[misc]
-    """Pruner for modules whose parameters all hold one entry per channel along dim 1."""
-
-    def prune_out_channels(self, layer: Any, idxs: Sequence[int]) -> Any:
-        for name, p in list(layer.named_parameters(recurse=False)):
-            keep = _keep(p.shape[1], idxs)
-            setattr(layer, name, nn.Parameter(p.data[:, keep].clone()))
-        return layer
-
-    prune_in_channels = prune_out_channels
-
-    def get_out_channels(self, layer: Any) -> int:
-        return int(next(layer.parameters(recurse=False)).shape[1])
-
-    def get_in_channels(self, layer: Any) -> int:
-        return self.get_out_channels(layer)
-
-
-def _keep(n: int, idxs: Sequence[int]) -> list[int]:
-    drop = {int(i) for i in idxs}
-    return [i for i in range(n) if i not in drop]
-
-
-def _custom_pruners(model: nn.Module) -> dict[Any, Any]:
-    out: dict[Any, Any] = {}
-    for m in model.modules():
-        name = type(m).__name__
-        if name == "BinaryConv2d" and getattr(m, "weight", None) is not None:
-            out[type(m)] = _BinaryConvPruner()
-        elif name == "BinaryActivation":
-            out[type(m)] = _ChannelParamPruner()
-    return out
-
-
-def _frozen_width_attention(module: nn.Module) -> bool:
-    """timm's attention reshapes its output to its *input* width, so neither its
-    head dimensions nor the residual width it sits on can change."""
-    return type(module).__module__.startswith("timm.") and isinstance(
-        getattr(module, "proj", None), nn.Linear
-    )
-
-
-def _attention_heads(model: nn.Module) -> tuple[dict[nn.Module, int], list[nn.Module]]:
-    heads: dict[nn.Module, int] = {}
-    frozen: list[nn.Module] = []
-    for m in model.modules():
-        qkv, n = getattr(m, "qkv", None), getattr(m, "num_heads", None)
-        if isinstance(qkv, nn.Linear) and isinstance(n, int):
-            proj = getattr(m, "proj", None)
-            if _frozen_width_attention(m) and isinstance(proj, nn.Module):
-                frozen += [qkv, proj]
-            else:
-                heads[qkv] = n
-    return heads, frozen
-
-
-def _fix_attention(model: nn.Module) -> None:
-    for m in model.modules():
-        qkv, n = getattr(m, "qkv", None), getattr(m, "num_heads", None)
-        if isinstance(qkv, nn.Linear) and isinstance(n, int) and hasattr(m, "head_dim"):
-            setattr(m, "head_dim", qkv.out_features // (3 * n))  # noqa: B010 - typed as Module
+_PASSES = 3  # pruning passes before giving up on a graph
 
 
 def _importance(name: str) -> Any:
@@ -156,6 +86,14 @@ def _output(out: Any) -> torch.Tensor:
     raise DfcompressError(f"cannot read a tensor from a model output of type {type(out)}")
 
 
+class _BrokenGraph(DfcompressError):
+    """The pruned graph no longer runs (or changed its output); ``module`` names where."""
+
+    def __init__(self, message: str, module: str | None = None) -> None:
+        super().__init__(message)
+        self.module = module
+
+
 def _forward_naming_failure(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Run ``model(x)``; on failure raise naming the innermost module that was running."""
     names = {m: n for n, m in model.named_modules()}
@@ -177,38 +115,123 @@ def _forward_naming_failure(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     except Exception as e:
         where = (stack[-1] if stack else "") or type(model).__name__
         after = f" after layer {done[-1]!r}" if done else ""
-        raise DfcompressError(
+        raise _BrokenGraph(
             f"the pruned graph no longer runs: {where!r} fails{after} ({e}); this graph "
-            "cannot be pruned there: ignore the layers feeding it (ignore=...)"
+            "cannot be pruned there: ignore the layers feeding it (ignore=...)",
+            stack[-1] if stack else None,
         ) from e
     finally:
         for h in handles:
             h.remove()
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What to prune, by module name, so that it applies to any copy of the model."""
+
+    importance: ImportanceName
+    default: float
+    ratios: dict[str, float]
+    ignored: set[str]
+    global_pruning: bool
+    round_to: int | None
+
+
 def _make_pruner(
+    model: nn.Module, example_inputs: torch.Tensor, imp: GuardedImportance, plan: _Plan
+) -> Any:
+    by_name = dict(model.named_modules())
+    heads, frozen = attention_heads(model)
+    ratios = {by_name[n]: a for n, a in plan.ratios.items()}
+    try:
+        with warnings.catch_warnings():
+            # Parameters outside torch layers (BNext's mix, a ViT's pos_embed, a
+            # layer scale) are pruned along their last non-singleton dimension,
+            # which is the channel.
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            return tp.pruner.BasePruner(
+                model,
+                example_inputs,
+                importance=imp,
+                global_pruning=plan.global_pruning,
+                pruning_ratio=plan.default,
+                pruning_ratio_dict=ratios or None,
+                ignored_layers=[by_name[n] for n in sorted(plan.ignored)] + frozen,
+                round_to=plan.round_to,
+                num_heads=heads,
+                customized_pruners=custom_pruners(model),
+            )
+    except Exception as e:
+        raise DfcompressError(
+            f"torch-pruning cannot trace {type(model).__name__}: {type(e).__name__}: {e}"
+        ) from e
+
+
+def _prune_once(
     model: nn.Module,
     example_inputs: torch.Tensor,
-    imp: Any,
-    global_pruning: bool,
-    default: float,
-    ratios: dict[nn.Module, float],
-    ignored: list[nn.Module],
-    round_to: int | None,
-) -> Any:
-    heads, frozen = _attention_heads(model)
-    return tp.pruner.BasePruner(
-        model,
-        example_inputs,
-        importance=imp,
-        global_pruning=global_pruning,
-        pruning_ratio=default,
-        pruning_ratio_dict=ratios or None,
-        ignored_layers=ignored + frozen,
-        round_to=round_to,
-        num_heads=heads,
-        customized_pruners=_custom_pruners(model),
+    calibration: Iterable[Any] | torch.Tensor | None,
+    plan: _Plan,
+    *,
+    cautious: bool,
+    avoid: set[str],
+) -> int:
+    """Prune ``model`` in place once; groups touching ``avoid`` stay whole.
+
+    Returns:
+        The number of channel groups kept whole.
+    """
+    by_name = dict(model.named_modules())
+    imp = GuardedImportance(
+        _importance(plan.importance),
+        cautious=cautious,
+        avoid={by_name[n] for n in avoid if n in by_name},
     )
+    pruner = _make_pruner(model, example_inputs, imp, plan)
+    if plan.importance == "taylor":
+        x = (
+            calibration_batch(model, calibration, n_samples=16)
+            if calibration is not None
+            else example_inputs
+        )
+        model.zero_grad()
+        loss = _self_supervised_loss(_output(model(x)))
+        torch.autograd.backward(loss)
+    names = {m: n for n, m in model.named_modules()}
+    groups = iter(pruner.step(interactive=True))
+    last: str | None = None
+    while True:
+        try:
+            group = next(groups)
+        except StopIteration:
+            break
+        except Exception as e:
+            where = "the first channel group" if last is None else f"the group after {last!r}"
+            raise _BrokenGraph(
+                f"torch-pruning cannot score {where} of {type(model).__name__}: "
+                f"{type(e).__name__}: {e}; exclude the layers involved with ignore=...",
+                last,
+            ) from e
+        layer = group[0].dep.target.module
+        last = names.get(layer, type(layer).__name__)
+        try:
+            group.prune()
+        except Exception as e:
+            raise _BrokenGraph(
+                f"cannot prune the channels of layer {last!r}: {type(e).__name__}: {e}", last
+            ) from e
+    model.zero_grad(set_to_none=True)
+    fix_after_pruning(model)
+    return imp.skipped
+
+
+def _n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _names(model: nn.Module, modules: Iterable[nn.Module]) -> set[str]:
+    names = {m: n for n, m in model.named_modules()}
+    return {names[m] for m in modules}
 
 
 def prune_channels(
@@ -224,6 +247,11 @@ def prune_channels(
     inplace: bool = False,
 ) -> nn.Module:
     """Remove a fraction of the channels of conv/linear layers (and what is coupled to them).
+
+    When the pruned graph no longer runs (a split with sizes fixed in the
+    model's code, a coupling torch-pruning follows wrongly), pruning is redone
+    from the original weights with the channel groups that cross a split, and
+    those of the layer that failed, kept whole; up to three passes.
 
     Args:
         model: The model to prune.
@@ -254,7 +282,7 @@ def prune_channels(
     """
     if not inplace:
         model = copy.deepcopy(model)
-    imp = _importance(importance)
+    _importance(importance)  # validate before any work
     if example_inputs is None:
         if calibration is not None:
             example_inputs = calibration_batch(model, calibration, n_samples=2)
@@ -266,76 +294,54 @@ def prune_channels(
         items: list[Any] = list(ignore) if isinstance(ignore, (list, set)) else [ignore]
         for sel in items:
             ignored += list(as_selector(sel).resolve(model).values())
+    ratios: dict[str, float] = {}
     if isinstance(amount, Mapping):
         default = 0.0
-        ratios: dict[nn.Module, float] = {}
         for key, value in amount.items():
             a = check_amount(value, f"amount[{key!r}]")
             hits = as_selector(key).resolve(model)
             if not hits:
                 raise DfcompressError(f"amount key {key!r} matched no layer")
-            ratios.update({m: a for m in hits.values()})
+            ratios.update({n: a for n in _names(model, hits.values())})
     else:
-        default, ratios = check_amount(amount), {}
+        default = check_amount(amount)
+    plan = _Plan(importance, default, ratios, _names(model, ignored), global_pruning, round_to)
     was_training = model.training
     model.eval()
     with torch.no_grad():
         reference = _forward_naming_failure(model, example_inputs)
-    try:
-        with warnings.catch_warnings():
-            # Parameters outside torch layers (BNext's mix, a ViT's pos_embed) are
-            # pruned along their last non-singleton dimension, which is the channel.
-            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
-            pruner = _make_pruner(
-                model, example_inputs, imp, global_pruning, default, ratios, ignored, round_to
+    original = copy.deepcopy(model)
+    avoid: set[str] = set()
+    skipped = 0
+    work = model
+    for attempt in range(_PASSES):
+        if attempt:
+            work = copy.deepcopy(original)
+        try:
+            skipped = _prune_once(
+                work, example_inputs, calibration, plan, cautious=attempt > 0, avoid=avoid
             )
-    except DfcompressError:
-        raise
-    except Exception as e:
-        raise DfcompressError(
-            f"torch-pruning cannot trace {type(model).__name__}: {type(e).__name__}: {e}"
-        ) from e
-    if importance == "taylor":
-        x = (
-            calibration_batch(model, calibration, n_samples=16)
-            if calibration is not None
-            else example_inputs
-        )
-        model.zero_grad()
-        loss = _self_supervised_loss(_output(model(x)))
-        torch.autograd.backward(loss)
-    names = {m: n for n, m in model.named_modules()}
-    groups = iter(pruner.step(interactive=True))
-    last: str | None = None
-    while True:
-        try:
-            # Importance is scored while the generator advances; a coupling
-            # torch-pruning mis-tracks shows up here as an IndexError.
-            group = next(groups)
-        except StopIteration:
+            with torch.no_grad():
+                out = _forward_naming_failure(work, example_inputs)
+            if out.shape != reference.shape:
+                raise _BrokenGraph(
+                    f"pruning changed the output shape from {tuple(reference.shape)} to "
+                    f"{tuple(out.shape)}: ignore the layer producing the output (ignore=...)"
+                )
             break
-        except Exception as e:
-            where = "the first channel group" if last is None else f"the group after {last!r}"
-            raise DfcompressError(
-                f"torch-pruning cannot score {where} of {type(model).__name__}: "
-                f"{type(e).__name__}: {e}; exclude the layers involved with ignore=..."
-            ) from e
-        layer = group[0].dep.target.module
-        last = names.get(layer, type(layer).__name__)
-        try:
-            group.prune()
-        except Exception as e:
-            raise DfcompressError(
-                f"cannot prune the channels of layer {last!r}: {type(e).__name__}: {e}"
-            ) from e
-    model.zero_grad(set_to_none=True)
-    _fix_attention(model)
-    with torch.no_grad():
-        out = _forward_naming_failure(model, example_inputs)
-    if out.shape != reference.shape:
+        except _BrokenGraph as e:
+            if attempt == _PASSES - 1:
+                raise DfcompressError(str(e)) from e
+            if e.module:
+                avoid.add(e.module)
+    if skipped and _n_params(work) == _n_params(original):
         raise DfcompressError(
-            f"pruning changed the output shape from {tuple(reference.shape)} to "
-            f"{tuple(out.shape)}: ignore the layer producing the output (ignore=...)"
+            f"no channel of {type(model).__name__} could be pruned: torch-pruning cannot "
+            f"follow the {skipped} channel groups it found (splits, reshapes or couplings "
+            "it maps wrongly); prune another way (method='l1') or name layers in amount="
         )
+    if work is not model:
+        # a later pass pruned a copy: move its state into the model returned
+        model.__dict__.update(work.__dict__)
     model.train(was_training)
     return model
