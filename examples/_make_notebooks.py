@@ -1,14 +1,19 @@
-"""Write the example notebooks from plain lists of cells (outputs cleared).
+"""Write the example notebooks from plain lists of cells, and execute them.
 
 The notebooks are generated so that their source stays reviewable as Python;
-run ``python examples/_make_notebooks.py`` after editing a cell below, and
-``nox -s examples`` to execute them all.
+run ``python examples/_make_notebooks.py`` after editing a cell below (it
+writes them without outputs), then ``python examples/_make_notebooks.py
+--execute`` to run each one top to bottom and store its outputs, which the
+documentation shows as they are. ``--execute`` fails on the first error and
+prints each notebook's run time (each should stay under a minute on a CPU).
 """
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import cast
 
@@ -73,19 +78,17 @@ inputs; the test split has labels (1 = fake)."""),
     md("""
 ## One call
 
-`compress` never changes the model you pass in: it returns a new one. Pruning
+`dfc.compress` never changes the model you pass in: it returns a new one. Pruning
 steps run first, then quantization; `calibration=` gives the activation ranges
 for int8 and the data for the sensitivity scan that spreads the 50 % over the
 layers."""),
     py("""
-from dfcompress.recipe import compress
-
-small = compress(model, "q8-p50", calibration=calib, pack=True, progress=False)
+small = dfc.compress(model, "q8-p50", calibration=calib, pack=True, progress=False)
 small.dfc_history[-1]["recipe"]"""),
     md("""
 ## What did it cost?
 
-`measure` reports the serialized size and the parameter count; the AUC comes
+`dfc.measure` reports the serialized size and the parameter count; the AUC comes
 from the detection metrics in `dfcompress.evaluate.metrics`. Two details
 matter for the size. `pack=True` stores the int8 weights as integers (without
 it they stay float32 with their scales, ready for more fine-tuning). And most
@@ -131,20 +134,20 @@ BNEXT_ISE: list[Cell] = [
 The BNext compression study named its quantization configs by three bit widths,
 **I-SE-O**: I = the stem convolution, SE = both 1x1 convolutions of every
 squeeze-and-excitation branch, O = the classifier head; 32 means "left in
-float". Its best trade-offs were 8-4-8 and 8-8-8. `dfcompress.presets.ise`
+float". Its best trade-offs were 8-4-8 and 8-8-8. `dfc.presets.ise`
 turns those three numbers into quantization rules, and the `"se"` selector
 finds the SE branches of BNext (and of timm and torchvision models)
 structurally."""),
     py(SETUP),
     py("""
+import dfcompress as dfc
 from dfcompress.demo import load_demo_detector
-from dfcompress.select import select
 
 model = load_demo_detector()
-sorted(select(model, "se"))[:4]"""),
+sorted(dfc.select(model, "se"))[:4]"""),
     md("The rules are plain `(selector, config)` pairs; every other layer stays float."),
     py("""
-from dfcompress.presets import ise
+ise = dfc.presets.ise
 
 for selector, config in ise(8, 4, 8):
     print(selector, "->", config)"""),
@@ -152,20 +155,20 @@ for selector, config in ise(8, 4, 8):
     md("""
 ## Quantize with each preset and compare
 
-`quantize` accepts a config name (`"int8"`) or a list of rules. We quantize the
+`dfc.quantize` accepts a config name (`"int8"`) or a list of rules. We quantize the
 same detector with four presets and score each on the test split. The study's
 own quantizer (asymmetric min/max per output row recomputed at every forward)
 is available as `observer="dynamic"`."""),
     py("""
 from dfcompress.data import predict
 from dfcompress.evaluate.metrics import auc
-from dfcompress.quant import QuantLayer, quantize
+from dfcompress.quant import QuantLayer
 
 variants = {"float": model}
 for bits in [(8, 8, 8), (8, 4, 8), (8, 32, 8), (4, 4, 8)]:
     name = "ise" + "-".join(map(str, bits))
-    variants[name] = quantize(model, ise(*bits), calibration=calib, progress=False)
-variants["ise8-4-8 dynamic"] = quantize(
+    variants[name] = dfc.quantize(model, ise(*bits), calibration=calib, progress=False)
+variants["ise8-4-8 dynamic"] = dfc.quantize(
     model, ise(8, 4, 8, observer="dynamic"), calibration=calib, progress=False
 )
 
@@ -176,14 +179,12 @@ for name, m in variants.items():
     md("""
 ## The rules as an object
 
-`Quantizer` holds the rules for repeated use and exposes the three phases
+`dfc.Quantizer` holds the rules for repeated use and exposes the three phases
 (`prepare`, `calibrate`, `convert`) so that you can, for example, fine-tune
 between `prepare` and `convert` (quantization-aware training through the
 straight-through estimator)."""),
     py("""
-from dfcompress.quant import Quantizer
-
-qz = Quantizer(ise(8, 4, 8))
+qz = dfc.Quantizer(ise(8, 4, 8))
 prepared = qz.prepare(model)
 qz.calibrate(prepared, calib, progress=False)
 frozen = qz.convert(prepared)
@@ -202,6 +203,7 @@ then picks per-layer amounts whose parameter-weighted mean meets the global
 target with the least total score drop."""),
     py(SETUP),
     py("""
+import dfcompress as dfc
 from dfcompress.demo import load_demo_detector
 
 model = load_demo_detector()"""),
@@ -236,15 +238,15 @@ Image(filename=str(png))"""),
 ## Apply it
 
 `result.amounts` maps each layer's name to its chosen amount; `l1_unstructured`
-applies such a mapping. (`prune(model, 0.5, sensitivity=True, calibration=...)`
+applies such a mapping. (`dfc.prune(model, 0.5, sensitivity=True, calibration=...)`
 does the scan, the allocation and this step in one call.) We compare with
 uniform global L1 pruning at the same 50 %."""),
     py("""
 from dfcompress.data import predict
 from dfcompress.evaluate.metrics import auc
-from dfcompress.prune import l1_unstructured, prune, sparsity
+from dfcompress.prune import l1_unstructured, sparsity
 
-uniform = prune(model, 0.5, progress=False)
+uniform = dfc.prune(model, 0.5, progress=False)
 allocated = l1_unstructured(model, result.amounts, scope="local")
 for name, m in {"float": model, "global L1": uniform, "sensitivity": allocated}.items():
     p = predict(m, test, progress=False)
@@ -287,7 +289,6 @@ trains one epoch on 512 images, which shows the mechanism rather than a recipe:
 a real project fine-tunes longer, on its own data."""),
     py("""
 import dfcompress as dfc
-from dfcompress.prune import prune
 
 example = torch.rand(1, 3, 32, 32)
 
@@ -298,10 +299,10 @@ def finetune(m: torch.nn.Module, step: int) -> None:
 
 variants = {
     "trained": model,
-    "s50": prune(model, 0.5, method="structured", example_inputs=example, progress=False),
-    "s50 + BN": prune(model, 0.5, method="structured", example_inputs=example,
+    "s50": dfc.prune(model, 0.5, method="structured", example_inputs=example, progress=False),
+    "s50 + BN": dfc.prune(model, 0.5, method="structured", example_inputs=example,
                       recalibrate_bn=True, calibration=train, progress=False),
-    "s50, 2 steps + fine-tune": prune(model, 0.5, method="structured",
+    "s50, 2 steps + fine-tune": dfc.prune(model, 0.5, method="structured",
                                       example_inputs=example, steps=2, finetune=finetune,
                                       progress=False),
 }
@@ -391,34 +392,33 @@ REPORT: list[Cell] = [
     md("""
 # The comparison report
 
-`compare` evaluates every variant on the same data and gathers what a deployment
+`dfc.compare` evaluates every variant on the same data and gathers what a deployment
 decision needs: file size and reduction, AUC and its change against the
 baseline, EER, confusion at 0.5, latency and memory, the samples whose decision
 flipped, and Grad-CAM maps of each outcome. `Report.save(folder)` writes it as
 markdown, HTML, JSON and PNG plots.
 
 Variants can be models or recipe strings (applied to the baseline by
-`compress`)."""),
+`dfc.compress`)."""),
     py(SETUP),
     py("""
+import dfcompress as dfc
 from dfcompress.demo import load_demo_detector
 
 model = load_demo_detector()"""),
     py(DATA),
     py("""
-from dfcompress.recipe import compress
-from dfcompress.report import compare
+# Models and recipe strings mix: "q8" is applied to the baseline by
+# dfc.compress; p50 (global L1, no sensitivity scan, to keep this fast) is
+# built once and quantized for the combination.
+p50 = dfc.prune(model, 0.5, progress=False)
+q8_p50 = dfc.quantize(p50, "int8", calibration=calib, progress=False)
 
-# "q8-p50" is "p50" followed by "q8": build p50 once (its sensitivity scan is
-# the slowest step) and quantize it.
-p50 = compress(model, "p50", calib, progress=False)
-q8_p50 = compress(p50, "q8", calib, progress=False)
-
-report = compare(
-    {"baseline": model, "q16": "q16", "q8": "q8", "p50": p50, "q8-p50": q8_p50},
+report = dfc.compare(
+    {"baseline": model, "q8": "q8", "p50": p50, "q8-p50": q8_p50},
     test,
     calibration=calib,
-    measure_repeats=3,
+    measure_repeats=2,
     top_k=2,
     progress=False,
     notes=["proxy task, 32 px, 192 test images"],
@@ -450,11 +450,13 @@ A fake-quantized PyTorch model computes in float, so it is no faster. Exported
 to ONNX as a QDQ graph (QuantizeLinear / DequantizeLinear pairs around each
 quantized layer), ONNX Runtime fuses the pairs into integer convolutions and
 matrix products. `export_onnx` writes the file, runs it in ONNX Runtime and
-checks it against the eager model; the result lists the integer kernels ONNX
+checks it against the eager model; the result (an `ExportResult`) lists the integer kernels ONNX
 Runtime actually runs."""),
     py(SETUP),
     py("""
 from torch import nn
+
+import dfcompress as dfc
 
 model = nn.Sequential(
     nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
@@ -467,13 +469,10 @@ calib = torch.rand(64, 3, 32, 32)"""),
 import tempfile
 from pathlib import Path
 
-from dfcompress.export import export_onnx
-from dfcompress.quant import quantize
-
 folder = Path(tempfile.mkdtemp())
-q8 = quantize(model, "int8", calibration=calib, progress=False)
+q8 = dfc.quantize(model, "int8", calibration=calib, progress=False)
 for name, m in {"float": model, "int8": q8}.items():
-    r = export_onnx(m, folder / f"{name}.onnx", example)
+    r = dfc.export_onnx(m, folder / f"{name}.onnx", example)
     print(f"{name:5s} kind={r.kind:5s} {r.file_bytes:6d} bytes  "
           f"max diff {r.max_abs_diff:.2e}  agreement {r.agreement}")
     if r.int8_kernels:
@@ -494,12 +493,10 @@ with torch.no_grad():
     md("""
 ## TorchScript
 
-For runtimes that load TorchScript (PyTorch Mobile), `export_torchscript`
+For runtimes that load TorchScript (PyTorch Mobile), `dfc.export_torchscript`
 traces the model and checks the file in the same way."""),
     py("""
-from dfcompress.export import export_torchscript
-
-r = export_torchscript(q8, folder / "int8.pt", example)
+r = dfc.export_torchscript(q8, folder / "int8.pt", example)
 print(r.format, r.exporter, f"{r.file_bytes} bytes, max diff {r.max_abs_diff:.2e}")"""),
 ]
 
@@ -530,17 +527,47 @@ def build(cells: list[Cell]) -> nbformat.NotebookNode:
     return cast("nbformat.NotebookNode", nb)
 
 
-def main() -> None:
-    """Write every notebook next to this script, formatted by ruff like the rest of the code."""
+def write(names: list[str]) -> list[Path]:
+    """Write the named notebooks next to this script (no outputs), formatted by ruff."""
     paths = []
-    for name, cells in NOTEBOOKS.items():
-        nb = build(cells)
+    for name in names:
+        nb = build(NOTEBOOKS[name])
         for i, cell in enumerate(nb.cells):
             cell["id"] = f"{name[:2]}-{i:02d}"
         path = HERE / f"{name}.ipynb"
         nbformat.write(nb, path)  # type: ignore[no-untyped-call]
-        paths.append(str(path))
-    subprocess.run([sys.executable, "-m", "ruff", "format", "-q", *paths], check=True)
+        paths.append(path)
+    subprocess.run([sys.executable, "-m", "ruff", "format", "-q", *map(str, paths)], check=True)
+    return paths
+
+
+def execute(path: Path) -> float:
+    """Run a notebook top to bottom in a fresh kernel and store its outputs; the seconds taken."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
+    start = time.perf_counter()
+    client = NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+    )
+    client.execute()
+    seconds = time.perf_counter() - start
+    nbformat.write(nb, path)  # type: ignore[no-untyped-call]
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Write the notebooks; with ``--execute``, also run them and store their outputs."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("names", nargs="*", help="notebooks to write (default: all)")
+    ap.add_argument("--execute", action="store_true", help="run them and store outputs")
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.names) - set(NOTEBOOKS))
+    if unknown:
+        ap.error(f"unknown notebooks {unknown}: use {sorted(NOTEBOOKS)}")
+    for path in write(args.names or list(NOTEBOOKS)):
+        if args.execute:
+            print(f"{path.name}: {execute(path):.0f} s", flush=True)
 
 
 if __name__ == "__main__":
