@@ -206,6 +206,30 @@ class FakeQuantizer(nn.Module):
             )
         return fake_quantize(x, scale, zp, self.qmin, self.qmax, self.axis, self.group_size)
 
+    def quantize_divided(self, x: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
+        """``self(x / divisor)``; frozen per-tensor inference does it in one fused pass.
+
+        The division folds into the reciprocal scale: ``round(x * (1 / (d * s)))``
+        costs what quantizing ``x`` alone does (it may differ from dividing first
+        by one rounding of the product, at exact ties only).
+        """
+        fast = (
+            self.mode == "fixed"
+            and self.axis is None
+            and self.group_size is None
+            and x.dtype == torch.float32
+            and not (torch.is_grad_enabled() and x.requires_grad)
+            and not exporting()
+        )
+        if not fast:
+            out: torch.Tensor = self(x / divisor)
+            return out
+        a = self.scale.to(torch.float32).reshape(())
+        z = int(self.zero_point_int32().reshape(-1)[0])
+        t = torch.mul(x, 1.0 / (divisor * a))
+        t.clamp_(self.qmin - z, self.qmax - z)
+        return t.add_(_MAGIC).sub_(_MAGIC).mul_(a)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = self.mode
         if mode == "off":

@@ -124,7 +124,8 @@ class QuantLayer(nn.Module):
         self.input_smoothing: torch.Tensor | None
         if config.smoothing is not None and config.activations is not None:
             n_in = shape[1] * int(args.get("groups", 1))
-            self.register_buffer("input_smoothing", torch.ones(n_in))
+            # float16: factors are rounded to float16 values, stored in 16 bits each.
+            self.register_buffer("input_smoothing", torch.ones(n_in, dtype=torch.float16))
         else:
             self.register_buffer("input_smoothing", None)
         self._chan: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -308,10 +309,12 @@ class QuantLayer(nn.Module):
         s = self.input_smoothing
         if s is None:
             return x
-        dim = _equalize.channel_dim(self.layer_kind, x)
+        return x / self._factor_view(s, x)
+
+    def _factor_view(self, s: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         shape = [1] * x.dim()
-        shape[dim] = -1
-        return x / s.reshape(shape)
+        shape[_equalize.channel_dim(self.layer_kind, x)] = -1
+        return s.to(x.dtype).reshape(shape)
 
     def _observe_channels(self, x: torch.Tensor) -> None:
         lo, hi = _equalize.channel_minmax(x, _equalize.channel_dim(self.layer_kind, x))
@@ -340,7 +343,7 @@ class QuantLayer(nn.Module):
         lo, hi = self._chan
         self._chan = None
         with torch.no_grad():
-            w = _equalize.scale_weight_columns(self.weight, 1.0 / s_old, groups)
+            w = _equalize.scale_weight_columns(self.weight, 1.0 / s_old.float(), groups)
             absorbed = (
                 self.weight_quant.axis == 0 and self.weight_quant.group_size is None
             ) and w.shape[1] == 1
@@ -349,6 +352,7 @@ class QuantLayer(nn.Module):
                 _equalize.weight_column_max(w, groups),
                 1.0 if absorbed else float(alpha),
             ).to(s_old.device)
+            s = s.clamp_min(2.0**-14).to(s_old.dtype).to(torch.float32)
             self.weight.copy_(_equalize.scale_weight_columns(w, s, groups))
             s_old.copy_(s)
             iq.observer.reset()
@@ -364,8 +368,9 @@ class QuantLayer(nn.Module):
                     return _layers.layer_forward(
                         self.layer_kind, self.args, self.smoothed_input(x), w, self.bias
                     )
-                x = self.smoothed_input(x)
-            x = self.input_quant(x)
+                x = self.input_quant.quantize_divided(x, self._factor_view(self.input_smoothing, x))
+            else:
+                x = self.input_quant(x)
         w = self.quantized_weight()
         return _layers.layer_forward(self.layer_kind, self.args, x, w, self.bias)
 

@@ -1,0 +1,194 @@
+"""Activation equalization (smoothing) and BatchNorm folding in untraceable models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import dfcompress.io as dio
+from dfcompress.errors import DfcompressError
+from dfcompress.quant import FoldedBatchNorm, IntQuant, PerChannel, PerTensor, QuantLayer, quantize
+from dfcompress.quant._equalize import (
+    channel_minmax,
+    scale_weight_columns,
+    smoothing_factors,
+    weight_column_max,
+)
+
+
+def _act8() -> IntQuant:
+    return IntQuant(8, PerTensor(), False, "minmax")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    groups=st.sampled_from([1, 2, 4]),
+    per_group_in=st.integers(1, 3),
+    per_group_out=st.integers(1, 3),
+    alpha=st.floats(0.0, 1.0),
+    seed=st.integers(0, 10_000),
+)
+def test_moving_factors_into_the_weights_keeps_the_conv(
+    groups: int, per_group_in: int, per_group_out: int, alpha: float, seed: int
+) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    cin, cout = groups * per_group_in, groups * per_group_out
+    w = torch.randn(cout, per_group_in, 3, 3, generator=gen)
+    x = torch.randn(2, cin, 5, 5, generator=gen) * torch.rand(1, cin, 1, 1, generator=gen) * 10
+    lo, hi = channel_minmax(x, 1)
+    s = smoothing_factors(torch.maximum(lo.abs(), hi.abs()), weight_column_max(w, groups), alpha)
+    assert bool((s > 0).all()) and float(s.max()) == pytest.approx(1.0)
+    got = F.conv2d(x / s.reshape(1, -1, 1, 1), scale_weight_columns(w, s, groups), groups=groups)
+    want = F.conv2d(x, w, groups=groups)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+
+
+def test_dead_channels_get_factor_one_before_normalising() -> None:
+    s = smoothing_factors(torch.tensor([0.0, 4.0]), torch.tensor([1.0, 1.0]), 1.0)
+    assert torch.isfinite(s).all() and float(s[0]) == pytest.approx(float(s[1]) / 4.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"smoothing": 1.5, "activations": _act8()}, "smoothing=1.5 is out of range"),
+        ({"smoothing": 0.5}, "needs activations"),
+        (
+            {"smoothing": 0.5, "activations": IntQuant(8, PerTensor(), observer="mse")},
+            "observer='minmax'",
+        ),
+    ],
+)
+def test_smoothing_is_validated(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(DfcompressError, match=message):
+        IntQuant(8, **kwargs)  # type: ignore[arg-type]
+
+
+class _Outlier(nn.Module):
+    """A linear layer whose input has one channel 200x wider than the others."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(16, 16)
+        self.fc2 = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gain = torch.ones(16)
+        gain[3] = 200.0
+        return self.fc2(torch.relu(self.fc1(x * gain)))
+
+
+def test_equalization_cuts_the_error_of_per_tensor_activations() -> None:
+    torch.manual_seed(0)
+    net = _Outlier().eval()
+    x = torch.randn(256, 16)
+
+    def err(smoothing: float | None) -> float:
+        cfg = IntQuant(8, PerChannel(0), True, "minmax", _act8(), smoothing=smoothing)
+        q = quantize(net, cfg, calibration=x, progress=False)
+        with torch.no_grad():
+            return float((q(x) - net(x)).pow(2).mean() / net(x).var())
+
+    assert err(0.8) < 0.5 * err(None)
+
+
+def test_equalized_layer_computes_the_float_function_without_its_quantizers() -> None:
+    torch.manual_seed(1)
+    net = _Outlier().eval()
+    x = torch.randn(64, 16)
+    q = quantize(net, "int8", calibration=x, progress=False)
+    for m in q.modules():
+        if isinstance(m, QuantLayer):
+            assert m.input_smoothing is not None and not torch.equal(
+                m.input_smoothing, torch.ones_like(m.input_smoothing)
+            )
+            m.input_quant.mode = "off"  # type: ignore[union-attr]
+            m.weight_quant.mode = "off"
+    with torch.no_grad():
+        assert torch.allclose(q(x), net(x), rtol=1e-4, atol=1e-4)
+
+
+class _BNAct(nn.BatchNorm2d):
+    """BatchNorm followed by an activation, like timm's BatchNormAct2d."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        self.drop = nn.Identity()
+        self.act = nn.SiLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+class _Untraceable(nn.Module):
+    """Data-dependent control flow defeats torch.fx; conv -> BN+act pairs must still fold."""
+
+    def __init__(self, reuse: bool = False) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = _BNAct(8)
+        self.head = nn.Linear(8, 2)
+        self.reuse = reuse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 1e9:
+            x = x / 2
+        y = self.conv(x)
+        z = self.bn(y)
+        if self.reuse:  # the conv output is read again: folding would change this
+            z = z + y
+        return self.head(z.mean((2, 3)))
+
+
+def _randomized(net: nn.Module) -> nn.Module:
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)  # type: ignore[operator]
+                m.running_var.uniform_(0.5, 2)  # type: ignore[operator]
+                m.weight.uniform_(0.5, 2)
+                m.bias.uniform_(-1, 1)
+    return net.eval()
+
+
+def test_batchnorm_with_activation_folds_in_an_untraceable_model() -> None:
+    net = _randomized(_Untraceable())
+    x = torch.randn(4, 3, 8, 8)
+    q = quantize(net, "int8-weight", progress=False)
+    assert isinstance(q.bn, FoldedBatchNorm) and isinstance(q.bn.act, nn.SiLU)
+    with torch.no_grad():
+        assert torch.allclose(q(x), net(x), atol=0.02)
+    names = {k.split("::")[0] for k in dio.serialize(q, constructor="builtins:object")[0]}
+    assert not any("running_mean" in n for n in names)
+
+
+def test_fold_is_undone_when_the_conv_output_is_read_elsewhere() -> None:
+    net = _randomized(_Untraceable(reuse=True))
+    x = torch.randn(4, 3, 8, 8)
+    q = quantize(net, "int8-weight", progress=False)
+    assert isinstance(q.bn, _BNAct)
+    with torch.no_grad():
+        assert torch.allclose(q(x), net(x), atol=0.02)
+
+
+def test_folded_batchnorm_rebuilds_its_activation() -> None:
+    fb = FoldedBatchNorm(nn.LeakyReLU(0.2))
+    back = FoldedBatchNorm.dfc_from_spec(fb.dfc_spec())
+    x = torch.linspace(-2, 2, 9)
+    assert torch.equal(back(x), fb(x)) and torch.equal(FoldedBatchNorm()(x), x)
+
+
+def test_packed_weight_scales_are_float16_and_shrink_the_file() -> None:
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(64, 64, 1), nn.Conv2d(64, 64, 1)).eval()
+    q = quantize(net, "int8-weight", progress=False, pack=True)
+    assert all(m.weight_scale.dtype == torch.float16 for m in q if isinstance(m, QuantLayer))
+    plain = quantize(net, "int8-weight", progress=False)
+    x = torch.randn(2, 64, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(q(x), plain(x))
