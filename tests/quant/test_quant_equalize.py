@@ -79,7 +79,8 @@ class _Outlier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gain = torch.ones(16)
         gain[3] = 200.0
-        return self.fc2(torch.relu(self.fc1(x * gain)))
+        out: torch.Tensor = self.fc2(torch.relu(self.fc1(x * gain)))
+        return out
 
 
 def test_equalization_cuts_the_error_of_per_tensor_activations() -> None:
@@ -121,7 +122,8 @@ class _BNAct(nn.BatchNorm2d):
         self.act = nn.SiLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.drop(super().forward(x)))
+        out: torch.Tensor = self.act(self.drop(super().forward(x)))
+        return out
 
 
 class _Untraceable(nn.Module):
@@ -141,7 +143,8 @@ class _Untraceable(nn.Module):
         z = self.bn(y)
         if self.reuse:  # the conv output is read again: folding would change this
             z = z + y
-        return self.head(z.mean((2, 3)))
+        out: torch.Tensor = self.head(z.mean((2, 3)))
+        return out
 
 
 def _randomized(net: nn.Module) -> nn.Module:
@@ -149,8 +152,9 @@ def _randomized(net: nn.Module) -> nn.Module:
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-1, 1)  # type: ignore[operator]
-                m.running_var.uniform_(0.5, 2)  # type: ignore[operator]
+                assert m.running_mean is not None and m.running_var is not None
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
                 m.weight.uniform_(0.5, 2)
                 m.bias.uniform_(-1, 1)
     return net.eval()
@@ -187,7 +191,9 @@ def test_packed_weight_scales_are_float16_and_shrink_the_file() -> None:
     torch.manual_seed(3)
     net = nn.Sequential(nn.Conv2d(64, 64, 1), nn.Conv2d(64, 64, 1)).eval()
     q = quantize(net, "int8-weight", progress=False, pack=True)
-    assert all(m.weight_scale.dtype == torch.float16 for m in q if isinstance(m, QuantLayer))
+    assert all(
+        m.weight_scale.dtype == torch.float16 for m in q.modules() if isinstance(m, QuantLayer)
+    )
     plain = quantize(net, "int8-weight", progress=False)
     x = torch.randn(2, 64, 4, 4)
     with torch.no_grad():
