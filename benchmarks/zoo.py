@@ -375,7 +375,9 @@ def _cell(c: dict[str, Any]) -> str:
     return SYMBOL.get(status, status)
 
 
-def _render(results: dict[str, dict[str, dict[str, Any]]], specs: list[ZooModel]) -> str:
+def _render(
+    results: dict[str, dict[str, dict[str, Any]]], specs: list[ZooModel], rerun: list[str]
+) -> str:
     from _results import machine_line, markdown_table
 
     rows: list[list[object]] = []
@@ -421,10 +423,14 @@ def _render(results: dict[str, dict[str, dict[str, Any]]], specs: list[ZooModel]
         "",
         table,
         "",
-        f"{raw} raw errors; {total_s / 60:.1f} min of model time "
-        "(two 1-thread workers in parallel). "
+        f"{raw} raw errors; {total_s / 60:.1f} min of model time (1-thread workers). "
         f"{machine_line()}",
     ]
+    if rerun:
+        parts[-1] += (
+            f" Rows rerun in the last invocation ({', '.join(f'`{n}`' for n in rerun)}); "
+            "the other rows come from an earlier run of this script, kept with --resume."
+        )
     if fails:
         parts += ["", "Failures (first line of the error):", ""]
         parts.append(markdown_table(["model", "op", "kind", "error"], fails))
@@ -465,7 +471,7 @@ def main(argv: list[str] | None = None) -> None:
         t.start()
     for t in threads:
         t.join()
-    body = _render(results, specs)
+    body = _render(results, specs, [s.name for s in run] if args.resume else [])
     print(body)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

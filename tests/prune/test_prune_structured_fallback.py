@@ -136,3 +136,28 @@ def test_nothing_prunable_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(tp.importance.GroupMagnitudeImportance, "__call__", broken)
     with pytest.raises(DfcompressError, match=r"no channel of TinyResNet could be pruned"):
         prune_channels(TinyResNet(), 0.3, example_inputs=torch.rand(1, 3, 16, 16))
+
+
+# timm architectures whose channel couplings torch-pruning does not follow alone:
+# a split with a list of sizes, a layer scale with a stored shape, token mixing.
+ZOO_CASES = {
+    "mixnet_s": {},
+    "poolformer_s12": {},
+    "mixer_s16_224": {"img_size": 64},
+}
+
+
+@pytest.mark.zoo
+@pytest.mark.parametrize("name", sorted(ZOO_CASES))
+def test_timm_graphs_with_tied_channels(name: str) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model(name, pretrained=False, num_classes=1, **ZOO_CASES[name]).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(x)
+    small = prune_channels(net, 0.3, example_inputs=x)
+    assert n_params(small) < 0.9 * n_params(net)
+    with torch.no_grad():
+        out = small(x)
+    assert out.shape == ref.shape and bool(torch.isfinite(out).all())

@@ -116,13 +116,15 @@ class GuardedImportance:
     """Wrap a torch-pruning importance so that a group it cannot rank is kept whole.
 
     Returning ``None`` tells torch-pruning to skip a group. A group is skipped
-    when scoring it fails, when its scores do not have one entry per channel,
-    when it crosses a split (in cautious mode) or when it touches a module of
-    ``avoid`` (layers an earlier attempt broke).
+    when scoring it fails, when its scores are not one finite entry per
+    channel, when it crosses a split with a list of sizes (``torch.split(x,
+    [a, b])``: the list lives in the model's code and would not follow), when it
+    crosses any split or unbind (in cautious mode), or when it touches a module
+    of ``avoid`` (layers an earlier pass broke).
 
     Args:
         inner: The importance to wrap (a group in, a 1-D score out).
-        cautious: Also skip groups that cross a split or an unbind.
+        cautious: Also skip groups that cross any split or unbind.
         avoid: Modules whose groups are kept whole.
     """
 
@@ -136,7 +138,11 @@ class GuardedImportance:
         for dep, _ in group:
             for node in (dep.source, dep.target):
                 m = node.module
-                if m in self.avoid or (self.cautious and isinstance(m, _TIED_OPS)):
+                if m in self.avoid:
+                    return True
+                if isinstance(m, _TIED_OPS) and (
+                    self.cautious or hasattr(getattr(node, "grad_fn", None), "_saved_split_sizes")
+                ):
                     return True
         return False
 

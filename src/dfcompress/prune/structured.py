@@ -20,10 +20,13 @@ consistent.
   a ViT's parameters).
 - A channel group torch-pruning cannot score (its index mapping through a
   reshape or a concatenation is wrong) is kept whole; the others are pruned.
-- When the pruned graph no longer runs (a ``torch.split`` whose sizes are
-  fixed in the model's code, a layer scale reshaped to a stored shape), the
-  model is pruned again from its original weights with the groups that cross a
-  split, and those of the layer that failed, kept whole (up to three passes).
+- Channels that go through ``torch.split(x, [a, b, ...])`` are kept whole: the
+  list of sizes is in the model's code (MixNet's mixed kernels, MobileViT v2's
+  query/key/value split) and would not follow. Layer scales that reshape their
+  vector to a stored shape (timm's ``Scale``) get the shape updated.
+- When the pruned graph still no longer runs, the model is pruned again from
+  its original weights with the groups that cross any split, and those of the
+  layer that failed, kept whole (up to three passes).
 - A graph that still cannot be pruned (one torch-pruning cannot trace, or one
   that fails after every pass) raises :class:`~dfcompress.DfcompressError`
   naming the layer that failed.
@@ -248,9 +251,10 @@ def prune_channels(
 ) -> nn.Module:
     """Remove a fraction of the channels of conv/linear layers (and what is coupled to them).
 
-    When the pruned graph no longer runs (a split with sizes fixed in the
-    model's code, a coupling torch-pruning follows wrongly), pruning is redone
-    from the original weights with the channel groups that cross a split, and
+    Channel groups that torch-pruning cannot score, or that run through a
+    ``torch.split`` with a list of sizes, keep their channels. When the pruned
+    graph no longer runs (a coupling torch-pruning follows wrongly), pruning is
+    redone from the original weights with the groups that cross any split, and
     those of the layer that failed, kept whole; up to three passes.
 
     Args:
