@@ -135,7 +135,12 @@ def find_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     try:
         import torch.fx
 
-        gm = torch.fx.symbolic_trace(model)
+        class _Tracer(torch.fx.Tracer):
+            # BatchNorm subclasses (BatchNorm + activation) stay one call, like nn's own.
+            def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+                return isinstance(m, _BNS) or super().is_leaf_module(m, qualname)
+
+        gm = torch.fx.GraphModule(model, _Tracer().trace(model))
     except Exception:  # any tracing failure means: use the fallback
         probed = _probe_pairs(model)
         return _sequential_pairs(model) if probed is None else probed
