@@ -166,9 +166,17 @@ class SuffixRunner:
     def _run(self, start: int, cached: dict[fx.Node, Any]) -> Any:
         """Run nodes ``start..`` reading earlier values from ``cached`` (never written)."""
         env: dict[fx.Node, Any] = dict(cached)
+        if self._last is None:
+            self._last = self._index()[1]
+        last = self._last
         out: Any = None
-        for node in self.nodes[start:]:
+        for i, node in enumerate(self.nodes[start:], start):
             out = env[node] = self._value(node, env)
+            # drop what no later node reads, as eager execution would: holding every
+            # intermediate keeps the allocator from reusing memory and slows the pass
+            for a in node.all_input_nodes:
+                if last[a] <= i:
+                    env.pop(a, None)
         return out
 
     def _value(self, node: fx.Node, env: dict[fx.Node, Any]) -> Any:
@@ -293,6 +301,7 @@ class SuffixRunner:
 
     _reference_cache: Any = None
     _checked: Any = None
+    _last: dict[fx.Node, int] | None = None
 
 
 class _Replay:
