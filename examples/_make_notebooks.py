@@ -548,7 +548,11 @@ def execute(path: Path) -> float:
     nb = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
     start = time.perf_counter()
     client = NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(HERE)}}
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        record_timing=False,  # no timestamps: a re-run changes only what the cells print
+        resources={"metadata": {"path": str(HERE)}},
     )
     client.execute()
     seconds = time.perf_counter() - start
