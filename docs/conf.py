@@ -23,8 +23,9 @@ extensions = [
     "myst_nb",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-nb"}
-# The example notebooks are committed without outputs and executed by `nox -s
-# examples`; the site shows their source and explanations.
+# The example notebooks are committed with their outputs (written by
+# `python examples/_make_notebooks.py --execute`) and re-executed by
+# `nox -s examples`; the site renders the stored outputs.
 nb_execution_mode = "off"
 myst_heading_anchors = 3
 autodoc_typehints = "description"
