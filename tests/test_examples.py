@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import json
 from pathlib import Path
 from typing import Any
@@ -37,11 +38,36 @@ def test_the_documented_notebooks_exist() -> None:
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_is_committed_without_outputs(path: Path) -> None:
+def test_notebook_is_stored_executed_top_to_bottom_without_errors(path: Path) -> None:
+    """The docs render the stored outputs, so they must come from one clean run."""
     nb = json.loads(path.read_text())
     assert nb["metadata"]["kernelspec"]["name"] == "python3"
-    for cell in _code_cells(path):
-        assert cell["outputs"] == [] and cell["execution_count"] is None
+    cells = _code_cells(path)
+    counts = [c["execution_count"] for c in cells]
+    assert None not in counts, f"{path.name} has cells that were never run"
+    assert counts == list(range(1, len(cells) + 1)), f"{path.name} was not run top to bottom"
+    errors = [o for c in cells for o in c["outputs"] if o["output_type"] == "error"]
+    assert not errors, f"{path.name} stores an error: {errors[0].get('ename')}"
+    assert any(c["outputs"] for c in cells), f"{path.name} has no outputs at all"
+
+
+def test_notebooks_match_their_generator() -> None:
+    """examples/_make_notebooks.py is the source: the stored notebooks have its cells."""
+    pytest.importorskip("nbformat")
+    spec = importlib.util.spec_from_file_location(
+        "_make_notebooks", EXAMPLES / "_make_notebooks.py"
+    )
+    assert spec is not None and spec.loader is not None
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert {p.stem for p in NOTEBOOKS} == set(gen.NOTEBOOKS)
+    for path in NOTEBOOKS:
+        stored = json.loads(path.read_text())["cells"]
+        kinds = ["code" if k == "py" else "markdown" for k, _ in gen.NOTEBOOKS[path.stem]]
+        assert [c["cell_type"] for c in stored] == kinds, f"{path.name} is out of date"
+        for cell, (kind, text) in zip(stored, gen.NOTEBOOKS[path.stem], strict=True):
+            if kind == "md":
+                assert _source(cell) == text, f"{path.name}: a markdown cell is out of date"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
