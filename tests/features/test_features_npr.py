@@ -128,3 +128,17 @@ def test_onnx_export(tmp_path: pytest.TempPathFactory) -> None:
     torch.onnx.export(npr, (x,), path, dynamo=False, input_names=["x"])
     (got,) = ort.InferenceSession(path).run(None, {"x": x.numpy()})
     np.testing.assert_allclose(got, npr(x).numpy(), atol=1e-6)
+
+
+@pytest.mark.parametrize("pixel", [0, "max"])
+def test_onnx_graph_stays_four_dimensional(
+    tmp_path: pytest.TempPathFactory, pixel: int | str
+) -> None:
+    """No reshape into windows: ONNX Runtime runs 6-D reshapes and slices slowly."""
+    onnx = pytest.importorskip("onnx")
+    x = torch.rand(2, 3, 8, 8)
+    path = str(tmp_path / "npr.onnx")  # type: ignore[operator]
+    torch.onnx.export(NPR(pixel=pixel), (x,), path, dynamo=False, input_names=["x"])  # type: ignore[arg-type]
+    ops = {node.op_type for node in onnx.load(path).graph.node}
+    assert "Reshape" not in ops, ops
+    assert "Resize" in ops

@@ -20,6 +20,7 @@ import math
 from typing import Literal
 
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from dfcompress.errors import DfcompressError
 from dfcompress.features._validate import check_image
@@ -87,7 +88,7 @@ class NPR(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``scale * (x - ref(x))`` for an ``(N, C, H, W)`` batch."""
         check_image(x, "NPR", self.window)
-        n, c, h, w = x.shape[0], x.shape[1], x.shape[2], x.shape[3]
+        h, w = x.shape[2], x.shape[3]
         size = self.window
         if h % size != 0 or w % size != 0:
             if not self.crop:
@@ -97,12 +98,12 @@ class NPR(nn.Module):
                 )
             h, w = h - h % size, w - w % size
             x = x[:, :, :h, :w]
-        tiles = x.reshape(n, c, h // size, size, w // size, size)
-        if self.use_max:
-            ref = tiles.amax(dim=(3, 5), keepdim=True)
-        else:
-            ref = tiles[:, :, :, self.row : self.row + 1, :, self.col : self.col + 1]
-        return ((tiles - ref) * self.scale).reshape(n, c, h, w)
+        # 4-D ops only (a strided slice or a max pool, then a nearest up-sampling):
+        # exported to ONNX they stay cheap Slice/MaxPool/Resize nodes.
+        pick = x[:, :, self.row :: size, self.col :: size]
+        small = F.max_pool2d(x, size) if self.use_max else pick
+        ref = F.interpolate(small, scale_factor=float(size), mode="nearest")
+        return (x - ref) * self.scale
 
     def extra_repr(self) -> str:
         pixel = "'max'" if self.use_max else str(self.row * self.window + self.col)
