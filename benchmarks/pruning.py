@@ -177,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--finetune-batches", type=int, default=15)
     p.add_argument("--kd-steps", type=int, default=3, help="structured pruning steps")
     p.add_argument("--kd-epochs", type=float, default=1.0, help="distillation epochs per step")
+    p.add_argument("--kd-ignore", default="head,stem", help="layers kept whole by s50 KD")
     p.add_argument("--scan-samples", type=int, default=256)
     p.add_argument("--sens-samples", type=int, default=64, help="scan batch of the pN sens rows")
     p.add_argument(
@@ -367,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             method="structured",
             steps=args.kd_steps,
             importance="l2",
-            ignore=["head", "stem"],
+            ignore=args.kd_ignore.split(","),
             finetune=timed,
             calibration=calib,
             example_inputs=calib[:2],
@@ -379,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
             "s50 KD",
             small,
             note=(
-                f"L2 channels, head and stem kept, {args.kd_steps} linear steps, each followed "
+                f"L2 channels, kept whole: {args.kd_ignore}; {args.kd_steps} linear steps, each "
+                "followed "
                 f"by {args.kd_epochs:g} epoch of distillation from the dense model over "
                 f"{args.n_train} train images ({batches} batches of 32 per epoch; T=2, "
                 "alpha=0.7, AdamW lr 1e-3 cosine): fine-tune "
