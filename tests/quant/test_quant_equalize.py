@@ -13,8 +13,10 @@ import dfcompress.io as dio
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import FoldedBatchNorm, IntQuant, PerChannel, PerTensor, QuantLayer, quantize
 from dfcompress.quant._equalize import (
+    AUTO_ALPHAS,
     channel_minmax,
     scale_weight_columns,
+    search_factors,
     smoothing_factors,
     weight_column_max,
 )
@@ -218,3 +220,47 @@ def test_fused_division_matches_dividing_first(seed: int, channels: int) -> None
     # Equal but for a product rounded on the other side of a tie: one step at most.
     assert float((fused - plain).abs().max()) <= float(fq.scale) * 1.0001
     assert float((fused != plain).float().mean()) < 0.05
+
+
+def _conv_case(
+    seed: int, groups: int, spread: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, int]]:
+    gen = torch.Generator().manual_seed(seed)
+    cin, cout = 4 * groups, 2 * groups
+    gain = torch.exp(torch.rand(cin, generator=gen) * spread).reshape(1, cin, 1, 1)
+    x = torch.randn(8, cin, 6, 6, generator=gen) * gain
+    w = torch.randn(cout, cin // groups, 3, 3, generator=gen)
+    lo, hi = channel_minmax(x, 1)
+    return x, w, lo, hi, {"groups": groups, "padding": 1}
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), groups=st.sampled_from([1, 2]), spread=st.floats(0.0, 6.0))
+def test_searched_strength_is_never_worse_than_none_or_the_fixed_one(
+    seed: int, groups: int, spread: float
+) -> None:
+    x, w, lo, hi, kw = _conv_case(seed, groups, spread)
+
+    def fwd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(a, b, None, **kw)
+
+    s, alpha, errs = search_factors(x, w, lo, hi, fwd, dim=1, groups=groups)
+    assert alpha in AUTO_ALPHAS and len(errs) == len(AUTO_ALPHAS)
+    chosen = errs[AUTO_ALPHAS.index(alpha)]
+    for fixed in (0.0, 0.8):
+        _, _, (err_fixed,) = search_factors(x, w, lo, hi, fwd, dim=1, groups=groups, alphas=[fixed])
+        assert chosen <= err_fixed
+    # The chosen factors still leave the float layer unchanged.
+    moved = fwd(x / s.reshape(1, -1, 1, 1), scale_weight_columns(w, s, groups))
+    assert torch.allclose(moved, fwd(x, w), rtol=1e-4, atol=1e-4 * float(fwd(x, w).abs().max()))
+
+
+def test_search_moves_an_outlier_channel_into_the_weights() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(256, 16)
+    x[:, 3] *= 200.0
+    w = torch.randn(8, 16)
+    lo, hi = channel_minmax(x, 1)
+    _, alpha, errs = search_factors(x, w, lo, hi, lambda a, b: a @ b.T, dim=1)
+    assert alpha > 0.0
+    assert min(errs) < 0.2 * errs[AUTO_ALPHAS.index(0.0)]

@@ -10,6 +10,10 @@ channel (a depthwise conv) and weights are quantized per output channel, the
 factor of a channel lands on its own output rows, whose scale absorbs it
 exactly: there ``alpha = 1`` costs the weights nothing.
 
+:func:`search_factors` picks ``alpha`` per layer instead: it tries a grid of
+strengths on a sample of the layer's calibration input and keeps the one whose
+quantized output (quantized input and weights) is closest to the float output.
+
 >>> w = torch.tensor([[1.0, 2.0], [3.0, -4.0]])
 >>> x = torch.tensor([[10.0, 0.5]])
 >>> s = smoothing_factors(x.abs().amax(0), weight_column_max(w, 1), 0.5)
@@ -20,12 +24,19 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
+#: The strengths :func:`search_factors` tries (``smoothing="auto"``).
+AUTO_ALPHAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
 __all__ = [
+    "AUTO_ALPHAS",
     "channel_dim",
     "channel_minmax",
     "scale_weight_columns",
+    "search_factors",
     "smoothing_factors",
     "weight_column_max",
 ]
@@ -78,3 +89,99 @@ def scale_weight_columns(w: torch.Tensor, s: torch.Tensor, groups: int) -> torch
     out, cin_g = w.shape[0], w.shape[1]
     shaped = w.reshape(groups, out // groups, cin_g, -1)
     return (shaped * s.to(w.dtype).reshape(groups, 1, cin_g, 1)).reshape(w.shape)
+
+
+def stored_factors(s: torch.Tensor) -> torch.Tensor:
+    """The factors as a layer stores them: at least ``2**-14`` and rounded to float16."""
+    return s.clamp_min(2.0**-14).to(torch.float16).to(torch.float32)
+
+
+def fake_quant_range(x: torch.Tensor, lo: float, hi: float, bits: int) -> torch.Tensor:
+    """Asymmetric per-tensor fake quantization of ``x`` to ``bits`` over ``[lo, hi]`` (0 kept)."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    qmax = 2**bits - 1
+    scale = max(hi - lo, torch.finfo(torch.float32).tiny) / qmax
+    zero = round(-lo / scale)
+    q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
+    out: torch.Tensor = (q - zero) * scale
+    return out
+
+
+def fake_quant_rows(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric per-output-channel (dim 0) fake quantization of ``w`` to ``bits``."""
+    qmax = 2 ** (bits - 1) - 1
+    m = w.abs().reshape(w.shape[0], -1).amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
+    scale = (m / qmax).reshape(-1, *([1] * (w.dim() - 1)))
+    out: torch.Tensor = torch.clamp(torch.round(w / scale), -qmax - 1, qmax) * scale
+    return out
+
+
+def search_factors(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    dim: int,
+    groups: int = 1,
+    alphas: Sequence[float] = AUTO_ALPHAS,
+    act_bits: int = 8,
+    weight_bits: int = 8,
+) -> tuple[torch.Tensor, float, list[float]]:
+    """Equalization factors with the strength that minimises this layer's quantized output error.
+
+    For each ``alpha`` the factors of :func:`smoothing_factors` (as stored:
+    float16) divide a sample ``x`` of the layer's input, which is fake-quantized
+    per tensor (unsigned, over the observed per-channel range ``lo``..``hi``
+    divided by the factors); the rescaled weights are fake-quantized per output
+    channel. The error is the mean squared difference between
+    ``forward(x_q, w_q)`` and the float ``forward(x, w)``.
+
+    Args:
+        x: A sample of the layer's calibration input (float).
+        w: The float weight, ``(out, in // groups, *kernel)`` or ``(out, in)``.
+        lo: Per-input-channel minimum over all calibration inputs.
+        hi: Per-input-channel maximum over all calibration inputs.
+        forward: The layer without bias: ``forward(input, weight) -> output``.
+        dim: The channel dimension of ``x``.
+        groups: The conv's groups (1 for linear).
+        alphas: The strengths to try (each in [0, 1]).
+        act_bits: Activation code width.
+        weight_bits: Weight code width.
+
+    Returns:
+        The chosen factors ``s`` (normalised, float16-exact), the chosen
+        ``alpha`` and the error of every ``alpha`` in ``alphas``. Ties go to
+        the earlier ``alpha``.
+
+    >>> w = torch.tensor([[1.0, 2.0], [3.0, -4.0]])
+    >>> x = torch.randn(64, 2) * torch.tensor([50.0, 0.1])
+    >>> lo, hi = x.amin(0), x.amax(0)
+    >>> s, alpha, errs = search_factors(x, w, lo, hi, lambda a, b: a @ b.T, dim=1)
+    >>> errs[list((0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)).index(alpha)] == min(errs)
+    True
+    """
+    x = x.detach().float()
+    w = w.detach().float()
+    xa = torch.maximum(lo.abs(), hi.abs()).float()
+    wa = weight_column_max(w, groups)
+    shape = [1] * x.dim()
+    shape[dim] = -1
+    with torch.no_grad():
+        ref = forward(x, w)
+        best: tuple[float, torch.Tensor, float] | None = None
+        errors: list[float] = []
+        for alpha in alphas:
+            s = stored_factors(smoothing_factors(xa, wa, float(alpha)))
+            xs = x / s.reshape(shape)
+            lo_s, hi_s = float((lo.float() / s).min()), float((hi.float() / s).max())
+            xq = fake_quant_range(xs, lo_s, hi_s, act_bits)
+            wq = fake_quant_rows(scale_weight_columns(w, s, groups), weight_bits)
+            err = float((forward(xq, wq) - ref).pow(2).mean())
+            errors.append(err)
+            if best is None or err < best[0]:
+                best = (err, s, float(alpha))
+    if best is None:
+        raise ValueError("alphas is empty")
+    return best[1], best[2], errors
