@@ -14,7 +14,9 @@ from dfcompress.errors import DfcompressError
 from dfcompress.quant import FoldedBatchNorm, IntQuant, PerChannel, PerTensor, QuantLayer, quantize
 from dfcompress.quant._equalize import (
     AUTO_ALPHAS,
+    auto_factors,
     channel_minmax,
+    predicted_errors,
     scale_weight_columns,
     search_factors,
     smoothing_factors,
@@ -264,3 +266,26 @@ def test_search_moves_an_outlier_channel_into_the_weights() -> None:
     _, alpha, errs = search_factors(x, w, lo, hi, lambda a, b: a @ b.T, dim=1)
     assert alpha > 0.0
     assert min(errs) < 0.2 * errs[AUTO_ALPHAS.index(0.0)]
+
+
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 10_000), groups=st.sampled_from([1, 4]), spread=st.floats(0.0, 6.0))
+def test_predicted_error_follows_the_measured_one(seed: int, groups: int, spread: float) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    cin = 8 * groups
+    x = torch.randn(32, cin, 5, 5, generator=gen)
+    x = x * torch.exp(torch.rand(cin, generator=gen) * spread).reshape(1, cin, 1, 1)
+    w = torch.randn(2 * groups, cin // groups, 1, 1, generator=gen)
+    lo, hi = channel_minmax(x, 1)
+
+    def fwd(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(a, b, None, groups=groups)
+
+    _, _, measured = search_factors(x, w, lo, hi, fwd, dim=1, groups=groups)
+    x_sq = x.pow(2).mean(dim=(0, 2, 3))
+    predicted = predicted_errors(x_sq, w, lo, hi, groups=groups)
+    for p, m in zip(predicted, measured, strict=True):
+        assert 0.6 * m <= p <= 1.6 * m
+    # The predicted choice is close to the best measured one.
+    _, alpha = auto_factors(x_sq, w, lo, hi, groups=groups)
+    assert measured[AUTO_ALPHAS.index(alpha)] <= 1.3 * min(measured)

@@ -10,9 +10,12 @@ channel (a depthwise conv) and weights are quantized per output channel, the
 factor of a channel lands on its own output rows, whose scale absorbs it
 exactly: there ``alpha = 1`` costs the weights nothing.
 
-:func:`search_factors` picks ``alpha`` per layer instead: it tries a grid of
-strengths on a sample of the layer's calibration input and keeps the one whose
-quantized output (quantized input and weights) is closest to the float output.
+:func:`auto_factors` picks ``alpha`` per layer instead (``smoothing="auto"``):
+for each strength of a grid it predicts the layer's output error from rounding
+noise (per-tensor activation step, per-output-channel weight steps, and each
+input channel's mean square) and keeps the lowest. The prediction needs no
+forward pass; :func:`search_factors` measures the same error on a sample of
+inputs and serves as its reference.
 
 >>> w = torch.tensor([[1.0, 2.0], [3.0, -4.0]])
 >>> x = torch.tensor([[10.0, 0.5]])
@@ -33,11 +36,14 @@ AUTO_ALPHAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
 __all__ = [
     "AUTO_ALPHAS",
+    "auto_factors",
     "channel_dim",
     "channel_minmax",
+    "predicted_errors",
     "scale_weight_columns",
     "search_factors",
     "smoothing_factors",
+    "stored_factors",
     "weight_column_max",
 ]
 
@@ -185,3 +191,86 @@ def search_factors(
     if best is None:
         raise ValueError("alphas is empty")
     return best[1], best[2], errors
+
+
+def predicted_errors(
+    x_sq: torch.Tensor,
+    w: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    *,
+    groups: int = 1,
+    alphas: Sequence[float] = AUTO_ALPHAS,
+    act_bits: int = 8,
+    weight_bits: int = 8,
+) -> list[float]:
+    """The output error of each ``alpha`` predicted from statistics, without any forward.
+
+    Rounding noise is modelled as independent and uniform: the activation step
+    ``dx`` adds ``dx**2 / 12 * sum(W_s**2)`` to an output's variance and the
+    weight step ``dw_o`` of output ``o`` adds ``dw_o**2 / 12 * sum(E[x_s**2])``
+    over the inputs it reads (``W_s = W diag(s)``, ``x_s = x / s``).
+
+    Args:
+        x_sq: Per-input-channel mean of ``x**2``, shape ``(in,)``.
+        w: The float weight.
+        lo: Per-input-channel minimum of the input.
+        hi: Per-input-channel maximum of the input.
+        groups: The conv's groups (1 for linear).
+        alphas: The strengths to score.
+        act_bits: Activation code width (unsigned, per tensor).
+        weight_bits: Weight code width (symmetric, per output channel).
+
+    >>> w = torch.tensor([[1.0, 2.0], [3.0, -4.0]])
+    >>> lo, hi = torch.tensor([-50.0, -0.1]), torch.tensor([50.0, 0.1])
+    >>> e = predicted_errors(torch.tensor([400.0, 0.001]), w, lo, hi, alphas=[0.0, 0.5])
+    >>> e[1] < e[0]
+    True
+    """
+    w = w.detach().float()
+    out, cin_g = w.shape[0], w.shape[1]
+    k = w[0, 0].numel()
+    xa = torch.maximum(lo.abs(), hi.abs()).float()
+    wa = weight_column_max(w, groups)
+    errors: list[float] = []
+    for alpha in alphas:
+        s = stored_factors(smoothing_factors(xa, wa, float(alpha)))
+        ws = scale_weight_columns(w, s, groups)
+        dx = float((hi.float() / s).max().clamp_min(0) - (lo.float() / s).min().clamp_max(0))
+        dx /= 2**act_bits - 1
+        dw = ws.abs().reshape(out, -1).amax(dim=1) / (2 ** (weight_bits - 1) - 1)
+        xs = (x_sq.float() / s**2).reshape(groups, cin_g).sum(dim=1)
+        xs = xs.repeat_interleave(out // groups) * k
+        act_term = dx**2 * ws.pow(2).reshape(out, -1).sum(dim=1)
+        errors.append(float((act_term + dw.pow(2) * xs).mean() / 12.0))
+    return errors
+
+
+def auto_factors(
+    x_sq: torch.Tensor,
+    w: torch.Tensor,
+    lo: torch.Tensor,
+    hi: torch.Tensor,
+    *,
+    groups: int = 1,
+    alphas: Sequence[float] = AUTO_ALPHAS,
+    act_bits: int = 8,
+    weight_bits: int = 8,
+) -> tuple[torch.Tensor, float]:
+    """Factors (as stored) and strength with the lowest :func:`predicted_errors` (``"auto"``).
+
+    Ties go to the earlier ``alpha``.
+
+    >>> w = torch.tensor([[1.0, 2.0], [3.0, -4.0]])
+    >>> lo, hi = torch.tensor([-50.0, -0.1]), torch.tensor([50.0, 0.1])
+    >>> s, alpha = auto_factors(torch.tensor([400.0, 0.001]), w, lo, hi)
+    >>> alpha > 0.0 and bool(s[1] < s[0])
+    True
+    """
+    errs = predicted_errors(
+        x_sq, w, lo, hi, groups=groups, alphas=alphas, act_bits=act_bits, weight_bits=weight_bits
+    )
+    best = min(range(len(errs)), key=errs.__getitem__)
+    alpha = float(alphas[best])
+    xa = torch.maximum(lo.abs(), hi.abs())
+    return stored_factors(smoothing_factors(xa, weight_column_max(w, groups), alpha)), alpha
