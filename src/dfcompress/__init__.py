@@ -29,6 +29,8 @@ from dfcompress.io import load as load
 from dfcompress.io import save as save
 from dfcompress.prune import PruneConfig as PruneConfig
 from dfcompress.prune import Pruner as Pruner
+from dfcompress.prune import distill as distill
+from dfcompress.prune import distill_finetune as distill_finetune
 from dfcompress.prune import prune as prune
 from dfcompress.quant import BF16 as BF16
 from dfcompress.quant import FP16 as FP16
@@ -73,6 +75,8 @@ __all__ = [
     "by_type",
     "compare",
     "compress",
+    "distill",
+    "distill_finetune",
     "export_onnx",
     "export_torchscript",
     "load",
