@@ -123,22 +123,30 @@ def chain_qdq(g: Any, ranges: Callable[[Sequence[str]], dict[str, tuple[float, f
     for n, t in todo:
         if n.output[0] in shared and share_quantizer(g, n.output[0]):
             continue
-        qmin, qmax = _RANGE[t]
-        if n.op_type == "Sigmoid":
-            scale, zp = 1.0 / (qmax - qmin), qmin  # [0, 1], no calibration needed
-        else:
-            lo, hi = seen[n.output[0]]
-            lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-            scale = max((hi - lo) / (qmax - qmin), 1e-8)
-            zp = int(np.clip(np.rint(qmin - lo / scale), qmin, qmax))
-        name = n.output[0]
-        s_name = g.add_const("chain_scale", np.asarray(scale, np.float32))
-        z_name = g.add_const("chain_zp", np.asarray(zp, t))
-        raw, q_out = g.fresh(name + "_float"), g.fresh(name + "_q")
-        n.output[0] = raw
-        q = g.onnx.helper.make_node("QuantizeLinear", [raw, s_name, z_name], [q_out])
-        dq = g.onnx.helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [name])
-        at = list(g.graph.node).index(n) + 1
-        g.graph.node.insert(at, dq)
-        g.graph.node.insert(at, q)
+        # Sigmoid's range is [0, 1]: no calibration needed.
+        lo, hi = (0.0, 1.0) if n.op_type == "Sigmoid" else seen[n.output[0]]
+        insert_output_qdq(g, n, lo, hi, t, "chain")
     return len(todo)
+
+
+def insert_output_qdq(
+    g: Any, node: Any, lo: float, hi: float, dtype: np.dtype[Any], tag: str
+) -> None:
+    """Requantize ``node``'s first output: a Q/DQ pair for the range ``[lo, hi]`` (with 0).
+
+    Consumers keep reading the output's name, now produced by the DequantizeLinear.
+    """
+    qmin, qmax = _RANGE[np.dtype(dtype)]
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = max((hi - lo) / (qmax - qmin), 1e-8)
+    zp = int(np.clip(np.rint(qmin - lo / scale), qmin, qmax))
+    name = node.output[0]
+    s_name = g.add_const(f"{tag}_scale", np.asarray(scale, np.float32))
+    z_name = g.add_const(f"{tag}_zp", np.asarray(zp, dtype))
+    raw, q_out = g.fresh(name + "_float"), g.fresh(name + "_q")
+    node.output[0] = raw
+    q = g.onnx.helper.make_node("QuantizeLinear", [raw, s_name, z_name], [q_out])
+    dq = g.onnx.helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [name])
+    at = list(g.graph.node).index(node) + 1
+    g.graph.node.insert(at, dq)
+    g.graph.node.insert(at, q)

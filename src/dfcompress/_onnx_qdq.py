@@ -324,7 +324,7 @@ def _insert_output_qdq(g: _Graph, ranges: Ranges) -> None:
     ]
     if not todo:
         return
-    from dfcompress._onnx_chain import share_quantizer
+    from dfcompress._onnx_chain import insert_output_qdq, share_quantizer
 
     todo = [(op, a) for op, a in todo if not share_quantizer(g, op.output[0])]
     if not todo:
@@ -334,20 +334,9 @@ def _insert_output_qdq(g: _Graph, ranges: Ranges) -> None:
         name = op.output[0]
         zt = g.const(a.input[2]) if len(a.input) > 2 and a.input[2] else None
         zt = np.zeros((), np.uint8) if zt is None else zt
-        qmin, qmax = _INT_TYPES.get(zt.dtype, (0, 255))
+        dtype = zt.dtype if zt.dtype in _INT_TYPES else np.dtype(np.uint8)
         lo, hi = seen[name]
-        lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
-        scale = max((hi - lo) / (qmax - qmin), 1e-8)
-        zp = int(np.clip(np.rint(qmin - lo / scale), qmin, qmax))
-        s_name = g.add_const("out_scale", np.asarray(scale, np.float32))
-        z_name = g.add_const("out_zp", np.asarray(zp, zt.dtype))
-        raw, q_out = g.fresh(name + "_float"), g.fresh(name + "_q")
-        op.output[0] = raw
-        q = g.onnx.helper.make_node("QuantizeLinear", [raw, s_name, z_name], [q_out])
-        dq = g.onnx.helper.make_node("DequantizeLinear", [q_out, s_name, z_name], [name])
-        at = list(g.graph.node).index(op) + 1
-        g.graph.node.insert(at, dq)
-        g.graph.node.insert(at, q)
+        insert_output_qdq(g, op, lo, hi, dtype, "out")
 
 
 def _weights_to_uint8(g: _Graph) -> None:
