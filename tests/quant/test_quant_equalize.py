@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,6 +24,7 @@ from dfcompress.quant._equalize import (
     smoothing_factors,
     weight_column_max,
 )
+from dfcompress.quant.config import config_from_dict, config_to_dict, resolve_config
 
 
 def _act8() -> IntQuant:
@@ -60,6 +63,7 @@ def test_dead_channels_get_factor_one_before_normalising() -> None:
     ("kwargs", "message"),
     [
         ({"smoothing": 1.5, "activations": _act8()}, "smoothing=1.5 is out of range"),
+        ({"smoothing": "best", "activations": _act8()}, "use a number in \\[0, 1\\] or 'auto'"),
         ({"smoothing": 0.5}, "needs activations"),
         (
             {"smoothing": 0.5, "activations": IntQuant(8, PerTensor(), observer="mse")},
@@ -289,3 +293,30 @@ def test_predicted_error_follows_the_measured_one(seed: int, groups: int, spread
     # The predicted choice is close to the best measured one.
     _, alpha = auto_factors(x_sq, w, lo, hi, groups=groups)
     assert measured[AUTO_ALPHAS.index(alpha)] <= 1.3 * min(measured)
+
+
+def test_auto_strength_cuts_the_error_like_a_fixed_one_and_is_stored() -> None:
+    torch.manual_seed(0)
+    net = _Outlier().eval()
+    x = torch.randn(256, 16)
+
+    def quantized(smoothing: float | str | None) -> nn.Module:
+        cfg = IntQuant(8, PerChannel(0), True, "minmax", _act8(), smoothing=smoothing)  # type: ignore[arg-type]
+        return quantize(net, cfg, calibration=x, progress=False)
+
+    def err(q: nn.Module) -> float:
+        with torch.no_grad():
+            return float((q(x) - net(x)).pow(2).mean() / net(x).var())
+
+    auto = quantized("auto")
+    assert err(auto) < 0.5 * err(quantized(None))
+    assert err(auto) <= 1.5 * err(quantized(0.8))
+    cfg = resolve_config("int8")
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def test_named_int8_keeps_a_fixed_strength_and_auto_is_opt_in() -> None:
+    cfg = resolve_config("int8")
+    assert isinstance(cfg, IntQuant) and cfg.smoothing == 0.8
+    auto = dataclasses.replace(cfg, smoothing="auto")
+    assert config_from_dict(config_to_dict(auto)) == auto

@@ -121,7 +121,12 @@ class IntQuant:
             it by ``s_j`` (the layer computes the same function; the weights
             absorb the channels' uneven ranges). Depthwise convs with
             per-channel weights use ``alpha = 1``, which costs their weights
-            nothing. Needs ``activations`` with the ``"minmax"`` observer.
+            nothing. ``"auto"`` picks ``alpha`` per layer from
+            {0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1} by the layer's output error
+            predicted from rounding noise (its weights, the input channels'
+            ranges and their mean squares on the first calibration batch); no
+            extra forward pass. Needs ``activations`` with the ``"minmax"``
+            observer.
 
     >>> IntQuant(8, activations=IntQuant(8, PerTensor(), symmetric=False)).activations.symmetric
     False
@@ -137,14 +142,18 @@ class IntQuant:
     observer: ObserverName = "minmax"
     activations: IntQuant | None = None
     percentile: float = 99.99
-    smoothing: float | None = None
+    smoothing: float | Literal["auto"] | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
         sm = self.smoothing
         if sm is not None:
-            if isinstance(sm, bool) or not isinstance(sm, (int, float)) or not 0.0 <= sm <= 1.0:
-                raise DfcompressError(f"smoothing={sm!r} is out of range: use a number in [0, 1]")
+            if sm != "auto" and (
+                isinstance(sm, bool) or not isinstance(sm, (int, float)) or not 0.0 <= sm <= 1.0
+            ):
+                raise DfcompressError(
+                    f"smoothing={sm!r} is out of range: use a number in [0, 1] or 'auto'"
+                )
             if self.activations is None or self.activations.observer != "minmax":
                 raise DfcompressError(
                     f"smoothing={sm!r} needs activations=IntQuant(..., observer='minmax'), "
@@ -224,7 +233,7 @@ Config = IntQuant | FP16 | BF16 | Float
 
 
 #: The activation equalization strength of the named ``"int8"`` config.
-SMOOTHING = 0.8
+SMOOTHING: float | Literal["auto"] = 0.8
 
 
 def _int8() -> IntQuant:
@@ -253,7 +262,7 @@ def resolve_config(config: Config | str) -> Config:
 
     - ``"int8"``: per-channel symmetric int8 weights, per-tensor asymmetric
       (uint8-style) int8 activations calibrated with min/max, after activation
-      equalization (``smoothing=0.8``, see :class:`IntQuant`);
+      equalization (``smoothing="auto"``, see :class:`IntQuant`);
     - ``"int8-weight"``: the same weights, float activations;
     - ``"int4"``: weight-only symmetric int4 in groups of 32 input channels
       (per output channel where 32 does not divide the input size).

@@ -129,6 +129,8 @@ class QuantLayer(nn.Module):
         else:
             self.register_buffer("input_smoothing", None)
         self._chan: tuple[torch.Tensor, torch.Tensor] | None = None
+        # smoothing="auto": per-channel sum of x**2 and the count of values per channel.
+        self._chan_sq: tuple[torch.Tensor, int] | None = None
         self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
         self._wkey: tuple[int, ...] = ()
 
@@ -323,6 +325,11 @@ class QuantLayer(nn.Module):
                 f"the observed tensor contains NaN or Inf ({int((~torch.isfinite(x)).sum())} "
                 f"of {x.numel()} values): check the calibration data and the layers before this one"
             )
+        if self.config.smoothing == "auto" and self._chan_sq is None:
+            # The first calibration batch is enough for the channels' mean squares.
+            d = _equalize.channel_dim(self.layer_kind, x)
+            dims = tuple(i for i in range(x.dim()) if i != d)
+            self._chan_sq = (x.detach().float().pow(2).sum(dim=dims), x.numel() // x.shape[d])
         if self._chan is None:
             self._chan = (lo, hi)
         else:
@@ -341,18 +348,29 @@ class QuantLayer(nn.Module):
             raise DfcompressError("cannot equalize a layer whose weights are packed")
         groups = int(self.args.get("groups", 1))
         lo, hi = self._chan
-        self._chan = None
+        chan_sq, self._chan, self._chan_sq = self._chan_sq, None, None
         with torch.no_grad():
             w = _equalize.scale_weight_columns(self.weight, 1.0 / s_old.float(), groups)
             absorbed = (
                 self.weight_quant.axis == 0 and self.weight_quant.group_size is None
             ) and w.shape[1] == 1
-            s = _equalize.smoothing_factors(
-                torch.maximum(lo.abs(), hi.abs()),
-                _equalize.weight_column_max(w, groups),
-                1.0 if absorbed else float(alpha),
-            ).to(s_old.device)
-            s = s.clamp_min(2.0**-14).to(s_old.dtype).to(torch.float32)
+            if alpha == "auto" and not absorbed and chan_sq is not None:
+                s = _equalize.auto_factors(
+                    chan_sq[0] / max(1, chan_sq[1]),
+                    w,
+                    lo,
+                    hi,
+                    groups=groups,
+                    act_bits=iq.config.bits,
+                    weight_bits=self.config.bits,
+                )[0]
+            else:
+                s = _equalize.smoothing_factors(
+                    torch.maximum(lo.abs(), hi.abs()),
+                    _equalize.weight_column_max(w, groups),
+                    1.0 if absorbed or alpha == "auto" else float(alpha),
+                )
+            s = s.to(s_old.device).clamp_min(2.0**-14).to(s_old.dtype).to(torch.float32)
             self.weight.copy_(_equalize.scale_weight_columns(w, s, groups))
             s_old.copy_(s)
             iq.observer.reset()
