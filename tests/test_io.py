@@ -247,3 +247,46 @@ def test_bad_inputs(tmp_path: Path) -> None:
         dfc.load(tmp_path / "missing.safetensors")
     with pytest.raises(DfcompressError, match=r"package\.module:function"):
         dfc.save(SmallNet(), tmp_path / "x", constructor="nocolon")
+
+
+class _Codes(nn.Module):
+    """Int8 buffers (bell-shaped codes, half of them zero) next to a float layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 2)
+        g = torch.Generator().manual_seed(0)
+        codes = torch.randn(96, 96, generator=g).mul(20).round().clamp(-127, 127)
+        codes[torch.rand(96, 96, generator=g) < 0.5] = 0
+        self.register_buffer("q", codes.to(torch.int8))
+        self.register_buffer("u", (codes.abs() * 2).to(torch.uint8))
+
+
+def test_one_byte_codes_are_compressed_and_restored_exactly(tmp_path: Path) -> None:
+    model = _Codes()
+    small = dfc.save(model, tmp_path / "z.safetensors", constructor="tests:_Codes")
+    plain = dfc.save(model, tmp_path / "p.safetensors", deflate=False, constructor="tests:_Codes")
+    assert small.stat().st_size < 0.9 * plain.stat().st_size
+    infos = read_manifest(small)["tensors"]
+    assert infos["q"].get("deflate") and "deflate" not in infos["fc.weight"]
+    for path in (small, plain):
+        back = dfc.load(path, factory=_Codes)
+        assert_same_state(model, back)
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda i: i.update(deflate={"q::values": ["int8", 10**6]}), "does not hold"),
+        (lambda i: i.update(deflate={"other": ["int8", 10]}), "of another"),
+        (lambda i: i.update(deflate={"q::values": ["float32", 10]}), "dtype"),
+        (lambda i: i.update(deflate="x"), "compressed parts"),
+    ],
+)
+def test_tampered_compressed_parts_are_refused(edit: Any, match: str, tmp_path: Path) -> None:
+    path = dfc.save(_Codes(), tmp_path / "z.safetensors", constructor="tests:_Codes")
+    info = read_manifest(path)["tensors"]["q"]
+    assert info["encoding"] == "bitmask" and "q::values" in info["deflate"]
+    _rewrite_manifest(path, lambda m: edit(m["tensors"]["q"]))
+    with pytest.raises(UnsafeFileError, match=match):
+        dfc.load(path, factory=_Codes)

@@ -13,7 +13,8 @@ header metadata carries a JSON *manifest* under the key ``"dfcompress"``:
   with their smaller shapes;
 - per tensor: shape, dtype and *encoding*. A tensor with many zeros (after
   unstructured pruning) is stored as a bitmask plus its non-zero values, or in
-  CSR form, whichever is smaller, so sparsity shows in the file size;
+  CSR form, whichever is smaller, so sparsity shows in the file size; one-byte
+  parts (int8/uint8 codes, bitmasks) are zlib-compressed when that saves 10 %;
 - the compression history (recipes, configs) and a SHA-256 of the tensor data.
 
 :func:`load` never unpickles: a pickle or ``torch.save`` file is refused, the
@@ -115,6 +116,60 @@ def _encode(name: str, t: torch.Tensor, sparse: bool) -> tuple[dict[str, torch.T
     }, "csr"
 
 
+_DEFLATED = f"{_SEP}deflate"
+_DEFLATE_MIN = 4096  # bytes: smaller parts are not worth a zlib stream
+
+
+def _deflate(parts: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Zlib-compress the one-byte parts (int8/uint8 codes, bitmasks) where that saves 10 %.
+
+    Integer codes of trained weights are far from uniform, so they compress well;
+    float parts do not and are left alone. Returns the parts to store and, per
+    compressed part, its dtype and element count (``load`` inflates no more).
+    """
+    out: dict[str, torch.Tensor] = {}
+    info: dict[str, Any] = {}
+    for key, t in parts.items():
+        if t.dtype in (torch.int8, torch.uint8) and t.numel() >= _DEFLATE_MIN:
+            raw = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+            packed = zlib.compress(raw, 6)
+            if len(packed) <= 0.9 * len(raw):
+                out[key + _DEFLATED] = torch.frombuffer(bytearray(packed), dtype=torch.uint8)
+                info[key] = [str(t.dtype).removeprefix("torch."), t.numel()]
+                continue
+        out[key] = t
+    return out, info
+
+
+def _inflate(
+    name: str, deflated: Mapping[str, Any], stored: Mapping[str, torch.Tensor]
+) -> Mapping[str, torch.Tensor]:
+    """``stored`` with the parts that ``_deflate`` compressed restored (bounded in size)."""
+    if not deflated:
+        return stored
+    view = dict(stored)
+    for key, (dtype_name, count) in deflated.items():
+        if key != name and not key.startswith(name + _SEP):
+            raise UnsafeFileError(f"tensor {name!r} lists a compressed part {key!r} of another")
+        dtype = _dtype(dtype_name)
+        if dtype not in (torch.int8, torch.uint8):
+            raise UnsafeFileError(f"compressed part {key!r} has dtype {dtype_name!r}")
+        try:
+            blob = stored[key + _DEFLATED].numpy().tobytes()
+            inflate = zlib.decompressobj()
+            raw = inflate.decompress(blob, count)
+        except KeyError as e:
+            raise UnsafeFileError(
+                f"tensor {name!r} is missing its stored part {e.args[0]!r}"
+            ) from e
+        except zlib.error as e:
+            raise UnsafeFileError(f"compressed part {key!r} does not inflate: {e}") from e
+        if len(raw) != count or inflate.unconsumed_tail:
+            raise UnsafeFileError(f"compressed part {key!r} does not hold {count} bytes")
+        view[key] = torch.frombuffer(bytearray(raw), dtype=torch.uint8).view(dtype)
+    return view
+
+
 def _decode(name: str, info: Mapping[str, Any], stored: Mapping[str, torch.Tensor]) -> torch.Tensor:
     shape = [int(s) for s in info["shape"]]
     dtype = _dtype(info["dtype"])
@@ -208,6 +263,7 @@ def serialize(
     constructor: str | Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
     sparse: bool = True,
+    deflate: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """The tensors and header metadata that :func:`save` writes (nothing is written)."""
     if not isinstance(model, nn.Module):
@@ -228,12 +284,17 @@ def serialize(
             continue
         seen[key] = name
         parts, enc = _encode(name, t, sparse)
+        deflated: dict[str, Any] = {}
+        if deflate:
+            parts, deflated = _deflate(parts)
         stored.update(parts)
         tensors[name] = {
             "shape": list(t.shape),
             "dtype": str(t.dtype).removeprefix("torch."),
             "encoding": enc,
         }
+        if deflated:
+            tensors[name]["deflate"] = deflated
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -283,6 +344,7 @@ def save(
     constructor: str | Mapping[str, Any] | None = None,
     metadata: Mapping[str, Any] | None = None,
     sparse: bool = True,
+    deflate: bool = True,
 ) -> Path:
     """Write ``model`` to one safetensors file with its manifest; return the path.
 
@@ -294,10 +356,14 @@ def save(
             factory recorded, else the model's own class called with no arguments.
         metadata: extra JSON-able information stored in the manifest.
         sparse: store mostly-zero tensors as bitmask/CSR when that is smaller.
+        deflate: zlib-compress one-byte parts (int8/uint8 codes, bitmasks) when
+            that saves at least 10 %; lossless, undone by :func:`load`.
     """
     from safetensors.torch import save_file
 
-    stored, header = serialize(model, constructor=constructor, metadata=metadata, sparse=sparse)
+    stored, header = serialize(
+        model, constructor=constructor, metadata=metadata, sparse=sparse, deflate=deflate
+    )
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file(stored, str(out), metadata=header)
@@ -417,6 +483,16 @@ def _validate_manifest(m: Any, p: Path) -> None:
             raise bad(f"tensor {name!r} shape {shape!r}")
         if info.get("encoding") not in ("dense", "bitmask", "csr"):
             raise bad(f"tensor {name!r} encoding {info.get('encoding')!r}")
+        deflated = info.get("deflate", {})
+        if not isinstance(deflated, dict) or not all(
+            isinstance(v, list)
+            and len(v) == 2
+            and isinstance(v[0], str)
+            and isinstance(v[1], int)
+            and 0 <= v[1] <= 2**40
+            for v in deflated.values()
+        ):
+            raise bad(f"tensor {name!r} compressed parts {deflated!r}")
 
 
 def _resolve_factory(
@@ -545,7 +621,11 @@ def load(
     if _checksum(stored) != manifest["checksum"]:
         raise UnsafeFileError(f"{path}: tensor data does not match the manifest's checksum")
     infos: dict[str, Any] = manifest["tensors"]
-    tensors = {n: _decode(n, i, stored) for n, i in infos.items() if "alias" not in i}
+    tensors = {
+        n: _decode(n, i, _inflate(n, i.get("deflate", {}), stored))
+        for n, i in infos.items()
+        if "alias" not in i
+    }
     aliases = {n: i["alias"] for n, i in infos.items() if "alias" in i}
     _place_tensors(model, tensors, aliases)
     model.dfc_history = copy.deepcopy(manifest["history"])
