@@ -31,6 +31,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from dfcompress.quant.functional import calc_qparams, fake_quantize, int_range
+
 #: The strengths :func:`search_factors` tries (``smoothing="auto"``).
 AUTO_ALPHAS: tuple[float, ...] = (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -104,22 +106,17 @@ def stored_factors(s: torch.Tensor) -> torch.Tensor:
 
 def fake_quant_range(x: torch.Tensor, lo: float, hi: float, bits: int) -> torch.Tensor:
     """Asymmetric per-tensor fake quantization of ``x`` to ``bits`` over ``[lo, hi]`` (0 kept)."""
-    lo, hi = min(lo, 0.0), max(hi, 0.0)
-    qmax = 2**bits - 1
-    scale = max(hi - lo, torch.finfo(torch.float32).tiny) / qmax
-    zero = round(-lo / scale)
-    q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
-    out: torch.Tensor = (q - zero) * scale
-    return out
+    qmin, qmax = int_range(bits, signed=False)
+    scale, zero = calc_qparams(torch.tensor(lo), torch.tensor(hi), qmin, qmax, symmetric=False)
+    return fake_quantize(x, scale, zero, qmin, qmax)
 
 
 def fake_quant_rows(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-output-channel (dim 0) fake quantization of ``w`` to ``bits``."""
-    qmax = 2 ** (bits - 1) - 1
+    qmin, qmax = int_range(bits, signed=True)
     m = w.abs().reshape(w.shape[0], -1).amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
-    scale = (m / qmax).reshape(-1, *([1] * (w.dim() - 1)))
-    out: torch.Tensor = torch.clamp(torch.round(w / scale), -qmax - 1, qmax) * scale
-    return out
+    zero = torch.zeros(w.shape[0], dtype=torch.int32)
+    return fake_quantize(w, m / qmax, zero, qmin, qmax, axis=0)
 
 
 def search_factors(

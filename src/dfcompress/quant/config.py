@@ -262,7 +262,7 @@ def resolve_config(config: Config | str) -> Config:
 
     - ``"int8"``: per-channel symmetric int8 weights, per-tensor asymmetric
       (uint8-style) int8 activations calibrated with min/max, after activation
-      equalization (``smoothing="auto"``, see :class:`IntQuant`);
+      equalization (``smoothing=0.8``, see :class:`IntQuant`);
     - ``"int8-weight"``: the same weights, float activations;
     - ``"int4"``: weight-only symmetric int4 in groups of 32 input channels
       (per output channel where 32 does not divide the input size).

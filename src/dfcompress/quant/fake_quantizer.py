@@ -37,7 +37,7 @@ from dfcompress.quant.config import IntQuant
 from dfcompress.quant.functional import fake_quantize, storage_dtype
 from dfcompress.quant.observers import Observer, make_observer
 
-__all__ = ["FakeQuantizer", "Mode", "exporting"]
+__all__ = ["FakeQuantizer", "Mode", "exporting", "fits_half"]
 
 Mode = Literal["track", "observe", "fixed", "dynamic", "off"]
 _MODES = ("track", "observe", "fixed", "dynamic", "off")
@@ -75,6 +75,16 @@ def _fast_fake_quantize(
 
 
 _MAGIC = 12582912.0  # 1.5 * 2**23
+
+
+def fits_half(scale: torch.Tensor) -> bool:
+    """Whether every scale lies in float16's normal range (full 11-bit precision).
+
+    >>> fits_half(torch.tensor([1e-3, 2.0])), fits_half(torch.tensor([1e-6]))
+    (True, False)
+    """
+    a = scale.detach().abs().to(torch.float32)
+    return bool(((a >= 2.0**-14) & (a <= 6.0e4)).all())
 
 
 class FakeQuantizer(nn.Module):
@@ -157,10 +167,8 @@ class FakeQuantizer(nn.Module):
         self.observer.reset()
         self.observer.update(x)
         scale, zero_point = self.observer.qparams()
-        if self.half_scales:
-            a = scale.abs()
-            if bool(((a >= 2.0**-14) & (a <= 6.0e4)).all()):
-                scale = scale.to(torch.float16).to(torch.float32)
+        if self.half_scales and fits_half(scale):
+            scale = scale.to(torch.float16).to(torch.float32)
         self._set(scale, zero_point)
         self._key = key
 

@@ -25,7 +25,7 @@ from dfcompress._rebuild import register_module
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _equalize, _layers
 from dfcompress.quant.config import IntQuant, PerGroup, config_from_dict, config_to_dict
-from dfcompress.quant.fake_quantizer import FakeQuantizer, Mode, exporting
+from dfcompress.quant.fake_quantizer import FakeQuantizer, Mode, exporting, fits_half
 from dfcompress.quant.functional import dequantize, quantize
 from dfcompress.quant.observers import granularity_args
 from dfcompress.quant.pack import pack, packed_dtype, packed_numel, unpack
@@ -61,12 +61,6 @@ def _qshape(shape: tuple[int, ...], axis: int | None, group: int | None) -> tupl
 
 
 _SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-
-
-def _half_exact_enough(scale: torch.Tensor) -> bool:
-    """Whether every scale lies in float16's normal range (full 11-bit precision)."""
-    a = scale.detach().abs().to(torch.float32)
-    return bool(((a >= 2.0**-14) & (a <= 6.0e4)).all())
 
 
 class QuantLayer(nn.Module):
@@ -285,7 +279,7 @@ class QuantLayer(nn.Module):
                 "only frozen (non-dynamic) weights can be packed"
             )
         wq = self.weight_quant
-        if _half_exact_enough(wq.scale):
+        if fits_half(wq.scale):
             # Stored scales cost 16 bits per channel or group instead of 32 (a
             # relative change of at most 2**-11, which the codes are computed with).
             wq.scale = wq.scale.to(torch.float16)
@@ -370,7 +364,7 @@ class QuantLayer(nn.Module):
                     _equalize.weight_column_max(w, groups),
                     1.0 if absorbed or alpha == "auto" else float(alpha),
                 )
-            s = s.to(s_old.device).clamp_min(2.0**-14).to(s_old.dtype).to(torch.float32)
+            s = _equalize.stored_factors(s.to(s_old.device))
             self.weight.copy_(_equalize.scale_weight_columns(w, s, groups))
             s_old.copy_(s)
             iq.observer.reset()
