@@ -110,19 +110,6 @@ def binary_weights(g: Any, act_dq: Any) -> int:
         if found is None:
             continue
         codes, scale = found
-        out = g.fresh("binary_w")
-        node = g.onnx.helper.make_node(
-            "DequantizeLinear",
-            [
-                g.add_const("binary_w_q", codes),
-                g.add_const("binary_w_scale", scale),
-                g.add_const("binary_w_zp", np.zeros(scale.shape, np.int8)),
-            ],
-            [out],
-            axis=0,
-            name=g.fresh("binary_w_dq"),
-        )
-        g.graph.node.insert(list(g.graph.node).index(conv), node)
-        conv.input[1] = out
+        g.feed_dequantized(conv, 1, "binary_w", codes, scale)
         done += 1
     return done

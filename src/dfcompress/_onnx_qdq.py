@@ -64,6 +64,29 @@ class _Graph:
         self._uid += 1
         return f"{hint}__dfc{self._uid}"
 
+    def feed_dequantized(
+        self, node: Any, index: int, tag: str, codes: np.ndarray, scale: np.ndarray
+    ) -> None:
+        """Make input ``index`` of ``node`` a per-axis-0 DequantizeLinear of constants.
+
+        ``codes`` and ``scale`` become initializers (zero points 0, of the codes'
+        dtype); the DequantizeLinear is inserted just before ``node``.
+        """
+        out = self.fresh(f"{tag}_dq")
+        dq = self.onnx.helper.make_node(
+            "DequantizeLinear",
+            [
+                self.add_const(f"{tag}_q", codes),
+                self.add_const(f"{tag}_scale", scale),
+                self.add_const(f"{tag}_zp", np.zeros(scale.shape, codes.dtype)),
+            ],
+            [out],
+            axis=0,
+            name=self.fresh(f"{tag}_dq_node"),
+        )
+        self.graph.node.insert(list(self.graph.node).index(node), dq)
+        node.input[index] = out
+
     def producers(self) -> dict[str, Any]:
         return {o: n for n in self.graph.node for o in n.output}
 
@@ -262,19 +285,7 @@ def _quantize_bias(g: _Graph, *, unfused_convs: bool = True) -> None:
         s_b = (s_x * np.broadcast_to(s_w.reshape(-1), b.shape)).astype(np.float32)
         s_b = np.where(s_b > 0, s_b, np.float32(1e-12)).astype(np.float32)
         bq = np.clip(np.rint(b.astype(np.float64) / s_b), -(2**31), 2**31 - 1).astype(np.int32)
-        out = g.fresh("bias_dq")
-        node = g.onnx.helper.make_node(
-            "DequantizeLinear",
-            [
-                g.add_const("bias_q", bq),
-                g.add_const("bias_scale", s_b),
-                g.add_const("bias_zp", np.zeros(b.shape, np.int32)),
-            ],
-            [out],
-            axis=0,
-        )
-        g.graph.node.insert(list(g.graph.node).index(op), node)
-        op.input[2] = out
+        g.feed_dequantized(op, 2, "bias", bq, s_b)
 
 
 def _all_quantize(g: _Graph, users: list[Any], *, at_qmin: bool) -> bool:
