@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["binary_weights", "sign_codes"]
+from dfcompress._onnx_qdq import _INT_TYPES
 
-_INT_RANGE = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
+__all__ = ["binary_weights", "sign_codes"]
 
 
 def _single_user(g: Any, name: str) -> bool:
@@ -31,7 +31,7 @@ def _single_user(g: Any, name: str) -> bool:
 
 def _quantize(v: np.ndarray, scale: np.ndarray, zero: np.ndarray) -> np.ndarray:
     """One value through QuantizeLinear (reciprocal scale in float32, ties to even)."""
-    lo, hi = _INT_RANGE[zero.dtype]
+    lo, hi = _INT_TYPES[zero.dtype]
     inv = np.float32(1.0) / np.float32(scale.reshape(()))
     r = np.rint(np.float32(v.reshape(())) * inv) + float(zero.reshape(()))
     return np.asarray(np.clip(r, lo, hi), dtype=zero.dtype)
@@ -60,7 +60,7 @@ def sign_codes(g: Any) -> int:
         s, z = g.const(q.input[1]), g.const(q.input[2])
         if a is None or b is None or s is None or z is None or s.size != 1 or z.size != 1:
             continue
-        if z.dtype not in _INT_RANGE or a.size != 1 or b.size != 1:
+        if z.dtype not in _INT_TYPES or a.size != 1 or b.size != 1:
             continue
         where = g.onnx.helper.make_node(
             "Where",

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from dfcompress._onnx_qdq import _INT_TYPES
+
 __all__ = ["chain_qdq", "share_quantizer"]
 
 _UNARY = frozenset({"Sigmoid", "GlobalAveragePool", "AveragePool", "LeakyRelu"})
 _BINARY = frozenset({"Add", "Mul"})
-_RANGE = {np.dtype(np.int8): (-128, 127), np.dtype(np.uint8): (0, 255)}
 
 
 def _act_type(g: Any, dq: Any) -> np.dtype | None:
@@ -31,7 +32,7 @@ def _act_type(g: Any, dq: Any) -> np.dtype | None:
         return None
     s = g.const(dq.input[1])
     z = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.uint8)
-    if s is None or z is None or s.size != 1 or z.size != 1 or z.dtype not in _RANGE:
+    if s is None or z is None or s.size != 1 or z.size != 1 or z.dtype not in _INT_TYPES:
         return None
     return z.dtype
 
@@ -42,7 +43,13 @@ def _quantizer_user(g: Any, name: str) -> Any | None:
         if u.op_type != "QuantizeLinear" or u.input[0] != name or len(u.input) < 3:
             continue
         s, z = g.const(u.input[1]), g.const(u.input[2])
-        if s is not None and z is not None and s.size == 1 and z.size == 1 and z.dtype in _RANGE:
+        if (
+            s is not None
+            and z is not None
+            and s.size == 1
+            and z.size == 1
+            and z.dtype in _INT_TYPES
+        ):
             return u
     return None
 
@@ -136,7 +143,7 @@ def insert_output_qdq(
 
     Consumers keep reading the output's name, now produced by the DequantizeLinear.
     """
-    qmin, qmax = _RANGE[np.dtype(dtype)]
+    qmin, qmax = _INT_TYPES[np.dtype(dtype)]
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     scale = max((hi - lo) / (qmax - qmin), 1e-8)
     zp = int(np.clip(np.rint(qmin - lo / scale), qmin, qmax))
