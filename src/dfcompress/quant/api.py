@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
 import torch
@@ -42,6 +42,7 @@ def quantize(
     bias_correction: bool = False,
     bn_reestimation: bool = False,
     pack: bool = False,
+    finetune: Callable[[nn.Module, int], None] | None = None,
 ) -> nn.Module:
     """Quantize a model: prepare, calibrate and convert in one call.
 
@@ -70,6 +71,14 @@ def quantize(
             quantized layers on the calibration data (with ``fold_bn=False``).
         pack: Store weights as integers (int8, or two int4 per byte) so the
             saved file is 1/4 (int8) or about 1/8 (int4) of float32.
+        finetune: Quantization-aware training: called once as
+            ``finetune(model, 0)`` on the calibrated model before it is frozen,
+            to train it in place through the fake quantizers (weights are
+            re-quantized from the current weight at every step, activation
+            ranges stay as calibrated). ``dfcompress.distill_finetune(model,
+            train_loader, lr=3e-5, alpha=1.0)`` distils from the float model;
+            keep the learning rate small, since BatchNorm is folded into the
+            weights.
 
     Returns:
         The quantized model, frozen (scales fixed).
@@ -82,6 +91,11 @@ def quantize(
     >>> bool((q(x) - net(x)).abs().max() < 0.05)
     True
     """
+    if finetune is not None and not callable(finetune):
+        raise DfcompressError(
+            f"finetune={finetune!r} is not callable: pass a function (model, step) -> None, "
+            "e.g. dfcompress.distill_finetune(model, train_loader, lr=3e-5)"
+        )
     if isinstance(config, (str, IntQuant)) or not isinstance(config, Sequence):
         cfg = resolve_config(config)
         rules: list[Rule] = [(select if select is not None else "all", cfg)]
@@ -113,4 +127,7 @@ def quantize(
         else:
             data = calibration
         qz.calibrate(prepared, data, progress=progress, max_samples=max_samples)
+    if finetune is not None:
+        finetune(prepared, 0)
+        prepared.eval()
     return qz.convert(prepared, pack=pack, inplace=True)

@@ -1,0 +1,69 @@
+"""Quantization-aware fine-tuning: ``quantize(..., finetune=...)`` trains the calibrated model."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from _quant_nets import TinyResNet, randomize_bn
+
+import dfcompress
+from dfcompress.errors import DfcompressError
+from dfcompress.quant import IntQuant, PerChannel, PerTensor, Quantizer, QuantLayer
+
+
+def _gap(model: torch.nn.Module, teacher: torch.nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x) - teacher(x)).abs().mean())
+
+
+#: 4-bit weights and 8-bit activations: a quantization error large enough to measure.
+COARSE = IntQuant(4, PerChannel(0), True, "minmax", IntQuant(8, PerTensor(), False))
+
+
+def _setup() -> tuple[torch.nn.Module, list[torch.Tensor], torch.Tensor]:
+    torch.manual_seed(0)
+    teacher = randomize_bn(TinyResNet()).eval()
+    train = [torch.randn(16, 3, 16, 16) for _ in range(8)]
+    return teacher, train, torch.randn(32, 3, 16, 16)
+
+
+def test_finetune_brings_the_quantized_model_closer_to_the_float_one() -> None:
+    teacher, train, held_out = _setup()
+    before = copy.deepcopy(teacher.state_dict())
+    ft = dfcompress.distill_finetune(teacher, train, epochs=6, lr=3e-3, alpha=1.0, progress=False)
+    ptq = dfcompress.quantize(teacher, COARSE, calibration=train, progress=False)
+    qat = dfcompress.quantize(teacher, COARSE, calibration=train, progress=False, finetune=ft)
+
+    # closer to the float model on inputs it never saw
+    assert _gap(qat, teacher, held_out) < 0.8 * _gap(ptq, teacher, held_out)
+    # still quantized, with the calibrated activation ranges, frozen and in eval mode
+    layers = {n: m for n, m in qat.named_modules() if isinstance(m, QuantLayer)}
+    assert len(layers) == sum(isinstance(m, QuantLayer) for m in ptq.modules()) > 0
+    for name, ref in ptq.named_modules():
+        if isinstance(ref, QuantLayer) and ref.input_scale is not None:
+            got = layers[name].input_scale
+            assert got is not None and torch.equal(got, ref.input_scale)
+            assert layers[name].weight_quant.mode == "fixed"
+    assert not qat.training
+    # the float model is untouched
+    for key, value in teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_fine_tuned_weights_pack_exactly() -> None:
+    teacher, train, held_out = _setup()
+    qz = Quantizer([("all", COARSE)])
+    prepared = qz.prepare(teacher)
+    qz.calibrate(prepared, train, progress=False)
+    dfcompress.distill(prepared, teacher, train, epochs=2, lr=3e-3, inplace=True, progress=False)
+    plain, packed = qz.convert(prepared), qz.convert(prepared, pack=True)
+    with torch.no_grad():
+        assert torch.equal(packed(held_out), plain(held_out))
+
+
+def test_finetune_must_be_callable() -> None:
+    teacher, train, _ = _setup()
+    with pytest.raises(DfcompressError, match="finetune=3"):
+        dfcompress.quantize(teacher, "int8", calibration=train, progress=False, finetune=3)  # type: ignore[arg-type]
