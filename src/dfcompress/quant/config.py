@@ -36,6 +36,7 @@ __all__ = [
     "BF16",
     "CONFIG_NAMES",
     "FP16",
+    "UINT8_ACTIVATIONS",
     "Config",
     "Float",
     "Granularity",
@@ -127,6 +128,18 @@ class IntQuant:
             ranges and their mean squares on the first calibration batch); no
             extra forward pass. Needs ``activations`` with the ``"minmax"``
             observer.
+        outputs: How to quantize a convolution's output (an :class:`IntQuant`
+            with per-tensor granularity, no ``activations`` or ``smoothing`` and
+            a static observer), or None to leave it float. It simulates a
+            runtime that stores every int8 convolution's result in 8 bits, as
+            ONNX Runtime's QLinearConv does: the output, after the bias (and the
+            BatchNorm folded into it) and before any activation, is rounded per
+            tensor with a range calibrated with the input ranges. Calibration,
+            quantization-aware training and the eager model then see the
+            rounding the deployed model does, and
+            :func:`~dfcompress.export_onnx` uses these calibrated scales instead
+            of measuring its own. Linear layers ignore it (ONNX Runtime's
+            integer matrix products return float). Needs ``activations``.
 
     >>> IntQuant(8, activations=IntQuant(8, PerTensor(), symmetric=False)).activations.symmetric
     False
@@ -143,9 +156,11 @@ class IntQuant:
     activations: IntQuant | None = None
     percentile: float = 99.99
     smoothing: float | Literal["auto"] | None = None
+    outputs: IntQuant | None = None
 
     def __post_init__(self) -> None:
         check_bits(self.bits)
+        self._check_outputs()
         sm = self.smoothing
         if sm is not None:
             if sm != "auto" and (
@@ -180,6 +195,31 @@ class IntQuant:
                 raise DfcompressError(
                     f"activation granularity {a.granularity!r} is not supported: use PerTensor()"
                 )
+
+    def _check_outputs(self) -> None:
+        o = self.outputs
+        if o is None:
+            return
+        if not isinstance(o, IntQuant):
+            raise DfcompressError(f"outputs={o!r} must be an IntQuant or None")
+        if self.activations is None:
+            raise DfcompressError(
+                f"outputs={o!r} simulates an int8 runtime's requantized outputs and needs "
+                "activations=IntQuant(...) too"
+            )
+        if not isinstance(o.granularity, PerTensor):
+            raise DfcompressError(
+                f"output granularity {o.granularity!r} is not supported: use PerTensor()"
+            )
+        if o.activations is not None or o.outputs is not None or o.smoothing is not None:
+            raise DfcompressError(
+                "outputs=IntQuant(...) must not set activations, outputs or smoothing itself"
+            )
+        if o.observer == "dynamic":
+            raise DfcompressError(
+                "outputs=IntQuant(observer='dynamic') cannot be exported with a fixed scale: "
+                "use 'minmax', 'moving_average', 'percentile' or 'mse'"
+            )
 
     @property
     def qrange(self) -> tuple[int, int]:
@@ -236,6 +276,11 @@ Config = IntQuant | FP16 | BF16 | Float
 SMOOTHING: float | Literal["auto"] = 0.8
 
 
+#: Per-tensor asymmetric uint8-style activations calibrated with min/max (ONNX
+#: Runtime's default activation type), for ``activations=`` and ``outputs=``.
+UINT8_ACTIVATIONS = IntQuant(8, PerTensor(), False, "minmax")
+
+
 def _int8() -> IntQuant:
     # Activations: asymmetric uint8 per tensor, ONNX Runtime's default and
     # fastest activation type; weights: symmetric int8 per output channel.
@@ -247,6 +292,7 @@ def _int8() -> IntQuant:
 
 _NAMED: dict[str, Any] = {
     "int8": _int8,
+    "int8-onnx": lambda: dataclasses.replace(_int8(), outputs=UINT8_ACTIVATIONS),
     "int8-weight": lambda: IntQuant(8, PerChannel(0)),
     "int4": lambda: IntQuant(4, PerGroup(32, fallback=PerChannel(0))),
     "fp16": FP16,
@@ -257,12 +303,16 @@ CONFIG_NAMES: tuple[str, ...] = tuple(_NAMED)
 
 
 def resolve_config(config: Config | str) -> Config:
-    """A config from a name (``"int8"``, ``"int8-weight"``, ``"int4"``, ``"fp16"``, ``"bf16"``,
-    ``"float"``) or a config itself.
+    """A config from a name (``"int8"``, ``"int8-onnx"``, ``"int8-weight"``, ``"int4"``,
+    ``"fp16"``, ``"bf16"``, ``"float"``) or a config itself.
 
     - ``"int8"``: per-channel symmetric int8 weights, per-tensor asymmetric
       (uint8-style) int8 activations calibrated with min/max, after activation
       equalization (``smoothing=0.8``, see :class:`IntQuant`);
+    - ``"int8-onnx"``: ``"int8"`` whose convolution outputs are also rounded to
+      calibrated uint8 codes, as ONNX Runtime's int8 convolutions do (see
+      ``outputs`` in :class:`IntQuant`): the eager model computes what the
+      exported one does;
     - ``"int8-weight"``: the same weights, float activations;
     - ``"int4"``: weight-only symmetric int4 in groups of 32 input channels
       (per output channel where 32 does not divide the input size).
@@ -290,6 +340,9 @@ _TYPES: dict[str, type[Any]] = {
 }
 
 
+_OMITTED_WHEN_NONE = frozenset({"outputs"})
+
+
 def config_to_dict(obj: Any) -> Any:
     """A JSON-able form of a config (nested dicts tagged with ``"type"``).
 
@@ -299,7 +352,10 @@ def config_to_dict(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {"type": type(obj).__name__}
         for f in dataclasses.fields(obj):
-            out[f.name] = config_to_dict(getattr(obj, f.name))
+            value = getattr(obj, f.name)
+            if f.name in _OMITTED_WHEN_NONE and value is None:
+                continue  # files written before the field existed stay identical
+            out[f.name] = config_to_dict(value)
         return out
     if isinstance(obj, tuple):
         return [config_to_dict(v) for v in obj]

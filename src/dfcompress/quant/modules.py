@@ -71,6 +71,7 @@ class QuantLayer(nn.Module):
     weight_packed: torch.Tensor | None
     bias: nn.Parameter | None
     input_quant: FakeQuantizer | None
+    output_quant: FakeQuantizer | None
 
     def __init__(
         self,
@@ -83,6 +84,7 @@ class QuantLayer(nn.Module):
         weight_mode: Mode = "track",
         input_mode: Mode = "off",
         scale_dtype: torch.dtype | None = None,
+        output_mode: Mode = "off",
     ) -> None:
         super().__init__()
         self.args = dict(args)
@@ -114,6 +116,10 @@ class QuantLayer(nn.Module):
         self.input_quant = None
         if config.activations is not None:
             self.input_quant = FakeQuantizer(config.activations, (), None, None, input_mode)
+        # The output rounding of an int8 runtime (convolutions only; see IntQuant.outputs).
+        self.output_quant = None
+        if config.outputs is not None and self.layer_kind != "linear":
+            self.output_quant = FakeQuantizer(config.outputs, (), None, None, output_mode)
         # Activation equalization factors (one per input channel; inputs are divided by them).
         self.input_smoothing: torch.Tensor | None
         if config.smoothing is not None and config.activations is not None:
@@ -147,7 +153,7 @@ class QuantLayer(nn.Module):
 
     def dfc_spec(self) -> dict[str, Any]:
         """JSON-able constructor arguments and state (for :func:`dfcompress.save`)."""
-        return {
+        spec: dict[str, Any] = {
             "args": self.args,
             "config": config_to_dict(self.config),
             "axis": self.weight_quant.axis,
@@ -157,6 +163,9 @@ class QuantLayer(nn.Module):
             "input_mode": self.input_quant.mode if self.input_quant is not None else "off",
             "scale_dtype": str(self.weight_quant.scale.dtype).removeprefix("torch."),
         }
+        if self.output_quant is not None:
+            spec["output_mode"] = self.output_quant.mode
+        return spec
 
     @classmethod
     def dfc_from_spec(cls, spec: dict[str, Any]) -> QuantLayer:
@@ -170,6 +179,7 @@ class QuantLayer(nn.Module):
             weight_mode=spec["weight_mode"],
             input_mode=spec["input_mode"],
             scale_dtype=_SCALE_DTYPES.get(str(spec.get("scale_dtype"))),
+            output_mode=spec.get("output_mode", "off"),
         )
 
     # -- exporter-facing attributes -----------------------------------------------------
@@ -213,6 +223,16 @@ class QuantLayer(nn.Module):
     def input_zero_point(self) -> torch.Tensor | None:
         """Frozen input zero point as int32, or None."""
         return self.input_quant.zero_point_int32() if self.input_quant is not None else None
+
+    @property
+    def output_scale(self) -> torch.Tensor | None:
+        """Frozen output scale (per tensor), or None when the output stays float."""
+        return self.output_quant.scale if self.output_quant is not None else None
+
+    @property
+    def output_zero_point(self) -> torch.Tensor | None:
+        """Frozen output zero point as int32, or None."""
+        return self.output_quant.zero_point_int32() if self.output_quant is not None else None
 
     # -- weights --------------------------------------------------------------------------
 
@@ -377,14 +397,16 @@ class QuantLayer(nn.Module):
                     # The per-tensor range follows from the per-channel one in equalize_().
                     self._observe_channels(x)
                     w = self.quantized_weight()
-                    return _layers.layer_forward(
+                    y = _layers.layer_forward(
                         self.layer_kind, self.args, self.smoothed_input(x), w, self.bias
                     )
+                    return y if self.output_quant is None else self.output_quant(y)
                 x = self.input_quant.quantize_divided(x, self._factor_view(self.input_smoothing, x))
             else:
                 x = self.input_quant(x)
         w = self.quantized_weight()
-        return _layers.layer_forward(self.layer_kind, self.args, x, w, self.bias)
+        y = _layers.layer_forward(self.layer_kind, self.args, x, w, self.bias)
+        return y if self.output_quant is None else self.output_quant(y)
 
     def extra_repr(self) -> str:
         a = ", ".join(f"{k}={v}" for k, v in self.args.items())

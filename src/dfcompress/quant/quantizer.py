@@ -185,9 +185,10 @@ class Quantizer:
         if not layers and not any(isinstance(x, CastLayer) for x in model.modules()):
             raise DfcompressError("calibrate() needs a model returned by Quantizer.prepare()")
         inputs = [
-            m.input_quant
+            q
             for m in layers.values()
-            if m.input_quant is not None and m.input_quant.mode != "dynamic"
+            for q in (m.input_quant, m.output_quant)
+            if q is not None and q.mode != "dynamic"
         ]
         if not inputs and not self.bias_correction and not self.bn_reestimation:
             return  # nothing to calibrate: weights are quantized from themselves
@@ -218,12 +219,12 @@ class Quantizer:
         """
         m = model if inplace else copy.deepcopy(model)
         for name, layer in _quant_layers(m).items():
-            q = layer.input_quant
-            if q is not None and q.mode in ("off", "observe"):
-                raise DfcompressError(
-                    f"layer {name!r} quantizes its input but was not calibrated: "
-                    "run Quantizer.calibrate(model, data) before convert()"
-                )
+            for q, what in ((layer.input_quant, "input"), (layer.output_quant, "output")):
+                if q is not None and q.mode in ("off", "observe"):
+                    raise DfcompressError(
+                        f"layer {name!r} quantizes its {what} but was not calibrated: "
+                        "run Quantizer.calibrate(model, data) before convert()"
+                    )
             layer.freeze_()
             if pack:
                 if layer.weight_quant.mode == "dynamic":

@@ -1,0 +1,112 @@
+"""Models quantized with IntQuant(outputs=...) export with their own output scales."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dfcompress.export import export_onnx
+from dfcompress.quant import QuantLayer, quantize
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+
+class SENet(nn.Module):
+    """Stem, expansion, depthwise, squeeze-and-excitation, projection with a residual."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.SiLU()
+        )
+        self.pw = nn.Sequential(nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32), nn.SiLU())
+        self.dw = nn.Sequential(
+            nn.Conv2d(32, 32, 3, 1, 1, groups=32, bias=False), nn.BatchNorm2d(32), nn.SiLU()
+        )
+        self.reduce, self.expand = nn.Conv2d(32, 4, 1), nn.Conv2d(4, 32, 1)
+        self.pwl = nn.Sequential(nn.Conv2d(32, 16, 1, bias=False), nn.BatchNorm2d(16))
+        self.fc = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        y = self.dw(self.pw(x))
+        gate = torch.sigmoid(self.expand(nn.functional.silu(self.reduce(y.mean((2, 3), True)))))
+        x = x + self.pwl(y * gate)
+        return self.fc(x.mean((2, 3)))
+
+
+def _net() -> nn.Module:
+    torch.manual_seed(0)
+    net = SENet()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1.0, 1.0)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 2.0)
+    return net.eval()
+
+
+def _diff(model: nn.Module, path: Path, x: torch.Tensor) -> float:
+    r = export_onnx(
+        model,
+        path,
+        x[:4],
+        calibration=x,
+        int8_weights="uint8",  # exact integer products on every CPU
+        quantize_elementwise=False,
+        atol=1e3,
+        min_agreement=0.0,
+    )
+    sess = ort.InferenceSession(str(r.path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    return float(np.abs(got - ref).max() / np.abs(ref).max())
+
+
+def test_simulated_outputs_make_eager_and_onnx_agree(tmp_path: Path) -> None:
+    net = _net()
+    x = torch.randn(64, 3, 16, 16)
+    plain = quantize(net, "int8", calibration=x, progress=False)
+    sim = quantize(net, "int8-onnx", calibration=x, progress=False)
+    d_plain = _diff(plain, tmp_path / "plain.onnx", x)
+    d_sim = _diff(sim, tmp_path / "sim.onnx", x)
+    # The plain model does not round conv outputs but ONNX Runtime does: it differs by
+    # that rounding; the simulated model computes what ONNX Runtime computes.
+    assert d_sim < 0.01, d_sim
+    assert d_sim < d_plain / 5, (d_sim, d_plain)
+
+
+def test_exporter_uses_the_calibrated_output_scales(tmp_path: Path) -> None:
+    net = _net()
+    x = torch.randn(32, 3, 16, 16)
+    sim = quantize(net, "int8-onnx", calibration=x, progress=False)
+    r = export_onnx(sim, tmp_path / "sim.onnx", x[:4], calibration=x, int8_weights="uint8")
+    assert r.int8_kernels.get("QLinearConv") == 6
+    model = onnx.load(str(r.path))
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert not any(name.startswith("out_scale") for name in inits)  # no ranges of its own
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    scales = sorted(
+        float(inits[q.input[1]])
+        for conv in model.graph.node
+        if conv.op_type == "Conv"
+        for q in consumers.get(conv.output[0], [])
+        if q.op_type == "QuantizeLinear"
+    )
+    expected = sorted(
+        float(m.output_scale)
+        for m in sim.modules()
+        if isinstance(m, QuantLayer) and m.output_scale is not None
+    )
+    assert len(scales) == 6
+    np.testing.assert_allclose(scales, expected, rtol=1e-6)
