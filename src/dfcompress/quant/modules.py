@@ -397,9 +397,10 @@ class QuantLayer(nn.Module):
                     # The per-tensor range follows from the per-channel one in equalize_().
                     self._observe_channels(x)
                     w = self.quantized_weight()
-                    y = _layers.layer_forward(
-                        self.layer_kind, self.args, self.smoothed_input(x), w, self.bias
-                    )
+                    # factors of 1 (a first calibration) leave x as it is: skip the division
+                    unit = bool((self.input_smoothing == 1).all())
+                    xs = x if unit else self.smoothed_input(x)
+                    y = _layers.layer_forward(self.layer_kind, self.args, xs, w, self.bias)
                     return y if self.output_quant is None else self.output_quant(y)
                 x = self.input_quant.quantize_divided(x, self._factor_view(self.input_smoothing, x))
             else:
