@@ -162,3 +162,24 @@ def test_history_survives_save_and_load(tmp_path: Path) -> None:
 def test_compress_rejects_unknown_options() -> None:
     with pytest.raises(DfcompressError, match="unknown option 'colour'"):
         compress(_net(), "q16", colour="red")
+
+
+def test_quant_finetune_trains_the_calibrated_model_before_packing() -> None:
+    from dfcompress.quant import QuantLayer
+
+    net = _net()
+    x = torch.rand(8, 3, 16, 16)
+    seen: list[tuple[int, bool, int]] = []
+
+    def finetune(model: nn.Module, step: int) -> None:
+        layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
+        seen.append((step, all(m.weight is not None for m in layers), len(layers)))
+        with torch.no_grad():  # a "training" the packed file must reflect
+            layers[-1].weight.mul_(-1)
+
+    plain = compress(net, "q8-p50", x, progress=False)
+    tuned = compress(net, "q8-p50", x, progress=False, quant_finetune=finetune)
+    # called once, on the calibrated model whose float weights are not yet packed
+    assert seen == [(0, True, 3)]
+    with torch.no_grad():
+        assert torch.allclose(tuned(x), 2 * tuned[-1].bias - plain(x), atol=1e-5)

@@ -42,8 +42,9 @@ QUANT_OPTIONS: tuple[str, ...] = (
     "fold_bn",
     "bias_correction",
     "pack",
+    "quant_finetune",
 )
-"""``compress`` options passed to the quantization verb."""
+"""``compress`` options passed to the quantization verb (``quant_finetune`` as its ``finetune``)."""
 
 
 def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -51,6 +52,8 @@ def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
 
     >>> split_options({"prune_select": "conv", "pack": False})
     ({'select': 'conv'}, {'pack': False})
+    >>> split_options({"finetune": print, "quant_finetune": repr})
+    ({'finetune': <built-in function print>}, {'finetune': <built-in function repr>})
     """
     prune_opts: dict[str, Any] = {}
     quant_opts: dict[str, Any] = {}
@@ -58,7 +61,7 @@ def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
         if key in PRUNE_OPTIONS:
             prune_opts["select" if key == "prune_select" else key] = value
         elif key in QUANT_OPTIONS:
-            quant_opts[key] = value
+            quant_opts["finetune" if key == "quant_finetune" else key] = value
         else:
             raise DfcompressError(
                 f"compress() got an unknown option {key!r}: pruning options are "

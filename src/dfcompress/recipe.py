@@ -357,7 +357,8 @@ def compress(
             ``finetune``, ``prune_select`` as its ``select``, ``importance``,
             ``ignore``, ``recalibrate_bn``, ``example_inputs``) or to
             :func:`dfcompress.quant.api.quantize` (``select``, ``max_samples``,
-            ``input_shape``, ``fold_bn``, ``bias_correction``, ``pack``).
+            ``input_shape``, ``fold_bn``, ``bias_correction``, ``pack``, and
+            ``quant_finetune`` as its ``finetune``: quantization-aware training).
 
     Returns:
         The compressed model (a new one unless ``inplace``), in eval mode.
