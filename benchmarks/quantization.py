@@ -35,6 +35,7 @@ from dfcompress.data import loader, predict, train_detector
 from dfcompress.evaluate.metrics import auc
 from dfcompress.models import pack_binary
 from dfcompress.presets import ise
+from dfcompress.prune.distill import distill_finetune
 from dfcompress.quant import IntQuant, PerChannel, PerGroup, Quantizer, QuantLayer, Rule
 from dfcompress.quant.config import Config, resolve_config
 
@@ -77,11 +78,15 @@ class SmallDetector(nn.Module):
         return self.fc(self.features(x))
 
 
-def variants(name: str) -> list[tuple[str, Config | list[Rule]]]:
+QAT = "int8 + QAT"
+
+
+def variants(name: str, qat: bool) -> list[tuple[str, Config | list[Rule]]]:
     rows: list[tuple[str, Config | list[Rule]]] = [
         ("fp16", resolve_config("fp16")),
         ("bf16", resolve_config("bf16")),
         ("int8", resolve_config("int8")),
+        *([(QAT, resolve_config("int8"))] if qat else []),
         ("int4 g32", IntQuant(4, PerGroup(32, fallback=PerChannel(0)))),
         ("int4 g128", IntQuant(4, PerGroup(128, fallback=PerChannel(0)))),
     ]
@@ -144,6 +149,9 @@ def baseline(name: str, args: argparse.Namespace, train: Any) -> tuple[nn.Module
     return model.eval(), f"trained here ({time.perf_counter() - t0:.0f} s)"
 
 
+qat_seconds: dict[str, float] = {}
+
+
 def run(
     name: str, args: argparse.Namespace, train: Any, test: Any, calib: torch.Tensor
 ) -> list[list[Any]]:
@@ -172,7 +180,7 @@ def run(
                 "",
             ]
         )
-    for label, cfg in variants(name):
+    for label, cfg in variants(name, args.qat_epochs > 0):
         rules: list[Rule] = cfg if isinstance(cfg, list) else [("all", cfg)]
         qz = Quantizer(rules)
         prepared = qz.prepare(model)
@@ -183,6 +191,14 @@ def run(
         t0 = time.perf_counter()
         qz.calibrate(prepared, batches, progress=False)
         calib_s = time.perf_counter() - t0
+        if label == QAT:
+            t0 = time.perf_counter()
+            finetune = distill_finetune(
+                model, train, epochs=args.qat_epochs, lr=args.qat_lr, alpha=1.0, progress=False
+            )
+            finetune(prepared, 0)
+            prepared.eval()
+            qat_seconds[name] = time.perf_counter() - t0
         q = qz.convert(prepared)
         q_auc = test_auc(q, test)
         lat = latency_ratio(model, q, x, args.repeats)
@@ -191,7 +207,7 @@ def run(
             stored = pack_binary(stored)  # binary convolutions at 1 bit per weight
         size = file_bytes(stored, tmp, label)
         diff = q_auc - base_auc
-        key = "int4" if label.startswith("int4") else label
+        key = "int4" if label.startswith("int4") else "int8" if label == QAT else label
         ok_auc = "yes" if key not in TARGETS or -diff <= TARGETS[key] else "NO"
         ratio = size / base_bytes
         ok_file = "yes" if key not in FILE_TARGETS or ratio <= FILE_TARGETS[key] else "NO"
@@ -227,6 +243,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-bnext", action="store_true")
+    p.add_argument(
+        "--qat-epochs", type=float, default=1.0, help="int8 + QAT distillation epochs (0: no row)"
+    )
+    p.add_argument("--qat-lr", type=float, default=3e-5, help="int8 + QAT peak learning rate")
     p.add_argument("--section", default="quantization", help="RESULTS.md section to write")
     p.add_argument("--no-results", action="store_true")
     p.add_argument("--quiet", action="store_true")
@@ -273,6 +293,18 @@ def main(argv: list[str] | None = None) -> int:
             "The int8 rows use the named 'int8' config: per-channel int8 weights, per-tensor "
             "uint8 activations after activation equalization (smoothing=0.8); BatchNorm is "
             "folded into the preceding conv for integer and fp16/bf16 variants. "
+            + (
+                f"'{QAT}' is the same int8 model trained after calibration, before it is "
+                f"frozen (quantize(..., finetune=distill_finetune(...))): {args.qat_epochs:g} "
+                f"epoch of distillation from the float model over the {args.n_train} training "
+                f"images (alpha=1: the float model's outputs only, no labels; AdamW, peak lr "
+                f"{args.qat_lr:g}, cosine), activation ranges as calibrated; it took "
+                + ", ".join(f"{k}: {v:.0f} s" for k, v in qat_seconds.items())
+                + ". "
+                if qat_seconds
+                else ""
+            )
+            + "Targets apply to it as to int8. "
             f"Latency: median of {args.repeats} eager forwards of a batch of "
             f"{args.latency_batch}, interleaved with the float model ({args.threads} thread); "
             "it is the fake-quant model on float kernels (real int8 kernels come from the ONNX "
