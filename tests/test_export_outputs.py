@@ -110,3 +110,78 @@ def test_exporter_uses_the_calibrated_output_scales(tmp_path: Path) -> None:
     )
     assert len(scales) == 6
     np.testing.assert_allclose(scales, expected, rtol=1e-6)
+
+
+class Chain(nn.Module):
+    """Convolutions that feed each other with no operator in between."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+        self.b = nn.Sequential(nn.Conv2d(8, 8, 1, bias=False), nn.BatchNorm2d(8))
+        self.c = nn.Conv2d(8, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.b(self.a(x))).relu().mean((2, 3))
+
+
+def test_conv_into_conv_is_rounded_once_and_fused(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = Chain().eval()
+    x = torch.randn(32, 3, 12, 12)
+    sim = quantize(net, "int8-onnx", calibration=x, progress=False)
+    r = export_onnx(sim, tmp_path / "chain.onnx", x[:4], calibration=x, int8_weights="uint8")
+    # Without removing the output Q/DQ in front of the next input Q, ONNX Runtime
+    # leaves the following convolutions in float.
+    assert r.int8_kernels.get("QLinearConv") == 3
+    model = onnx.load(str(r.path))
+    prod = {o: n for n in model.graph.node for o in n.output}
+    for n in model.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[0] in prod:
+            assert prod[n.input[0]].op_type != "DequantizeLinear"  # no DQ -> Q requantization
+    with torch.no_grad():
+        assert r.max_abs_diff < 0.05 * float(sim(x[:4]).abs().max())
+
+
+class Spiky(nn.Module):
+    """A 1x1 convolution that passes its heavy-tailed input on, then a float operator."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.eye(3).reshape(3, 3, 1, 1))
+            self.conv.bias.zero_()
+        self.fc = nn.Linear(3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.tanh(self.conv(x)).mean((2, 3)))
+
+
+def _out_scale(path: Path) -> float:
+    model = onnx.load(str(path))
+    scales = [
+        float(onnx.numpy_helper.to_array(t))
+        for t in model.graph.initializer
+        if t.name.startswith("out_scale")
+    ]
+    assert len(scales) == 1
+    return scales[0]
+
+
+def test_mse_ranges_clip_rare_extremes(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = Spiky().eval()
+    calib = [torch.randn(8, 3, 32, 32) for _ in range(3)]
+    calib[2][0, :, 5, 5] = 40.0  # two extreme pixels stretch the conv output's min/max
+    calib[2][1, :, 6, 6] = -40.0
+    q = quantize(net, "int8", calibration=calib, progress=False)
+    kw = {"calibration": calib, "int8_weights": "uint8", "atol": 1e3, "min_agreement": 0.0}
+    wide = export_onnx(q, tmp_path / "minmax.onnx", calib[0][:4], **kw)  # type: ignore[arg-type]
+    tight = export_onnx(q, tmp_path / "mse.onnx", calib[0][:4], range_observer="mse", **kw)  # type: ignore[arg-type]
+    assert _out_scale(tight.path) < 0.5 * _out_scale(wide.path)
+
+
+def test_unknown_range_observer_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(Exception, match="range_observer='max' is unknown"):
+        export_onnx(nn.Linear(2, 1), tmp_path / "x.onnx", torch.randn(2, 2), range_observer="max")  # type: ignore[arg-type]

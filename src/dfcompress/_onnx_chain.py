@@ -20,7 +20,7 @@ import numpy as np
 
 from dfcompress._onnx_qdq import _INT_TYPES
 
-__all__ = ["chain_qdq", "share_quantizer"]
+__all__ = ["chain_qdq", "drop_requantize", "share_quantizer"]
 
 _UNARY = frozenset({"Sigmoid", "GlobalAveragePool", "AveragePool", "LeakyRelu"})
 _BINARY = frozenset({"Add", "Mul"})
@@ -37,19 +37,18 @@ def _act_type(g: Any, dq: Any) -> np.dtype | None:
     return z.dtype
 
 
+def _act_quantizer(g: Any, node: Any) -> bool:
+    """Whether ``node`` is a per-tensor QuantizeLinear (constant scale, integer zero point)."""
+    if node.op_type != "QuantizeLinear" or len(node.input) < 3:
+        return False
+    s, z = g.const(node.input[1]), g.const(node.input[2])
+    return s is not None and z is not None and s.size == 1 and z.size == 1 and z.dtype in _INT_TYPES
+
+
 def _quantizer_user(g: Any, name: str) -> Any | None:
     """A per-tensor QuantizeLinear (constant scale and integer zero point) reading ``name``."""
     for u in g.consumers().get(name, []):
-        if u.op_type != "QuantizeLinear" or u.input[0] != name or len(u.input) < 3:
-            continue
-        s, z = g.const(u.input[1]), g.const(u.input[2])
-        if (
-            s is not None
-            and z is not None
-            and s.size == 1
-            and z.size == 1
-            and z.dtype in _INT_TYPES
-        ):
+        if u.input[0] == name and _act_quantizer(g, u):
             return u
     return None
 
@@ -157,3 +156,38 @@ def insert_output_qdq(
     at = list(g.graph.node).index(node) + 1
     g.graph.node.insert(at, dq)
     g.graph.node.insert(at, q)
+
+
+def drop_requantize(g: Any) -> int:
+    """Quantize once where a tensor is quantized, dequantized and quantized again.
+
+    A convolution with a simulated output quantizer (``IntQuant(outputs=...)``)
+    whose output only feeds the next layer's input quantizer exports as
+    ``Q1 -> DQ1 -> Q2``. ONNX Runtime then neither fuses the first convolution's
+    output nor the second convolution into int8 kernels. Removing ``Q1 -> DQ1``
+    (when ``DQ1`` is read by ``Q2`` alone) lets the convolution write ``Q2``'s
+    codes directly: one rounding instead of two. Returns the number of pairs removed.
+    """
+    outputs, cons, prod = g.outputs(), g.consumers(), g.producers()
+    removed = 0
+    for q2 in list(g.graph.node):
+        if not _act_quantizer(g, q2):
+            continue
+        dq1 = prod.get(q2.input[0])
+        if dq1 is None or dq1.op_type != "DequantizeLinear" or _act_type(g, dq1) is None:
+            continue
+        q1 = prod.get(dq1.input[0])
+        if (
+            q1 is None
+            or not _act_quantizer(g, q1)
+            or dq1.output[0] in outputs
+            or q1.output[0] in outputs
+            or len(cons.get(dq1.output[0], [])) != 1
+            or len(cons.get(q1.output[0], [])) != 1
+        ):
+            continue
+        q2.input[0] = q1.input[0]
+        g.remove(dq1)
+        g.remove(q1)
+        removed += 1
+    return removed

@@ -411,6 +411,9 @@ def to_qdq(
     """
     prepare_qdq(model, output_q=output_q)
     g = _Graph(model)
+    from dfcompress._onnx_chain import drop_requantize
+
+    drop_requantize(g)
     if output_q:
         _insert_output_qdq(g, ranges)
     if chain:

@@ -144,6 +144,7 @@ def export_onnx(
     quantize_conv_outputs: bool = True,
     quantize_elementwise: bool = True,
     binary: Literal["auto", "int8", "float"] = "auto",
+    range_observer: Literal["minmax", "mse"] = "minmax",
     atol: float | None = None,
     rtol: float | None = None,
     min_agreement: float | None = None,
@@ -192,6 +193,12 @@ def export_onnx(
             ``quantize_conv_outputs`` (their outputs are then requantized like any
             other conv's). ``"float"``: as float convolutions. ``"auto"`` (default):
             int8 when the rest of the model is quantized, float otherwise.
+        range_observer: How the ranges of the inserted Q/DQ pairs (convolution and
+            elementwise outputs) are chosen from ``calibration``: ``"minmax"`` (the
+            observed minimum and maximum) or ``"mse"`` (the range, shrunk from
+            min/max, whose 8-bit rounding has the least mean squared error; rare
+            extreme values are clipped so the common ones keep more precision).
+            Ranges the model calibrated itself (``IntQuant(outputs=...)``) are kept.
         atol: Absolute tolerance (default 1e-4 float, 2e-2 16-bit, 5e-2 int8).
         rtol: Tolerance relative to the largest eager output (1e-3 float, 2e-2
             16-bit, 0.1 int8).
@@ -222,6 +229,10 @@ def export_onnx(
     if int8_weights not in ("auto", "int8", "uint8"):
         raise DfcompressError(
             f"int8_weights={int8_weights!r} is unknown: use 'auto', 'int8' or 'uint8'"
+        )
+    if range_observer not in ("minmax", "mse"):
+        raise DfcompressError(
+            f"range_observer={range_observer!r} is unknown: use 'minmax' or 'mse'"
         )
     if binary not in ("auto", "int8", "float"):
         raise DfcompressError(f"binary={binary!r} is unknown: use 'auto', 'int8' or 'float'")
@@ -265,7 +276,7 @@ def export_onnx(
         graph = onnx.ModelProto()  # type: ignore[attr-defined]
         graph.CopyFrom(proto)
         if weights is not None:
-            ranges = functools.partial(observe_ranges, graph, inputs=calib)
+            ranges = functools.partial(observe_ranges, graph, inputs=calib, observer=range_observer)
             to_qdq(
                 graph,
                 ranges,

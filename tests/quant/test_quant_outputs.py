@@ -17,6 +17,7 @@ from dfcompress.io import load, save
 from dfcompress.quant import Quantizer, QuantLayer, quantize
 from dfcompress.quant.config import (
     UINT8_ACTIVATIONS,
+    UINT8_OUTPUTS,
     IntQuant,
     PerChannel,
     PerTensor,
@@ -63,7 +64,7 @@ def _onnx_config() -> IntQuant:
 
 def test_named_config_is_int8_with_uint8_outputs() -> None:
     config = _onnx_config()
-    assert config.outputs == UINT8_ACTIVATIONS
+    assert config.outputs == UINT8_OUTPUTS
     assert dataclasses.replace(config, outputs=None) == resolve_config("int8")
 
 

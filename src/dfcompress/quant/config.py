@@ -37,6 +37,7 @@ __all__ = [
     "CONFIG_NAMES",
     "FP16",
     "UINT8_ACTIVATIONS",
+    "UINT8_OUTPUTS",
     "Config",
     "Float",
     "Granularity",
@@ -277,8 +278,14 @@ SMOOTHING: float | Literal["auto"] = 0.8
 
 
 #: Per-tensor asymmetric uint8-style activations calibrated with min/max (ONNX
-#: Runtime's default activation type), for ``activations=`` and ``outputs=``.
+#: Runtime's default activation type), for ``activations=``.
 UINT8_ACTIVATIONS = IntQuant(8, PerTensor(), False, "minmax")
+
+#: Per-tensor asymmetric uint8-style convolution outputs, for ``outputs=``. The
+#: ``"mse"`` observer clips the rare extreme values of an output that min/max
+#: would stretch the whole 8-bit range for (EfficientNet-B0 on the proxy task:
+#: AUC 0.915 instead of 0.874 before any fine-tuning, float 0.934).
+UINT8_OUTPUTS = IntQuant(8, PerTensor(), False, "mse")
 
 
 def _int8() -> IntQuant:
@@ -292,7 +299,7 @@ def _int8() -> IntQuant:
 
 _NAMED: dict[str, Any] = {
     "int8": _int8,
-    "int8-onnx": lambda: dataclasses.replace(_int8(), outputs=UINT8_ACTIVATIONS),
+    "int8-onnx": lambda: dataclasses.replace(_int8(), outputs=UINT8_OUTPUTS),
     "int8-weight": lambda: IntQuant(8, PerChannel(0)),
     "int4": lambda: IntQuant(4, PerGroup(32, fallback=PerChannel(0))),
     "fp16": FP16,
