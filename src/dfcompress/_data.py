@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 from torch import nn
 
 from dfcompress.errors import DfcompressError
 
-__all__ = ["batch_input", "input_dtype", "iter_inputs", "model_float_dtype"]
+__all__ = ["batch_input", "batch_labels", "input_dtype", "iter_inputs", "model_float_dtype"]
 
 _INPUT_KEYS = ("image", "images", "input", "inputs", "x", "pixel_values", "video", "frames")
 
@@ -36,6 +36,43 @@ def batch_input(batch: Any) -> torch.Tensor:
         f"cannot find the model input in a batch of type {type(batch).__name__}: yield a "
         f"tensor, an (input, label) tuple, or a dict with one of the keys {', '.join(_INPUT_KEYS)}"
     )
+
+
+@overload
+def batch_labels(batch: Any, *, required: Literal[True] = True) -> torch.Tensor: ...
+@overload
+def batch_labels(batch: Any, *, required: bool) -> torch.Tensor | None: ...
+def batch_labels(batch: Any, *, required: bool = True) -> torch.Tensor | None:
+    """The labels of one batch: the second item of a tuple/list, or a dict's ``label(s)``.
+
+    Args:
+        batch: One batch from a loader.
+        required: Raise a :class:`DfcompressError` when the batch has no labels;
+            otherwise return None.
+
+    >>> batch_labels((torch.zeros(2, 3), [0, 1])).tolist()
+    [0, 1]
+    >>> batch_labels({"image": torch.zeros(1, 3), "label": 1}).tolist()
+    1
+    >>> batch_labels(torch.zeros(2, 3), required=False) is None
+    True
+    """
+    y: Any = None
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        y = batch[1]
+    elif isinstance(batch, Mapping):
+        y = batch.get("label", batch.get("labels"))
+    if isinstance(y, (torch.Tensor, list, tuple, int, float)):
+        try:
+            return torch.as_tensor(y)
+        except (TypeError, ValueError, RuntimeError):
+            pass  # not numbers (e.g. names in the second place)
+    if required:
+        raise DfcompressError(
+            f"cannot find labels in a batch of type {type(batch).__name__}: yield "
+            "(input, label, ...) tuples or dicts with a 'label' key"
+        )
+    return None
 
 
 def iter_inputs(

@@ -8,8 +8,7 @@ and trained with binary cross-entropy on it.
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Iterable, Sized
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,24 +18,12 @@ import torch.nn.functional as F
 from scipy.special import expit
 from torch import nn
 
-from dfcompress._data import batch_input
+from dfcompress._data import batch_input, batch_labels
+from dfcompress._train import adamw_cosine
 from dfcompress.errors import DfcompressError
 from dfcompress.evaluate.gradcam import fake_logodds
 
 __all__ = ["Predictions", "predict", "train_detector"]
-
-
-def _labels_of(batch: Any) -> torch.Tensor:
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        y = batch[1]
-    elif isinstance(batch, dict) and "label" in batch:
-        y = batch["label"]
-    else:
-        raise DfcompressError(
-            f"cannot find labels in a batch of type {type(batch).__name__}: yield "
-            f"(input, label, ...) tuples or dicts with a 'label' key"
-        )
-    return torch.as_tensor(y)
 
 
 def _names_of(batch: Any, n: int) -> list[str]:
@@ -87,37 +74,23 @@ def train_detector(
         raise DfcompressError(f"epochs={epochs} must be at least 1")
     if not lr > 0:
         raise DfcompressError(f"lr={lr} must be positive")
-    from tqdm.auto import tqdm
-
-    if seed is not None:
-        torch.manual_seed(seed)
     net = model if inplace else copy.deepcopy(model)
-    params = [p for p in net.parameters() if p.requires_grad]
-    if not params:
-        raise DfcompressError("the model has no trainable parameters")
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = len(train_loader) if isinstance(train_loader, Sized) else None
-    total = epochs * steps_per_epoch if steps_per_epoch else None
-    step = 0
-    net.train()
-    bar = tqdm(total=total, desc="train", disable=not progress, leave=False)
-    try:
-        for _epoch in range(epochs):
-            for batch in train_loader:
-                if total:
-                    for group in opt.param_groups:
-                        group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                x = batch_input(batch)
-                y = _labels_of(batch).to(torch.float32).flatten()
-                loss = F.binary_cross_entropy_with_logits(fake_logodds(net(x)).float(), y)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                opt.step()
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-    finally:
-        bar.close()
+
+    def batch_loss(batch: Any) -> torch.Tensor:
+        y = batch_labels(batch).to(torch.float32).flatten()
+        return F.binary_cross_entropy_with_logits(fake_logodds(net(batch_input(batch))).float(), y)
+
+    adamw_cosine(
+        net,
+        train_loader,
+        batch_loss,
+        epochs=epochs,
+        lr=lr,
+        weight_decay=weight_decay,
+        seed=seed,
+        progress=progress,
+        desc="train",
+    )
     net.eval()
     return net
 
@@ -161,7 +134,7 @@ def predict(
         with torch.inference_mode():
             for batch in tqdm(data, desc="predict", disable=not progress, leave=False):
                 x = batch_input(batch)
-                y = _labels_of(batch).flatten()
+                y = batch_labels(batch).flatten()
                 if limit is not None:
                     x, y = x[: limit - seen], y[: limit - seen]
                 logits.append(fake_logodds(model(x)).double().flatten())

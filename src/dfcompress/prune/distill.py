@@ -17,15 +17,15 @@ at temperature ``T``, scaled by ``T**2`` so gradients keep their size).
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Iterable, Sized
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfcompress._data import batch_input
+from dfcompress._data import batch_input, batch_labels
+from dfcompress._train import adamw_cosine
 from dfcompress.errors import DfcompressError
 from dfcompress.prune.schedule import Finetune
 
@@ -41,18 +41,6 @@ def _logits(out: Any) -> torch.Tensor:
     if not isinstance(t, torch.Tensor):
         raise DfcompressError(f"cannot read logits from a model output of type {type(out)}")
     return t.reshape(t.shape[0], -1).float()
-
-
-def _labels(batch: Any) -> torch.Tensor | None:
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        y = batch[1]
-    elif isinstance(batch, dict):
-        y = batch.get("label")
-    else:
-        return None
-    if isinstance(y, (torch.Tensor, list, tuple, int)):
-        return torch.as_tensor(y)
-    return None
 
 
 def distillation_loss(
@@ -158,48 +146,31 @@ def distill(
     if not lr > 0:
         raise DfcompressError(f"lr={lr!r} is invalid: use a positive learning rate")
     distillation_loss(torch.zeros(1, 1), torch.zeros(1, 1), temperature=temperature, alpha=alpha)
-    from tqdm.auto import tqdm
-
-    if seed is not None:
-        torch.manual_seed(seed)
     net = student if inplace else copy.deepcopy(student)
-    params = [p for p in net.parameters() if p.requires_grad]
-    if not params:
-        raise DfcompressError("the student has no trainable parameters")
-    per_epoch = len(data) if isinstance(data, Sized) else None
-    total = math.ceil(epochs * per_epoch) if per_epoch else None
-    if total is None and epochs != int(epochs):
-        raise DfcompressError(
-            f"epochs={epochs!r} is fractional but the data has no length: use whole epochs"
-        )
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+
+    def batch_loss(batch: Any) -> torch.Tensor:
+        x = batch_input(batch).to(device)
+        with torch.no_grad():
+            t = _logits(teacher(x))
+        y = batch_labels(batch, required=False)
+        return distillation_loss(_logits(net(x)), t, y, temperature=temperature, alpha=alpha)
+
     teacher_modes = {m: m.training for m in teacher.modules()}
     teacher.eval()
-    net.train()
-    device = next((p.device for p in net.parameters()), torch.device("cpu"))
-    step = 0
-    bar = tqdm(total=total, desc="distill", disable=not progress, leave=False)
     try:
-        for _ in range(math.ceil(epochs)):
-            for batch in data:
-                if total is not None and step >= total:
-                    break
-                if total:
-                    for group in opt.param_groups:
-                        group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / total))
-                x = batch_input(batch).to(device)
-                with torch.no_grad():
-                    t = _logits(teacher(x))
-                loss = distillation_loss(
-                    _logits(net(x)), t, _labels(batch), temperature=temperature, alpha=alpha
-                )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
-                opt.step()
-                step += 1
-                bar.update(1)
+        adamw_cosine(
+            net,
+            data,
+            batch_loss,
+            epochs=epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            seed=seed,
+            progress=progress,
+            desc="distill",
+        )
     finally:
-        bar.close()
         for m, mode in teacher_modes.items():
             m.training = mode
     net.eval()

@@ -22,7 +22,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from dfcompress._data import batch_input, input_dtype
+from dfcompress._data import batch_input, batch_labels, input_dtype
 from dfcompress.errors import DfcompressError
 from dfcompress.evaluate.gradcam import fake_logodds, grad_cam
 from dfcompress.evaluate.measure import Measurement, measure
@@ -34,20 +34,6 @@ from dfcompress.report.result import CATEGORIES, CamPanel, Category, VariantResu
 __all__ = ["collect", "compare", "score_batches"]
 
 _NAME_KEYS = ("name", "names", "path", "paths", "file", "filename")
-
-
-def _labels(batch: Any) -> torch.Tensor:
-    y: Any = None
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        y = batch[1]
-    elif isinstance(batch, Mapping):
-        y = batch.get("label", batch.get("labels"))
-    if y is None:
-        raise DfcompressError(
-            f"cannot find labels in a batch of type {type(batch).__name__}: yield "
-            "(image, label) or (image, label, name) tuples, or dicts with 'image' and 'label'"
-        )
-    return torch.as_tensor(y).flatten().long()
 
 
 def _names(batch: Any, n: int, start: int) -> list[str]:
@@ -78,7 +64,7 @@ def collect(
     names: list[str] = []
     for batch in data:
         x = batch_input(batch)
-        y = _labels(batch)
+        y = batch_labels(batch).flatten().long()
         if y.shape[0] != x.shape[0]:
             raise DfcompressError(f"a batch has {x.shape[0]} inputs but {y.shape[0]} labels")
         names += _names(batch, x.shape[0], len(names))
