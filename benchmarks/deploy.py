@@ -6,6 +6,15 @@ For each trained baseline it writes these ONNX files and measures them side by s
 - ``dfc int8``: ``dfcompress`` int8 (per-channel weights, calibrated activations
   after activation equalization; binary convolutions as exact int8 convolutions);
 - ``dfc int8, no equalization``: the same without activation equalization;
+- ``dfc int8-onnx + QAT``: ``"int8-onnx"`` (``"int8"`` whose convolution outputs are
+  rounded in the eager model as ONNX Runtime rounds them, with ranges calibrated by
+  the MSE observer), then one epoch of quantization-aware distillation from the float
+  model on the train split (``alpha=1``, ``lr=3e-5``); exported with
+  ``quantize_elementwise=False``, since the eager model does not simulate the
+  rounding of the elementwise operators;
+- ``dfc int8-onnx, no equalization + QAT``: the same without activation equalization
+  (no float ``Div`` between int8 kernels) and with the elementwise operators as
+  integer kernels (``quantize_elementwise=True``): the fast variant;
 - ``dfc int8 (binary convs only)``: models with binary convolutions only: the float
   model with just its binary convolutions as int8 kernels;
 - ``ort quantize_static``: ONNX Runtime's own QDQ quantizer on the float file
@@ -23,6 +32,7 @@ under the zoo environment, ``python benchmarks/deploy.py`` (``--quick`` for a sm
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -48,15 +58,22 @@ from dfcompress.evaluate.metrics import auc
 from dfcompress.export import export_onnx
 from dfcompress.io import load
 from dfcompress.models import BinaryConv2d
+from dfcompress.prune.distill import distill
 from dfcompress.prune.structured import prune_channels
 from dfcompress.quant import quantize
-from dfcompress.quant.config import IntQuant, PerChannel, PerTensor
+from dfcompress.quant.config import UINT8_OUTPUTS, IntQuant, PerChannel, PerTensor
 
 Baseline = tuple[nn.Module, int, bool]
 
 #: "int8" without activation equalization: every equalized layer divides its input by
 #: per-channel factors, a float Div in the graph between int8 kernels.
 NO_EQUALIZATION = IntQuant(8, PerChannel(0), True, "minmax", IntQuant(8, PerTensor(), False))
+
+#: "int8-onnx" without activation equalization.
+ONNX_NO_EQUALIZATION = dataclasses.replace(NO_EQUALIZATION, outputs=UINT8_OUTPUTS)
+
+#: Quantization-aware distillation: one epoch on the train split, labels ignored.
+QAT_LR, QAT_EPOCHS, QAT_IMAGES = 3e-5, 1, 2000
 
 RSS_CHILD = """
 import re, sys, numpy as np, onnxruntime as ort
@@ -159,8 +176,23 @@ def ort_quantize_static(src: Path, dst: Path, calib: torch.Tensor) -> None:
     )
 
 
+def qat(
+    model: nn.Module, config: IntQuant | str, calib: torch.Tensor, train: Any
+) -> tuple[nn.Module, float]:
+    """Quantize ``model`` with ``config``, then distill the float model into it; seconds taken."""
+    t0 = time.time()
+    q = quantize(model, config, calibration=calib, progress=False)
+    q = distill(q, model, train, epochs=QAT_EPOCHS, lr=QAT_LR, alpha=1.0, progress=False)
+    return q, time.time() - t0
+
+
 def export_variants(
-    model: nn.Module, d: Path, tag: str, calib: torch.Tensor, details: dict[str, Any]
+    model: nn.Module,
+    d: Path,
+    tag: str,
+    calib: torch.Tensor,
+    details: dict[str, Any],
+    train: Any = None,
 ) -> dict[str, Path]:
     """Write every variant of ``model``; returns variant name -> ONNX file."""
     ex = calib[:8]
@@ -177,6 +209,17 @@ def export_variants(
     r = export_onnx(q, d / f"{tag}-qn.onnx", ex, **qkw)
     files["dfc int8, no equalization"] = r.path
     details[f"{tag} dfc int8, no equalization"] = [r.weights, r.int8_kernels]
+    if train is not None:
+        for name, config, short, elementwise in (
+            ("dfc int8-onnx + QAT", "int8-onnx", "qq", False),
+            ("dfc int8-onnx, no equalization + QAT", ONNX_NO_EQUALIZATION, "qqn", True),
+        ):
+            q, seconds = qat(model, config, calib, train)
+            r = export_onnx(
+                q, d / f"{tag}-{short}.onnx", ex, quantize_elementwise=elementwise, **qkw
+            )
+            files[name] = r.path
+            details[f"{tag} {name}"] = [r.weights, r.int8_kernels, f"QAT {seconds:.0f} s"]
     if any(isinstance(m, BinaryConv2d) for m in model.modules()):
         r = export_onnx(model, d / f"{tag}-b.onnx", ex, binary="int8", **qkw)
         files["dfc int8 (binary convs only)"] = r.path
@@ -201,7 +244,8 @@ def prepare(out: Path, quick: bool, only: list[str]) -> None:
         t0 = time.time()
         calib = next(iter(loader("val", size=size, n=128, batch_size=128)))[0]
         details: dict[str, Any] = {}
-        files = export_variants(model, out, bname, calib, details)
+        train = loader("train", size=size, n=64 if quick else QAT_IMAGES, batch_size=32)
+        files = export_variants(model, out, bname, calib, details, train)
         meta["models"][bname] = {
             "size": size,
             "files": {k: v.name for k, v in files.items()},
@@ -310,8 +354,11 @@ def main() -> None:
         f"Latency: median of {rep1} (b1) / {rep32} (b32) runs at {res} px, all variants "
         "of a model interleaved round by round. AUC: "
         f"{n_eval} proxy test images at the resolution the baseline was trained at; "
-        "calibration: 128 val images. s50 is not fine-tuned after pruning. dfc files use "
-        "export_onnx's defaults (int8 weights, elementwise operators quantized). Peak "
+        "calibration: 128 val images. QAT: quantization-aware distillation from the float "
+        f"model, {QAT_EPOCHS} epoch over {QAT_IMAGES} train images (batch 32, AdamW, "
+        f"lr {QAT_LR:g}, alpha 1), its seconds in the details. s50 is not fine-tuned after "
+        "pruning. dfc files use int8 weights; elementwise operators are quantized except "
+        "in the int8-onnx + QAT row (quantize_elementwise=False). Peak "
         "RSS: VmHWM of a fresh process that loads the file and runs one 1x3x224x224 image."
     )
     notes = [
