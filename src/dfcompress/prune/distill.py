@@ -136,7 +136,7 @@ def distill(
     >>> student = nn.Linear(4, 1)
     >>> data = [torch.randn(8, 4) for _ in range(4)]
     >>> x = torch.cat(data)
-    >>> gap = lambda m: float((m(x) - teacher(x)).abs().mean())
+    >>> gap = lambda m: float((m(x) - teacher(x)).abs().mean().detach())
     >>> trained = distill(student, teacher, data, epochs=20, lr=0.05, progress=False)
     >>> gap(trained) < gap(student)
     True
