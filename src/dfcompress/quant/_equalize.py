@@ -114,9 +114,9 @@ def fake_quant_range(x: torch.Tensor, lo: float, hi: float, bits: int) -> torch.
 def fake_quant_rows(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-output-channel (dim 0) fake quantization of ``w`` to ``bits``."""
     qmin, qmax = int_range(bits, signed=True)
-    m = w.abs().reshape(w.shape[0], -1).amax(dim=1).clamp_min(torch.finfo(torch.float32).tiny)
-    zero = torch.zeros(w.shape[0], dtype=torch.int32)
-    return fake_quantize(w, m / qmax, zero, qmin, qmax, axis=0)
+    m = w.abs().reshape(w.shape[0], -1).amax(dim=1)
+    scale, zero = calc_qparams(-m, m, qmin, qmax, symmetric=True)  # the quantizer's own step
+    return fake_quantize(w, scale, zero, qmin, qmax, axis=0)
 
 
 def search_factors(
@@ -235,7 +235,8 @@ def predicted_errors(
         ws = scale_weight_columns(w, s, groups)
         dx = float((hi.float() / s).max().clamp_min(0) - (lo.float() / s).min().clamp_max(0))
         dx /= 2**act_bits - 1
-        dw = ws.abs().reshape(out, -1).amax(dim=1) / (2 ** (weight_bits - 1) - 1)
+        # the symmetric quantizer's step: max|w| over half the code range (127.5 at 8 bits)
+        dw = ws.abs().reshape(out, -1).amax(dim=1) / (2 ** (weight_bits - 1) - 0.5)
         xs = (x_sq.float() / s**2).reshape(groups, cin_g).sum(dim=1)
         xs = xs.repeat_interleave(out // groups) * k
         act_term = dx**2 * ws.pow(2).reshape(out, -1).sum(dim=1)
