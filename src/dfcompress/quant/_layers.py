@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dfcompress.errors import DfcompressError
+from dfcompress.quant.config import IntQuant, PerGroup
+from dfcompress.quant.observers import granularity_args
 
 LAYER_TYPES: dict[str, type[nn.Module]] = {
     "conv1d": nn.Conv1d,
@@ -99,3 +101,31 @@ def mirror_attrs(module: nn.Module, args: dict[str, Any]) -> None:
         if k == "bias":
             continue
         setattr(module, k, tuple(v) if isinstance(v, list) else v)
+
+
+def resolve_granularity(
+    config: IntQuant, shape: tuple[int, ...], name: str = ""
+) -> tuple[int | None, int | None]:
+    """``(axis, group_size)`` for a weight of ``shape``, applying a PerGroup fallback."""
+    g = config.granularity
+    if isinstance(g, PerGroup) and shape[1] % g.size:
+        if g.fallback is None:
+            raise DfcompressError(
+                f"PerGroup(size={g.size}) does not divide the input size {shape[1]} of layer "
+                f"{name or '?'} (weight {tuple(shape)}): use a divisor of {shape[1]}, or "
+                "PerGroup(size, fallback=PerChannel(0))"
+            )
+        g = g.fallback
+    axis, group = granularity_args(g)
+    if axis is not None and not -len(shape) <= axis < len(shape):
+        raise DfcompressError(f"PerChannel axis={axis} is out of range for weight {tuple(shape)}")
+    return (axis % len(shape) if axis is not None else None), group
+
+
+def qshape(shape: tuple[int, ...], axis: int | None, group: int | None) -> tuple[int, ...]:
+    """Shape of the weight scale: ``()``, ``(out,)`` or ``(out, in // group)``."""
+    if group is not None:
+        return (shape[0], shape[1] // group)
+    if axis is not None:
+        return (shape[axis],)
+    return ()

@@ -24,40 +24,14 @@ from torch import nn
 from dfcompress._rebuild import register_module
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _equalize, _layers
-from dfcompress.quant.config import IntQuant, PerGroup, config_from_dict, config_to_dict
+from dfcompress.quant._layers import qshape as _qshape
+from dfcompress.quant._layers import resolve_granularity
+from dfcompress.quant.config import IntQuant, config_from_dict, config_to_dict
 from dfcompress.quant.fake_quantizer import FakeQuantizer, Mode, exporting, fits_half
 from dfcompress.quant.functional import dequantize, quantize
-from dfcompress.quant.observers import granularity_args
 from dfcompress.quant.pack import pack, packed_dtype, packed_numel, unpack
 
 __all__ = ["QuantConv1d", "QuantConv2d", "QuantConv3d", "QuantLayer", "QuantLinear"]
-
-
-def resolve_granularity(
-    config: IntQuant, shape: tuple[int, ...], name: str = ""
-) -> tuple[int | None, int | None]:
-    """``(axis, group_size)`` for a weight of ``shape``, applying a PerGroup fallback."""
-    g = config.granularity
-    if isinstance(g, PerGroup) and shape[1] % g.size:
-        if g.fallback is None:
-            raise DfcompressError(
-                f"PerGroup(size={g.size}) does not divide the input size {shape[1]} of layer "
-                f"{name or '?'} (weight {tuple(shape)}): use a divisor of {shape[1]}, or "
-                "PerGroup(size, fallback=PerChannel(0))"
-            )
-        g = g.fallback
-    axis, group = granularity_args(g)
-    if axis is not None and not -len(shape) <= axis < len(shape):
-        raise DfcompressError(f"PerChannel axis={axis} is out of range for weight {tuple(shape)}")
-    return (axis % len(shape) if axis is not None else None), group
-
-
-def _qshape(shape: tuple[int, ...], axis: int | None, group: int | None) -> tuple[int, ...]:
-    if group is not None:
-        return (shape[0], shape[1] // group)
-    if axis is not None:
-        return (shape[axis],)
-    return ()
 
 
 _SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
