@@ -15,6 +15,10 @@ For each trained baseline it writes these ONNX files and measures them side by s
 - ``dfc int8-onnx, no equalization + QAT``: the same without activation equalization
   (no float ``Div`` between int8 kernels) and with the elementwise operators as
   integer kernels (``quantize_elementwise=True``): the fast variant;
+- ``dfc int8-onnx + QAT, dw/pwl not equalized``: models with depthwise and projection
+  convolutions (timm's ``conv_dw`` / ``conv_pwl``) only: those convolutions, whose
+  inputs are the largest tensors, without equalization (no ``Div`` there), the others
+  as ``int8-onnx``; elementwise operators quantized;
 - ``dfc int8 (binary convs only)``: models with binary convolutions only: the float
   model with just its binary convolutions as int8 kernels;
 - ``ort quantize_static``: ONNX Runtime's own QDQ quantizer on the float file
@@ -73,6 +77,11 @@ NO_EQUALIZATION = IntQuant(8, PerChannel(0), True, "minmax", IntQuant(8, PerTens
 
 #: "int8-onnx" without activation equalization.
 ONNX_NO_EQUALIZATION = dataclasses.replace(NO_EQUALIZATION, outputs=UINT8_OUTPUTS)
+
+#: Layers quantized without equalization in the mixed variant: depthwise convolutions
+#: and the projections after squeeze-and-excitation (timm's names), whose inputs are
+#: the widest tensors of an inverted-residual block.
+PLAIN_LAYERS = ("*conv_dw", "*conv_pwl")
 
 #: Quantization-aware distillation: one epoch on the train split, labels ignored.
 QAT_LR, QAT_EPOCHS, QAT_IMAGES = 3e-5, 1, 2000
@@ -182,7 +191,7 @@ def ort_quantize_static(src: Path, dst: Path, calib: torch.Tensor) -> None:
 
 
 def qat(
-    model: nn.Module, config: IntQuant | str, calib: torch.Tensor, train: Any
+    model: nn.Module, config: IntQuant | str | list[Any], calib: torch.Tensor, train: Any
 ) -> tuple[nn.Module, float]:
     """Quantize ``model`` with ``config``, then distill the float model into it; seconds taken."""
     t0 = time.time()
@@ -225,6 +234,14 @@ def export_variants(
             )
             files[name] = r.path
             details[f"{tag} {name}"] = [r.weights, r.int8_kernels, f"QAT {seconds:.0f} s"]
+    names = [n for n, _ in model.named_modules()]
+    if train is not None and any(n.endswith(("conv_dw", "conv_pwl")) for n in names):
+        rules = [(g, ONNX_NO_EQUALIZATION) for g in PLAIN_LAYERS] + [("all", "int8-onnx")]
+        q, seconds = qat(model, rules, calib, train)
+        r = export_onnx(q, d / f"{tag}-qqm.onnx", ex, quantize_elementwise=True, **qkw)
+        name = "dfc int8-onnx + QAT, dw/pwl not equalized"
+        files[name] = r.path
+        details[f"{tag} {name}"] = [r.weights, r.int8_kernels, f"QAT {seconds:.0f} s"]
     if any(isinstance(m, BinaryConv2d) for m in model.modules()):
         r = export_onnx(model, d / f"{tag}-b.onnx", ex, binary="int8", **qkw)
         files["dfc int8 (binary convs only)"] = r.path
