@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -92,7 +93,7 @@ def test_exporter_uses_the_calibrated_output_scales(tmp_path: Path) -> None:
     model = onnx.load(str(r.path))
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     assert not any(name.startswith("out_scale") for name in inits)  # no ranges of its own
-    consumers: dict[str, list[onnx.NodeProto]] = {}
+    consumers: dict[str, list[Any]] = {}
     for n in model.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
@@ -185,3 +186,30 @@ def test_mse_ranges_clip_rare_extremes(tmp_path: Path) -> None:
 def test_unknown_range_observer_is_refused(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="range_observer='max' is unknown"):
         export_onnx(nn.Linear(2, 1), tmp_path / "x.onnx", torch.randn(2, 2), range_observer="max")  # type: ignore[arg-type]
+
+
+@pytest.mark.zoo
+def test_timm_efficientnet_int8_onnx_runs_integer_kernels_only(tmp_path: Path) -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    net = timm.create_model("efficientnet_b0", pretrained=False, num_classes=1).eval()
+    x = torch.randn(16, 3, 32, 32)
+    sim = quantize(net, "int8-onnx", calibration=x, progress=False)
+    r = export_onnx(
+        sim, tmp_path / "effnet.onnx", x[:2], calibration=x, atol=1e3, min_agreement=0.0
+    )
+    n_conv = sum(isinstance(m, QuantLayer) and m.layer_kind == "conv2d" for m in sim.modules())
+    assert r.int8_kernels.get("QLinearConv") == n_conv == 81
+    model = onnx.load(str(r.path))
+    assert not any(t.name.startswith("out_scale") for t in model.graph.initializer)
+    # A projection feeding the next block's expansion directly is rounded once: a
+    # DQ -> Q requantization there leaves both convolutions in float under ORT_ENABLE_ALL.
+    prod = {o: n for n in model.graph.node for o in n.output}
+    requantized = [
+        n.name
+        for n in model.graph.node
+        if n.op_type == "QuantizeLinear"
+        and n.input[0] in prod
+        and prod[n.input[0]].op_type == "DequantizeLinear"
+    ]
+    assert requantized == []

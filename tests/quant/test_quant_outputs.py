@@ -102,10 +102,7 @@ def test_conv_outputs_are_on_their_integer_grid() -> None:
     convs = [m for m in q.modules() if isinstance(m, QuantLayer) and m.layer_kind == "conv2d"]
     assert len(convs) == 2
     outs: list[tuple[QuantLayer, torch.Tensor]] = []
-    handles = [
-        m.register_forward_hook(lambda mod, a, y: outs.append((mod, y)))  # type: ignore[misc]
-        for m in convs
-    ]
+    handles = [m.register_forward_hook(lambda mod, a, y: outs.append((mod, y))) for m in convs]
     with torch.no_grad():
         q(torch.randn(4, 3, 8, 8) * 3)  # values past the calibrated range are clipped
     for h in handles:
