@@ -48,7 +48,7 @@ def quantize(
 
     Args:
         model: A float model (never changed unless ``inplace``).
-        config: A config name (``"int8"``, ``"int8-weight"``, ``"int4"``,
+        config: A config name (``"int8"``, ``"int8-onnx"``, ``"int8-weight"``, ``"int4"``,
             ``"fp16"``, ``"bf16"``), a config (``IntQuant(...)``, ``FP16()``, ...)
             or a list of ``(selector, config)`` rules such as
             ``dfcompress.presets.ise(8, 4, 8)``.
