@@ -10,7 +10,14 @@ from torch import nn
 
 from dfcompress.errors import DfcompressError
 
-__all__ = ["batch_input", "batch_labels", "input_dtype", "iter_inputs", "model_float_dtype"]
+__all__ = [
+    "batch_input",
+    "batch_labels",
+    "input_dtype",
+    "iter_inputs",
+    "model_float_dtype",
+    "sample_count",
+]
 
 _INPUT_KEYS = ("image", "images", "input", "inputs", "x", "pixel_values", "video", "frames")
 
@@ -90,6 +97,31 @@ def iter_inputs(
             x = x[: limit - seen]
         seen += x.shape[0]
         yield x
+
+
+def sample_count(data: Iterable[Any] | torch.Tensor, limit: int | None = None) -> int | None:
+    """How many samples :func:`iter_inputs` will yield, or None when that is not known cheaply.
+
+    Known for a tensor, a list or tuple of batches and a loader with a sized
+    ``dataset`` (PyTorch's ``DataLoader``); capped at ``limit``.
+
+    >>> sample_count(torch.zeros(10, 3), limit=256), sample_count([torch.zeros(4, 3)] * 3)
+    (10, 12)
+    >>> sample_count(iter([torch.zeros(4, 3)])) is None
+    True
+    """
+    n: int | None = None
+    if isinstance(data, torch.Tensor):
+        n = int(data.shape[0])
+    elif isinstance(data, (list, tuple)):
+        n = sum(int(batch_input(b).shape[0]) for b in data)
+    else:
+        dataset = getattr(data, "dataset", None)
+        if dataset is not None and hasattr(dataset, "__len__"):
+            n = len(dataset)
+    if n is not None and limit is not None:
+        return min(n, limit)
+    return n
 
 
 def model_float_dtype(model: nn.Module) -> torch.dtype:

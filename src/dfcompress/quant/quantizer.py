@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfcompress._data import iter_inputs
+from dfcompress._data import iter_inputs, sample_count
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
 from dfcompress.quant._bnfold import _set_submodule, fold_batchnorms
@@ -251,7 +251,8 @@ def _run(
     seen = 0
     try:
         with torch.no_grad():
-            bar = tqdm(total=max_samples, desc=desc, unit="sample", disable=not progress)
+            total = sample_count(data, max_samples)
+            bar = tqdm(total=total, desc=desc, unit="sample", disable=not progress)
             for x in iter_inputs(data, limit=max_samples):
                 model(x.to(device))
                 seen += x.shape[0]
