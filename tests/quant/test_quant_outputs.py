@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _quant_nets import randomize_bn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -46,14 +47,7 @@ class SiLUNet(nn.Module):
 
 def _net(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    net = SiLUNet()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.weight.uniform_(0.5, 2.0)
-    return net.eval()
+    return randomize_bn(SiLUNet(), seed)
 
 
 def _onnx_config() -> IntQuant:
