@@ -18,6 +18,7 @@ from dfcompress.quant.cast import CastLayer as CastLayer
 from dfcompress.quant.cast import CastLinear as CastLinear
 from dfcompress.quant.config import BF16 as BF16
 from dfcompress.quant.config import FP16 as FP16
+from dfcompress.quant.config import UINT8_OUTPUTS as UINT8_OUTPUTS
 from dfcompress.quant.config import Float as Float
 from dfcompress.quant.config import IntQuant as IntQuant
 from dfcompress.quant.config import PerChannel as PerChannel
@@ -36,6 +37,7 @@ from dfcompress.quant.quantizer import Rule as Rule
 __all__ = [
     "BF16",
     "FP16",
+    "UINT8_OUTPUTS",
     "CastConv1d",
     "CastConv2d",
     "CastConv3d",
