@@ -9,7 +9,8 @@ For each trained baseline it writes these ONNX files and measures them side by s
 - ``dfc int8-onnx + QAT``: ``"int8-onnx"`` (``"int8"`` whose convolution outputs are
   rounded in the eager model as ONNX Runtime rounds them, with ranges calibrated by
   the MSE observer), then one epoch of quantization-aware distillation from the float
-  model on the train split (``alpha=1``, ``lr=3e-5``); exported with
+  model on the train split (``alpha=1``, ``lr=3e-5``; ``quantize(..., finetune=...)``,
+  so the calibrated model trains before it is frozen); exported with
   ``quantize_elementwise=False``, since the eager model does not simulate the
   rounding of the elementwise operators;
 - ``dfc int8-onnx, no equalization + QAT``: the same without activation equalization
@@ -26,7 +27,10 @@ For each trained baseline it writes these ONNX files and measures them side by s
 - ``s50``: 50 % of the channels removed by structured pruning, then one epoch of
   distillation from the unpruned model on the train split (``lr=1e-3``, ``alpha=0.7``,
   the settings of ``benchmarks/pruning.py``);
-- ``s50 + int8``: that model quantized to int8 (calibration only).
+- ``s50 + int8``: that model quantized to int8 (calibration only);
+- ``s50 + int8-onnx + QAT, dw/pwl not equalized``: models with depthwise and
+  projection convolutions only: the pruned model quantized as the mixed variant above,
+  with the same quantization-aware distillation from the unpruned float model.
 
 Columns: latency per image at batch 1 and 32 (median, one intra-op and one inter-op
 thread, variants interleaved), the proxy-task AUC at the resolution each baseline was
@@ -64,7 +68,7 @@ from dfcompress.evaluate.metrics import auc
 from dfcompress.export import export_onnx
 from dfcompress.io import load
 from dfcompress.models import BinaryConv2d
-from dfcompress.prune.distill import distill
+from dfcompress.prune.distill import distill, distill_finetune
 from dfcompress.prune.structured import prune_channels
 from dfcompress.quant import quantize
 from dfcompress.quant.config import UINT8_OUTPUTS, IntQuant, PerChannel, PerTensor
@@ -191,12 +195,24 @@ def ort_quantize_static(src: Path, dst: Path, calib: torch.Tensor) -> None:
 
 
 def qat(
-    model: nn.Module, config: IntQuant | str | list[Any], calib: torch.Tensor, train: Any
+    model: nn.Module,
+    config: IntQuant | str | list[Any],
+    calib: torch.Tensor,
+    train: Any,
+    teacher: nn.Module | None = None,
 ) -> tuple[nn.Module, float]:
-    """Quantize ``model`` with ``config``, then distill the float model into it; seconds taken."""
+    """Quantize ``model`` with ``config``, distilling ``teacher`` (default: the float model)
+    into the calibrated model before it is frozen; seconds taken."""
     t0 = time.time()
-    q = quantize(model, config, calibration=calib, progress=False)
-    q = distill(q, model, train, epochs=QAT_EPOCHS, lr=QAT_LR, alpha=1.0, progress=False)
+    finetune = distill_finetune(
+        model if teacher is None else teacher,
+        train,
+        epochs=QAT_EPOCHS,
+        lr=QAT_LR,
+        alpha=1.0,
+        progress=False,
+    )
+    q = quantize(model, config, calibration=calib, progress=False, finetune=finetune)
     return q, time.time() - t0
 
 
@@ -235,8 +251,9 @@ def export_variants(
             files[name] = r.path
             details[f"{tag} {name}"] = [r.weights, r.int8_kernels, f"QAT {seconds:.0f} s"]
     names = [n for n, _ in model.named_modules()]
-    if train is not None and any(n.endswith(("conv_dw", "conv_pwl")) for n in names):
-        rules = [(g, ONNX_NO_EQUALIZATION) for g in PLAIN_LAYERS] + [("all", "int8-onnx")]
+    mixed = train is not None and any(n.endswith(("conv_dw", "conv_pwl")) for n in names)
+    rules = [(g, ONNX_NO_EQUALIZATION) for g in PLAIN_LAYERS] + [("all", "int8-onnx")]
+    if mixed:
         q, seconds = qat(model, rules, calib, train)
         r = export_onnx(q, d / f"{tag}-qqm.onnx", ex, quantize_elementwise=True, **qkw)
         name = "dfc int8-onnx + QAT, dw/pwl not equalized"
@@ -259,6 +276,12 @@ def export_variants(
     r = export_onnx(qp, d / f"{tag}-sq.onnx", ex, **qkw)
     files["s50 + int8"] = r.path
     details[f"{tag} s50 + int8"] = [r.weights, r.int8_kernels]
+    if mixed:
+        qp, seconds = qat(pruned, rules, calib, train, teacher=model)
+        r = export_onnx(qp, d / f"{tag}-sqm.onnx", ex, quantize_elementwise=True, **qkw)
+        name = "s50 + int8-onnx + QAT, dw/pwl not equalized"
+        files[name] = r.path
+        details[f"{tag} {name}"] = [r.weights, r.int8_kernels, f"QAT {seconds:.0f} s"]
     return files
 
 
@@ -381,7 +404,9 @@ def main() -> None:
         "of a model interleaved round by round. AUC: "
         f"{n_eval} proxy test images at the resolution the baseline was trained at; "
         "calibration: 128 val images. QAT: quantization-aware distillation from the float "
-        f"model, {QAT_EPOCHS} epoch over {QAT_IMAGES} train images (batch 32, AdamW, "
+        "model (the unpruned one for s50 rows) run by quantize(..., finetune=...) on the "
+        f"calibrated model before it is frozen, {QAT_EPOCHS} epoch over {QAT_IMAGES} train "
+        "images (batch 32, AdamW, "
         f"lr {QAT_LR:g}, alpha 1), its seconds in the details. s50: one epoch of "
         f"distillation from the unpruned model on the same images (lr {PRUNE_LR:g}, "
         "alpha 0.7). dfc files use int8 weights; elementwise operators are quantized except "
