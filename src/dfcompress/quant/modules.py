@@ -29,6 +29,7 @@ from dfcompress.quant._layers import resolve_granularity
 from dfcompress.quant.config import IntQuant, config_from_dict, config_to_dict
 from dfcompress.quant.fake_quantizer import FakeQuantizer, Mode, exporting, fits_half
 from dfcompress.quant.functional import dequantize, quantize
+from dfcompress.quant.observers import check_finite
 from dfcompress.quant.pack import pack, packed_dtype, packed_numel, unpack
 
 __all__ = ["QuantConv1d", "QuantConv2d", "QuantConv3d", "QuantLayer", "QuantLinear"]
@@ -106,7 +107,6 @@ class QuantLayer(nn.Module):
         # smoothing="auto": per-channel sum of x**2 and the count of values per channel.
         self._chan_sq: tuple[torch.Tensor, int] | None = None
         self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
-        self._wkey: tuple[int, ...] = ()
 
     # -- construction -------------------------------------------------------------------
 
@@ -308,11 +308,7 @@ class QuantLayer(nn.Module):
 
     def _observe_channels(self, x: torch.Tensor) -> None:
         lo, hi = _equalize.channel_minmax(x, _equalize.channel_dim(self.layer_kind, x))
-        if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-            raise DfcompressError(
-                f"the observed tensor contains NaN or Inf ({int((~torch.isfinite(x)).sum())} "
-                f"of {x.numel()} values): check the calibration data and the layers before this one"
-            )
+        check_finite(lo, hi, x)
         if self.config.smoothing == "auto" and self._chan_sq is None:
             # The first calibration batch is enough for the channels' mean squares.
             d = _equalize.channel_dim(self.layer_kind, x)
@@ -368,15 +364,15 @@ class QuantLayer(nn.Module):
         if self.input_quant is not None:
             if self.input_smoothing is not None:
                 if self.input_quant.mode == "observe":
-                    # The per-tensor range follows from the per-channel one in equalize_().
+                    # The per-tensor range follows from the per-channel one in equalize_(),
+                    # so the input quantizer does not see x; factors of 1 (a first
+                    # calibration) leave x as it is.
                     self._observe_channels(x)
-                    w = self.quantized_weight()
-                    # factors of 1 (a first calibration) leave x as it is: skip the division
-                    unit = bool((self.input_smoothing == 1).all())
-                    xs = x if unit else self.smoothed_input(x)
-                    y = _layers.layer_forward(self.layer_kind, self.args, xs, w, self.bias)
-                    return y if self.output_quant is None else self.output_quant(y)
-                x = self.input_quant.quantize_divided(x, self._factor_view(self.input_smoothing, x))
+                    if not bool((self.input_smoothing == 1).all()):
+                        x = self.smoothed_input(x)
+                else:
+                    s = self._factor_view(self.input_smoothing, x)
+                    x = self.input_quant.quantize_divided(x, s)
             else:
                 x = self.input_quant(x)
         w = self.quantized_weight()

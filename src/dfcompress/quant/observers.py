@@ -36,8 +36,23 @@ __all__ = [
     "MovingAverageMinMax",
     "Observer",
     "Percentile",
+    "check_finite",
     "make_observer",
 ]
+
+
+def check_finite(lo: torch.Tensor, hi: torch.Tensor, x: torch.Tensor) -> None:
+    """Raise if the minima ``lo`` / maxima ``hi`` reduced from ``x`` show NaN or Inf in it.
+
+    NaN propagates into min/max and Inf is an extreme, so checking the reduced
+    values checks every value of ``x``; ``x`` itself is only counted for the message.
+    """
+    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise DfcompressError(
+            f"the observed tensor contains NaN or Inf ({bad} of {x.numel()} values): "
+            "check the calibration data and the layers before this one"
+        )
 
 
 def _rows(x: torch.Tensor, axis: int | None, group_size: int | None) -> torch.Tensor:
@@ -97,13 +112,7 @@ class Observer(ABC):
             self._shape = (x.shape[self.axis],)
         rows = _rows(x, self.axis, self.group_size)
         lo, hi = torch.aminmax(rows, dim=1)
-        # NaN propagates into min/max and Inf is an extreme, so one pass checks both.
-        if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
-            bad = int((~torch.isfinite(x)).sum())
-            raise DfcompressError(
-                f"the observed tensor contains NaN or Inf ({bad} of {x.numel()} values): "
-                "check the calibration data and the layers before this one"
-            )
+        check_finite(lo, hi, x)
         self._observe(rows, lo, hi)
 
     @abstractmethod
