@@ -71,13 +71,13 @@ from dfcompress.models import BinaryConv2d
 from dfcompress.prune.distill import distill, distill_finetune
 from dfcompress.prune.structured import prune_channels
 from dfcompress.quant import quantize
-from dfcompress.quant.config import UINT8_OUTPUTS, IntQuant, PerChannel, PerTensor
+from dfcompress.quant.config import UINT8_OUTPUTS, IntQuant, resolve_config
 
 Baseline = tuple[nn.Module, int, bool]
 
 #: "int8" without activation equalization: every equalized layer divides its input by
 #: per-channel factors, a float Div in the graph between int8 kernels.
-NO_EQUALIZATION = IntQuant(8, PerChannel(0), True, "minmax", IntQuant(8, PerTensor(), False))
+NO_EQUALIZATION = dataclasses.replace(resolve_config("int8"), smoothing=None)
 
 #: "int8-onnx" without activation equalization.
 ONNX_NO_EQUALIZATION = dataclasses.replace(NO_EQUALIZATION, outputs=UINT8_OUTPUTS)

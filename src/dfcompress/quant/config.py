@@ -293,8 +293,7 @@ def _int8() -> IntQuant:
     # fastest activation type; weights: symmetric int8 per output channel.
     # Equalization lets per-tensor activation scales serve networks whose
     # channels differ widely in range (depthwise/SE backbones such as EfficientNet).
-    act = IntQuant(8, PerTensor(), False, "minmax")
-    return IntQuant(8, PerChannel(0), True, "minmax", act, smoothing=SMOOTHING)
+    return IntQuant(8, PerChannel(0), True, "minmax", UINT8_ACTIVATIONS, smoothing=SMOOTHING)
 
 
 _NAMED: dict[str, Any] = {

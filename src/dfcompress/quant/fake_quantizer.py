@@ -77,6 +77,11 @@ def _fast_fake_quantize(
 _MAGIC = 12582912.0  # 1.5 * 2**23
 
 
+def _inference_only(x: torch.Tensor) -> bool:
+    """Whether ``x`` needs neither a gradient nor a traceable graph (in-place fast paths)."""
+    return not (torch.is_grad_enabled() and x.requires_grad) and not exporting()
+
+
 def fits_half(scale: torch.Tensor) -> bool:
     """Whether every scale lies in float16's normal range (full 11-bit precision).
 
@@ -194,8 +199,7 @@ class FakeQuantizer(nn.Module):
         zp = zero_point.to(torch.int32)
         scale = scale.to(torch.float32)
         if self.group_size is None and x.dtype == torch.float32:
-            fast = not (torch.is_grad_enabled() and x.requires_grad) and not exporting()
-            if fast:
+            if _inference_only(x):
                 if self.axis is None:
                     return _fast_fake_quantize(
                         x, scale.reshape(()), zp.reshape(()), self.qmin, self.qmax
@@ -226,8 +230,7 @@ class FakeQuantizer(nn.Module):
             and self.axis is None
             and self.group_size is None
             and x.dtype == torch.float32
-            and not (torch.is_grad_enabled() and x.requires_grad)
-            and not exporting()
+            and _inference_only(x)
         )
         if not fast:
             out: torch.Tensor = self(x / divisor)
