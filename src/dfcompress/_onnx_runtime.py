@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,10 @@ def run_session(model: bytes | str, inputs: Sequence[np.ndarray]) -> list[np.nda
     return [np.concatenate([r[i] for r in runs]).astype(np.float32) for i in range(len(runs[0]))]
 
 
-def _probe(model: Any, names: Sequence[str]) -> tuple[Any, str]:
-    """A session of ``model`` that also outputs the named tensors, and its input name."""
+def _observed(
+    model: Any, names: Sequence[str], inputs: Sequence[np.ndarray]
+) -> Iterator[tuple[str, np.ndarray]]:
+    """``(name, value)`` of the named intermediate tensors of ``model`` for each input batch."""
     onnx = require("onnx", "onnx")
     probe = onnx.ModelProto()  # type: ignore[attr-defined]
     probe.CopyFrom(model)
@@ -69,7 +71,9 @@ def _probe(model: Any, names: Sequence[str]) -> tuple[Any, str]:
         if n not in have:
             probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))  # type: ignore[attr-defined]
     sess = _session(probe.SerializeToString())
-    return sess, str(sess.get_inputs()[0].name)
+    in_name = sess.get_inputs()[0].name
+    for x in inputs:
+        yield from zip(names, sess.run(list(names), {in_name: x}), strict=True)
 
 
 def observe_ranges(
@@ -83,14 +87,12 @@ def observe_ranges(
     """
     if observer == "mse":
         return _mse_ranges(model, names, inputs)
-    sess, in_name = _probe(model, names)
     out: dict[str, tuple[float, float]] = {}
-    for x in inputs:
-        for n, v in zip(names, sess.run(list(names), {in_name: x}), strict=True):
-            lo, hi = float(np.min(v)), float(np.max(v))
-            if n in out:
-                lo, hi = min(lo, out[n][0]), max(hi, out[n][1])
-            out[n] = (lo, hi)
+    for n, v in _observed(model, names, inputs):
+        lo, hi = float(np.min(v)), float(np.max(v))
+        if n in out:
+            lo, hi = min(lo, out[n][0]), max(hi, out[n][1])
+        out[n] = (lo, hi)
     return out
 
 
@@ -102,10 +104,8 @@ def _mse_ranges(
     from dfcompress.quant.observers import MSE
 
     seen = {n: MSE(0, 255, symmetric=False) for n in names}
-    sess, in_name = _probe(model, names)
-    for x in inputs:
-        for n, v in zip(names, sess.run(list(names), {in_name: x}), strict=True):
-            seen[n].update(torch.from_numpy(np.ascontiguousarray(v, np.float32)))
+    for n, v in _observed(model, names, inputs):
+        seen[n].update(torch.from_numpy(np.ascontiguousarray(v, np.float32)))
     out: dict[str, tuple[float, float]] = {}
     for n, obs in seen.items():
         scale, zp = (float(t) for t in obs.qparams())
