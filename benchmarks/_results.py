@@ -1,13 +1,16 @@
-"""Shared helpers for the benchmark scripts: print a table and update RESULTS.md."""
+"""Shared helpers for the benchmark scripts: time side by side, print a table, update RESULTS.md."""
 
 from __future__ import annotations
 
 import platform
 import re
+import statistics
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import nn
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -23,6 +26,24 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def latency_ratio(model: nn.Module, base: nn.Module, x: torch.Tensor, reps: int) -> float:
+    """Median eager latency of ``model`` over ``base``'s, timed alternately in one run
+    (one warm-up call each), so machine noise hits both alike."""
+    model.eval()
+    base.eval()
+    mine: list[float] = []
+    theirs: list[float] = []
+    with torch.no_grad():
+        for m in (model, base):
+            m(x)
+        for _ in range(reps):
+            for m, out in ((model, mine), (base, theirs)):
+                t = time.perf_counter()
+                m(x)
+                out.append(time.perf_counter() - t)
+    return statistics.median(mine) / statistics.median(theirs)
 
 
 def machine_line() -> str:

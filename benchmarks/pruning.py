@@ -24,7 +24,6 @@ from the section's previous table, so split runs merge.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ import torch
 from torch import nn
 
 import dfcompress.io as dio
-from _results import RESULTS, machine_line, markdown_table, update_section
+from _results import RESULTS, latency_ratio, machine_line, markdown_table, update_section
 from dfcompress.data import loader, predict, train_detector
 from dfcompress.errors import DfcompressError
 from dfcompress.evaluate.measure import count_macs
@@ -74,22 +73,6 @@ class ResidualCNN(nn.Module):
         x = self.down2(x)
         x = x + self.block3(x)
         return self.fc(x.mean((2, 3)))
-
-
-def latency_ratio(model: nn.Module, base: nn.Module, x: torch.Tensor, reps: int) -> float:
-    """Median eager latency of ``model`` over ``base``'s, timed alternately in one run."""
-    model.eval()
-    base.eval()
-    with torch.no_grad():
-        for m in (model, base):
-            m(x)
-        mine, theirs = [], []
-        for _ in range(reps):
-            for m, out in ((model, mine), (base, theirs)):
-                t = time.perf_counter()
-                m(x)
-                out.append(time.perf_counter() - t)
-    return statistics.median(mine) / statistics.median(theirs)
 
 
 def short_finetune(train: Any, batches: int) -> Any:

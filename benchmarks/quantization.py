@@ -19,7 +19,6 @@ The table is printed and written to the "quantization" section of
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 import dfcompress.io as dio
-from _results import machine_line, markdown_table, update_section
+from _results import latency_ratio, machine_line, markdown_table, update_section
 from dfcompress.data import loader, predict, train_detector
 from dfcompress.evaluate.metrics import auc
 from dfcompress.models import pack_binary
@@ -99,23 +98,6 @@ def variants(name: str, qat: bool) -> list[tuple[str, Config | list[Rule]]]:
 
 def file_bytes(model: nn.Module, folder: Path, tag: str) -> int:
     return dio.save(model, folder / f"{tag}.safetensors").stat().st_size
-
-
-def latency_ratio(base: nn.Module, other: nn.Module, x: torch.Tensor, repeats: int) -> float:
-    """Median latency of ``other`` over that of ``base``, runs interleaved against machine noise."""
-    base.eval()
-    other.eval()
-    tb: list[float] = []
-    to: list[float] = []
-    with torch.no_grad():
-        base(x)
-        other(x)
-        for _ in range(repeats):
-            for model, times in ((base, tb), (other, to)):
-                t0 = time.perf_counter()
-                model(x)
-                times.append(time.perf_counter() - t0)
-    return statistics.median(to) / statistics.median(tb)
 
 
 def float_pass(model: nn.Module, batches: list[torch.Tensor]) -> float:
@@ -201,7 +183,7 @@ def run(
             qat_seconds[name] = time.perf_counter() - t0
         q = qz.convert(prepared)
         q_auc = test_auc(q, test)
-        lat = latency_ratio(model, q, x, args.repeats)
+        lat = latency_ratio(q, model, x, args.repeats)
         stored = qz.convert(prepared, pack=not label.startswith(("fp", "bf")))
         if name == "bnext":
             stored = pack_binary(stored)  # binary convolutions at 1 bit per weight
