@@ -19,7 +19,7 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from dfcompress import compare, prune  # noqa: E402
+from dfcompress import compare, compress, prune  # noqa: E402
 from dfcompress.demo import demo_detector  # noqa: E402
 from dfcompress.distributed import DatasetShards, RayExecutor  # noqa: E402
 from dfcompress.errors import DfcompressError  # noqa: E402
@@ -27,6 +27,9 @@ from dfcompress.prune import scan  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TWO = RayExecutor(num_workers=2)
+
+
+pytestmark = pytest.mark.filterwarnings("ignore:pruning these layers:UserWarning")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,9 +72,10 @@ def test_compare_in_memory_data_scores_bit_for_bit(net: torch.nn.Module) -> None
     x = torch.rand(40, 3, 32, 32, generator=g)
     y = torch.arange(40) % 2
     data = [(x[i : i + 8], y[i : i + 8]) for i in range(0, 40, 8)]
-    calib = [x[:8]]
-    variants = {"baseline": net, "q8": "q8", "p50": "p50"}
-    kw = {"progress": False, "gradcam": False, "calibration": calib}
+    # a quantized and a pruned variant: their modules and sparse tensors travel too
+    variants = {"baseline": net, "q8": compress(net, "q8", [x[:8]], progress=False)}
+    variants["p50"] = prune(net, 0.5, progress=False)
+    kw = {"progress": False, "gradcam": False, "measure_repeats": 1}
     local = compare(variants, data, **kw)  # type: ignore[arg-type]
     remote = compare(variants, data, executor=TWO, **kw)  # type: ignore[arg-type]
     _same_reports(local, remote)
