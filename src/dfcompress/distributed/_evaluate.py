@@ -28,10 +28,10 @@ def shard_ranges(n_batches: int, n_shards: int) -> list[tuple[int, int]]:
     """``n_shards`` contiguous, near-equal runs of batch indices covering ``0..n_batches - 1``.
 
     >>> shard_ranges(5, 2)
-    [(0, 3), (3, 5)]
+    [(0, 2), (2, 5)]
     """
     k = max(1, min(n_batches, n_shards))
-    bounds = [round(i * n_batches / k) for i in range(k + 1)]
+    bounds = [i * n_batches // k for i in range(k + 1)]
     return [(bounds[i], bounds[i + 1]) for i in range(k)]
 
 
