@@ -319,7 +319,7 @@ def compare(
         batches, labels, names = collect(data)
         source = batches
         inputs = torch.cat(batches)
-        first = batches[0]
+        first = inputs[: min(8, inputs.shape[0])]
     models: dict[str, tuple[nn.Module, str | None]] = {}
     header = list(notes)
     for name, v in variants.items():
@@ -340,7 +340,7 @@ def compare(
             raise DfcompressError(
                 f"variant {name!r} is a {type(v).__name__}: give an nn.Module or a recipe string"
             )
-    ex = example if example is not None else first[:8]
+    ex = example if example is not None else first
     dtypes = {name: input_dtype(model, first) for name, (model, _) in models.items()}
     remote: dict[str, npt.NDArray[np.float64]] = {}
     if ray_ex is not None:
