@@ -36,3 +36,11 @@ def killing_proxy(marker: str, driver_pid: int, **kwargs: Any) -> Any:
         Path(marker).write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
     return make_proxy(**kwargs)
+
+
+def late_echo(delay: float, value: int) -> int:
+    """``value`` after ``delay`` seconds (so tasks finish out of order)."""
+    import time
+
+    time.sleep(delay)
+    return value

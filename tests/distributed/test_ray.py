@@ -22,6 +22,7 @@ ray = pytest.importorskip("ray")
 from dfcompress import compare, compress, prune  # noqa: E402
 from dfcompress.demo import demo_detector  # noqa: E402
 from dfcompress.distributed import DatasetShards, RayExecutor  # noqa: E402
+from dfcompress.distributed.executor import run_units  # noqa: E402
 from dfcompress.errors import DfcompressError  # noqa: E402
 from dfcompress.prune import scan  # noqa: E402
 
@@ -129,6 +130,23 @@ def test_bad_shard_fails_the_run_naming_the_shard(net: torch.nn.Module) -> None:
     )
     with pytest.raises(DfcompressError, match=r"shard 0 \(batches 0\.\.1 .*sample 13 is truncated"):
         compare({"baseline": net}, bad, progress=False, gradcam=False, executor=TWO)
+
+
+class _Bar:
+    def __init__(self) -> None:
+        self.n = 0
+
+    def update(self, k: int) -> None:
+        self.n += k
+
+
+def test_results_come_back_in_unit_order_and_the_bar_counts_units() -> None:
+    from ray_faults import late_echo
+
+    units = [(0.4 if i == 0 else 0.0, i) for i in range(5)]  # the first unit finishes last
+    bar = _Bar()
+    out = run_units(ray, TWO, late_echo, units, lambda i: f"unit {i}", bar=bar)
+    assert out == [0, 1, 2, 3, 4] and bar.n == 5
 
 
 def test_model_without_constructor_fails_before_leaving() -> None:
