@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         variants[r] = compress(base, r, calibration=[calib[:32]], progress=False)
 
     if args.address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=args.address, include_dashboard=False, logging_level="error")
+        ray.init(address=args.address, logging_level="error")
     else:
         ray.init(num_cpus=max(counts), include_dashboard=False, logging_level="error")
     data.open()  # the proxy images stand in for files: built once per process, untimed

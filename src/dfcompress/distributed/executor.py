@@ -34,8 +34,9 @@ class RayExecutor:
     Args:
         address: The cluster to connect to (``"ray://head:10001"``,
             ``"head:6379"``, ``"auto"``); ``None`` uses ``RAY_ADDRESS`` when
-            set, else starts a local Ray on this machine. Ignored when this
-            process is already connected to Ray (``ray.init`` was called).
+            set, else starts a local Ray on this machine. Ray lets a set
+            ``RAY_ADDRESS`` win over this. Ignored when this process is
+            already connected to Ray (``ray.init`` was called).
         num_workers: Units in flight at once (default: as many as the
             cluster's CPUs allow at ``resources["CPU"]`` per task).
         resources: What one task needs: ``"CPU"`` (default 1; also the torch
