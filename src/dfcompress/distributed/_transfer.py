@@ -73,35 +73,36 @@ def pack_model(model: nn.Module, what: str, probe: torch.Tensor) -> ModelBlob:
         blob = _to_bytes(model)
     except DfcompressError as e:
         raise DfcompressError(f"{what} cannot be sent to Ray workers: {e}") from e
-    from dfcompress.io import read_manifest
+    from dfcompress.io import load, read_manifest
 
-    fd, path = tempfile.mkstemp(suffix=".safetensors", prefix="dfc-ray-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-        factory = str(read_manifest(path)["constructor"]["factory"])
-    finally:
-        os.unlink(path)
-    allow = sorted({factory.partition(":")[0].split(".")[0]} - {"dfcompress"})
     hint = (
         "record how to build it with dfcompress.set_constructor(model, 'package.module:factory', "
         "**json_kwargs) (dfcompress's own factories and timm models built through them "
         "already do), or evaluate it with executor=None"
     )
+    fd, path = tempfile.mkstemp(suffix=".safetensors", prefix="dfc-ray-")
     try:
-        copy = _from_bytes(blob, allow)
-    except Exception as e:
-        raise DfcompressError(
-            f"{what} cannot be sent to Ray workers: its dfcompress file (factory "
-            f"{factory!r}) does not load back ({type(e).__name__}: {e}); {hint}"
-        ) from e
-    was = model.training
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        factory = str(read_manifest(path)["constructor"]["factory"])
+        allow = sorted({factory.partition(":")[0].split(".")[0]} - {"dfcompress"})
+        try:
+            copy = load(path, allow=allow)
+        except Exception as e:
+            raise DfcompressError(
+                f"{what} cannot be sent to Ray workers: its dfcompress file (factory "
+                f"{factory!r}) does not load back ({type(e).__name__}: {e}); {hint}"
+            ) from e
+    finally:
+        os.unlink(path)
+    flags = {m: m.training for m in model.modules()}
     model.eval()
     try:
         with torch.inference_mode():
             same = _same(model(probe), copy(probe))
     finally:
-        model.train(was)
+        for m, was in flags.items():
+            m.train(was)
     if not same:
         raise DfcompressError(
             f"{what} cannot be sent to Ray workers: the copy rebuilt from its dfcompress file "
