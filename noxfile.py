@@ -16,7 +16,7 @@ nox.options.reuse_existing_virtualenvs = True
 TORCH = "torch==2.13.0"
 # timm needs torchvision, which only works with this torch pair.
 ZOO_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
-TEST_EXTRAS = ".[dev,report,onnx,demo]"
+TEST_EXTRAS = ".[dev,report,onnx,demo,distributed]"
 
 
 def _install(
@@ -59,7 +59,7 @@ def docs(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Train the baselines and run every benchmark; updates benchmarks/RESULTS.md."""
     _install(session)
-    for script in ("train_baselines", "quantization", "pruning", "deploy"):
+    for script in ("train_baselines", "quantization", "pruning", "deploy", "scaleout"):
         if Path(f"benchmarks/{script}.py").exists():
             session.run("python", f"benchmarks/{script}.py", *session.posargs)
 

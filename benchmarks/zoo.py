@@ -23,6 +23,10 @@ Usage (needs timm, i.e. the ``zoo`` extra)::
 
     python benchmarks/zoo.py                       # the whole list, updates RESULTS.md
     python benchmarks/zoo.py --models resnet18,vit_tiny_patch16_224 --no-write
+    python benchmarks/zoo.py --executor ray        # one Ray task per model (RAY_ADDRESS or local)
+
+With ``--executor ray`` each architecture is one Ray task (timm must be installed
+on the workers); a task whose worker dies is retried, then its row is ``raw``.
 """
 
 from __future__ import annotations
@@ -190,31 +194,37 @@ def _describe(e: BaseException) -> dict[str, str]:
 
 def _worker(specs: list[ZooModel], limit: int) -> None:
     """Run every model of ``specs`` in this process (imports are paid once)."""
+    for spec in specs:
+        print(json.dumps({"model": spec.name, "op": "_start"}), flush=True)
+        for row in _run_model(spec, limit):
+            print(json.dumps(row), flush=True)
+
+
+def _run_model(spec: ZooModel, limit: int) -> Iterator[dict[str, Any]]:
+    """One row per operation of ``spec`` (JSON values only)."""
     import torch
 
     torch.set_num_threads(1)
-    for spec in specs:
-        print(json.dumps({"model": spec.name, "op": "_start"}), flush=True)
+    try:
+        with _time_limit(limit):
+            ops = _setup(spec)
+    except Exception as e:
+        bad = _describe(e)
+        bad["status"] = "setup"
+        bad["error"] = f"(building the model) {bad['error']}"
+        for op in OPS:
+            yield {**bad, "model": spec.name, "op": op}
+        return
+    for op, fn in ops.items():
+        t0 = time.perf_counter()
         try:
             with _time_limit(limit):
-                ops = _setup(spec)
+                note = fn()
+            row: dict[str, Any] = {"status": "ok", "note": note}
         except Exception as e:
-            bad = _describe(e)
-            bad["status"] = "setup"
-            bad["error"] = f"(building the model) {bad['error']}"
-            for op in OPS:
-                print(json.dumps({**bad, "model": spec.name, "op": op}), flush=True)
-            continue
-        for op, fn in ops.items():
-            t0 = time.perf_counter()
-            try:
-                with _time_limit(limit):
-                    note = fn()
-                row: dict[str, Any] = {"status": "ok", "note": note}
-            except Exception as e:
-                row = dict(_describe(e))
-            row.update(model=spec.name, op=op, seconds=round(time.perf_counter() - t0, 2))
-            print(json.dumps(row), flush=True)
+            row = dict(_describe(e))
+        row.update(model=spec.name, op=op, seconds=round(time.perf_counter() - t0, 2))
+        yield row
 
 
 def _setup(spec: ZooModel) -> dict[str, Callable[[], str]]:
@@ -354,6 +364,47 @@ def _run_shard(
         todo = [s for s in todo if s.name not in done]
 
 
+def _ray_model(name: str, kwargs: dict[str, Any], px: int, family: str, limit: int) -> Any:
+    """A Ray task: the rows of one model (arguments and result are plain data)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    return list(_run_model(ZooModel(name, kwargs, px, family), limit))
+
+
+def _run_ray(
+    specs: list[ZooModel],
+    limit: int,
+    executor: Any,
+    results: dict[str, dict[str, dict[str, Any]]],
+) -> None:
+    """Run each model as one Ray task; a worker that dies is retried, then its row is ``raw``."""
+    from dfcompress.distributed.executor import connect, workers
+
+    ray = connect(executor)
+    remote = ray.remote(_ray_model).options(**executor.task_options())
+    todo = list(specs)
+    pending: dict[Any, tuple[ZooModel, float]] = {}
+    while todo or pending:
+        while todo and len(pending) < workers(ray, executor):
+            s = todo.pop(0)
+            ref = remote.remote(s.name, dict(s.kwargs), s.px, s.family, limit)
+            pending[ref] = (s, time.perf_counter())
+        done, _ = ray.wait(list(pending), num_returns=1)
+        spec, started = pending.pop(done[0])
+        try:
+            rows = ray.get(done[0])
+        except ray.exceptions.RayError as e:
+            why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            rows = [
+                {"model": spec.name, "op": op, "status": "raw", "error": f"worker lost: {why}"}
+                for op in OPS
+            ]
+        results[spec.name] = {row.pop("op"): row for row in rows}
+        for row in results[spec.name].values():
+            row.pop("model", None)
+        results[spec.name]["_seconds"] = {"seconds": time.perf_counter() - started, "limit": limit}
+        _progress(spec.name, results)
+
+
 def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
     for line in stream:
         lines.put(line)
@@ -446,6 +497,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--resume", type=Path, help="results JSON of an earlier run to complete")
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    ap.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local worker processes (--jobs) or one Ray task per model (RAY_ADDRESS or local)",
+    )
+    ap.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     by_name = {s.name: s for s in MODELS}
@@ -465,12 +523,19 @@ def main(argv: list[str] | None = None) -> None:
         run += [s for s in specs if s.name not in results and s.name not in keep]
     else:
         run = specs
-    shards = [run[i :: args.jobs] for i in range(args.jobs)]
-    threads = [threading.Thread(target=_run_shard, args=(sh, args.limit, results)) for sh in shards]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    if args.executor == "ray":
+        from dfcompress.distributed import RayExecutor
+
+        _run_ray(run, args.limit, RayExecutor(address=args.address), results)
+    else:
+        shards = [run[i :: args.jobs] for i in range(args.jobs)]
+        threads = [
+            threading.Thread(target=_run_shard, args=(sh, args.limit, results)) for sh in shards
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     body = _render(results, specs, [s.name for s in run] if args.resume else [])
     print(body)
     if args.json:

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dfcompress.distributed.executor import Executor
 from dfcompress.prune._targets import AmountSpec, Select
 from dfcompress.prune.pruner import Method, PruneConfig, Pruner
 from dfcompress.prune.schedule import Finetune, Schedule
@@ -38,6 +39,7 @@ def prune(
     inplace: bool = False,
     progress: bool = True,
     example_inputs: torch.Tensor | None = None,
+    executor: Executor = None,
 ) -> nn.Module:
     """Prune a model: unstructured L1 (optionally sensitivity-allocated) or structured channels.
 
@@ -69,6 +71,9 @@ def prune(
         inplace: Modify ``model`` itself.
         progress: Show progress bars.
         example_inputs: A batch for tracing (structured) or the input shape (scan).
+        executor: Where the sensitivity scan runs: ``None`` (this process),
+            ``"ray"`` or a :class:`~dfcompress.distributed.RayExecutor` (same
+            allocation; see :doc:`/scaleout`).
 
     Returns:
         The pruned model.
@@ -110,4 +115,5 @@ def prune(
         example_inputs=example_inputs,
         inplace=inplace,
         progress=progress,
+        executor=executor,
     )

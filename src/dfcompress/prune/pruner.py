@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dfcompress.distributed.executor import Executor
 from dfcompress.errors import DfcompressError
 from dfcompress.prune._targets import AmountSpec, Select, check_amount
 from dfcompress.prune.schedule import Finetune, Schedule, run_schedule
@@ -146,8 +147,12 @@ class Pruner:
         metric: Metric | None = None,
         example_inputs: torch.Tensor | None = None,
         progress: bool = True,
+        executor: Executor = None,
     ) -> SensitivityResult:
-        """Scan ``model`` and allocate amounts for the configured target and strategy."""
+        """Scan ``model`` and allocate amounts for the configured target and strategy.
+
+        ``executor`` runs the scan on Ray (see :func:`~dfcompress.prune.scan`).
+        """
         c = self.config
         target = c.amount if not isinstance(c.amount, Mapping) else max(c.amount.values())
         res = scan(
@@ -160,6 +165,7 @@ class Pruner:
             example_inputs=example_inputs,
             stop_below=c.stop_below,
             progress=progress,
+            executor=executor,
         )
         self.last_sensitivity = allocate(res, float(target), strategy=c.strategy)
         return self.last_sensitivity
@@ -174,8 +180,12 @@ class Pruner:
         example_inputs: torch.Tensor | None = None,
         inplace: bool = False,
         progress: bool = True,
+        executor: Executor = None,
     ) -> nn.Module:
-        """Prune ``model`` (a copy unless ``inplace``) and return it."""
+        """Prune ``model`` (a copy unless ``inplace``) and return it.
+
+        ``executor`` runs the sensitivity scan on Ray (see :func:`~dfcompress.prune.scan`).
+        """
         c = self.config
         if not inplace:
             model = copy.deepcopy(model)
@@ -188,6 +198,7 @@ class Pruner:
                 metric=metric,
                 example_inputs=example_inputs,
                 progress=progress,
+                executor=executor,
             )
             amount, scope = {n: a for n, a in res.amounts.items() if a > 0}, "local"
             if not amount:

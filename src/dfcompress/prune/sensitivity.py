@@ -37,6 +37,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dfcompress.distributed.executor import Executor, resolve_executor
 from dfcompress.errors import DfcompressError, require
 from dfcompress.prune._allocate import allocate_budget, allocate_threshold, monotone_losses
 from dfcompress.prune._calib import calibration_batch
@@ -222,6 +223,7 @@ def scan(
     example_inputs: torch.Tensor | None = None,
     stop_below: float | None = None,
     progress: bool = True,
+    executor: Executor = None,
 ) -> SensitivityResult:
     """Prune each layer alone at each amount and score the network's output.
 
@@ -239,6 +241,10 @@ def scan(
             (the larger amounts are then not measured, and :func:`allocate`
             never gives the layer more than its last measured amount).
         progress: Show a progress bar.
+        executor: ``None`` (this process), ``"ray"`` or a
+            :class:`~dfcompress.distributed.RayExecutor`: one task per (group
+            of layers, amount), the same scores (see :doc:`/scaleout`). A
+            custom ``metric`` must then be a module-level function.
 
     Returns:
         A :class:`SensitivityResult` with no amounts chosen yet (see :func:`allocate`).
@@ -257,8 +263,17 @@ def scan(
     start = time.perf_counter()
     work = copy.deepcopy(model).eval()
     x = calibration_batch(work, calibration, n_samples=n_samples, example_inputs=example_inputs)
-    with torch.no_grad():
-        result = _scan(work, x, score_fn, grid, select, stop_below, progress)
+    ray_ex = resolve_executor(executor)
+    if ray_ex is not None:
+        from dfcompress.distributed._scan import scan_on_ray
+
+        names = list(prunable_layers(work, select))
+        if not names:
+            raise DfcompressError(f"no prunable conv/linear layer matched select={select!r}")
+        result = scan_on_ray(ray_ex, work, x, metric, names, grid, stop_below, progress)
+    else:
+        with torch.no_grad():
+            result = _scan(work, x, score_fn, grid, select, stop_below, progress)
     result = replace(result, seconds=time.perf_counter() - start)
     if result.flagged:
         warnings.warn(
@@ -293,21 +308,8 @@ def _scan(
         weight = layers[name].weight
         if not isinstance(weight, torch.Tensor):  # pragma: no cover - excluded by prunable_layers
             continue
-        w = weight.detach().clone()
-        order = torch.sort(w.abs().flatten(), stable=True).indices
-        scores: list[float] = []
-        for a in grid:
-            k = round(a * w.numel())
-            pruned = w.flatten().clone()
-            pruned[order[:k]] = 0
-            weight.copy_(pruned.view_as(w))
-            scores.append(float(score_fn(_as_tensor(forward()), reference)))
-            if stop_below is not None and scores[-1] < stop_below:
-                break
-        weight.copy_(w)
-        flag = "no effect" if abs(baseline - scores[-1]) < _NO_EFFECT else ""
-        amounts = grid[: len(scores)]
-        found[name] = LayerSensitivity(name, w.numel(), amounts, tuple(scores), 0.0, flag)
+        scores = layer_curve(weight, forward, reference, score_fn, grid, stop_below)
+        found[name] = curve_of(name, weight.numel(), baseline, grid, scores)
         bar.update(1)
     bar.close()
     return SensitivityResult(
@@ -318,6 +320,40 @@ def _scan(
         run.calls,
         full_pass_equivalent=run.cost,
     )
+
+
+def layer_curve(
+    weight: torch.Tensor,
+    forward: Callable[[], Any],
+    reference: torch.Tensor,
+    score_fn: Metric,
+    grid: Sequence[float],
+    stop_below: float | None,
+) -> list[float]:
+    """Scores of ``forward()`` with ``weight`` L1-pruned at each amount (restored after)."""
+    w = weight.detach().clone()
+    order = torch.sort(w.abs().flatten(), stable=True).indices
+    scores: list[float] = []
+    try:
+        for a in grid:
+            k = round(a * w.numel())
+            pruned = w.flatten().clone()
+            pruned[order[:k]] = 0
+            weight.copy_(pruned.view_as(w))
+            scores.append(float(score_fn(_as_tensor(forward()), reference)))
+            if stop_below is not None and scores[-1] < stop_below:
+                break
+    finally:
+        weight.copy_(w)
+    return scores
+
+
+def curve_of(
+    name: str, params: int, baseline: float, grid: Sequence[float], scores: Sequence[float]
+) -> LayerSensitivity:
+    """A layer's :class:`LayerSensitivity` from its measured scores (flagged if flat)."""
+    flag = "no effect" if abs(baseline - scores[-1]) < _NO_EFFECT else ""
+    return LayerSensitivity(name, params, tuple(grid[: len(scores)]), tuple(scores), 0.0, flag)
 
 
 def allocate(

@@ -23,6 +23,8 @@ import torch
 from torch import nn
 
 from dfcompress._data import batch_input, batch_labels, input_dtype
+from dfcompress.distributed.executor import Executor, resolve_executor
+from dfcompress.distributed.shards import DatasetShards
 from dfcompress.errors import DfcompressError
 from dfcompress.evaluate.gradcam import fake_logodds, grad_cam
 from dfcompress.evaluate.measure import Measurement, measure
@@ -72,12 +74,16 @@ def collect(
         labels.append(y)
     if not batches:
         raise DfcompressError("the data yielded no batches")
-    y_all = torch.cat(labels).numpy().astype(np.int64)
+    return batches, _check_labels(torch.cat(labels).numpy()), names
+
+
+def _check_labels(y: Any) -> npt.NDArray[np.int64]:
+    y_all = np.asarray(y).astype(np.int64)
     if not np.isin(y_all, (0, 1)).all():
         raise DfcompressError(
             f"labels must be 0 (real) or 1 (fake); got {sorted(set(y_all.tolist()))[:5]}"
         )
-    return batches, y_all, names
+    return y_all
 
 
 def score_batches(
@@ -238,6 +244,7 @@ def compare(
     top_k: int = 5,
     title: str = "Compression report",
     notes: Sequence[str] = (),
+    executor: Executor = None,
 ) -> Report:
     """Evaluate every variant on the same data and gather the comparison in a :class:`Report`.
 
@@ -261,6 +268,11 @@ def compare(
         top_k: Samples per Grad-CAM category and per variant in the mismatch table.
         title: The report's title.
         notes: Lines for the report header (data set, resolution, subsets, ...).
+        executor: Where the variants are scored: ``None`` (this process),
+            ``"ray"`` or a :class:`~dfcompress.distributed.RayExecutor` (one
+            task per variant and data shard; the same scores). With a
+            :class:`~dfcompress.distributed.DatasetShards` as ``data`` the
+            workers read the data themselves. See :doc:`/scaleout`.
 
     Returns:
         A :class:`Report`; ``report.save(folder)`` writes markdown, HTML, JSON and PNGs.
@@ -294,13 +306,25 @@ def compare(
         raise DfcompressError(f"threshold={threshold} is out of range: use 0..1 (P(fake))")
     if not (tolerance >= 0 and math.isfinite(tolerance)):
         raise DfcompressError(f"tolerance={tolerance} is invalid: use a finite value >= 0")
-    batches, labels, names = collect(data)
-    inputs = torch.cat(batches)
+    ray_ex = resolve_executor(executor)
+    inputs: Any
+    if ray_ex is not None and isinstance(data, DatasetShards):
+        from dfcompress.distributed._evaluate import LazyInputs
+
+        batches: list[torch.Tensor] | None = None
+        source: list[torch.Tensor] | DatasetShards = data
+        inputs = LazyInputs(data)
+        first = inputs[: min(8, len(data))]
+    else:
+        batches, labels, names = collect(data)
+        source = batches
+        inputs = torch.cat(batches)
+        first = inputs[: min(8, inputs.shape[0])]
     models: dict[str, tuple[nn.Module, str | None]] = {}
     header = list(notes)
     for name, v in variants.items():
         if isinstance(v, str):
-            calib = calibration if calibration is not None else batches
+            calib = calibration if calibration is not None else (batches or data)
             if calibration is None:
                 msg = "recipes were calibrated on the evaluation data"
                 if msg not in header:
@@ -316,14 +340,27 @@ def compare(
             raise DfcompressError(
                 f"variant {name!r} is a {type(v).__name__}: give an nn.Module or a recipe string"
             )
-    ex = example if example is not None else inputs[: min(8, inputs.shape[0])]
+    ex = example if example is not None else first
+    dtypes = {name: input_dtype(model, first) for name, (model, _) in models.items()}
+    remote: dict[str, npt.NDArray[np.float64]] = {}
+    if ray_ex is not None:
+        from dfcompress.distributed._evaluate import score_on_ray
+
+        todo = {name: (model, dtypes[name]) for name, (model, _) in models.items()}
+        remote, got_labels, got_names = score_on_ray(ray_ex, todo, source, first, progress=progress)
+        if batches is None:
+            labels, names = _check_labels(got_labels), got_names or []
 
     results: list[VariantResult] = []
-    bar = tqdm(total=len(models) * len(batches), desc="evaluate", disable=not progress)
+    total = len(models) * len(batches) if batches is not None and not remote else 0
+    bar = tqdm(total=total, desc="evaluate", disable=not progress or not total)
     try:
         for name, (model, recipe) in models.items():
-            dtype = input_dtype(model, inputs)
-            scores = score_batches(model, batches, dtype=dtype, bar=bar)
+            dtype = dtypes[name]
+            if name in remote:
+                scores = remote[name]
+            else:
+                scores = score_batches(model, batches or [], dtype=dtype, bar=bar)
             metrics = summarize(labels, scores, threshold=threshold)
             m: Measurement = measure(model, ex.to(dtype), repeats=measure_repeats, warmup=2)
             vnotes = list(metrics.notes)
