@@ -21,6 +21,7 @@ an opaque module whose output lies in [0, 1].
 from __future__ import annotations
 
 import weakref
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -162,13 +163,14 @@ def _global_pool(g: Graph, i: int) -> int | None:
 
 
 def _ancestors(g: Graph, i: int) -> set[int]:
+    """``i`` and its nearest ancestors (breadth first, at most ``_KIN_LIMIT``)."""
     out: set[int] = set()
-    stack = [i]
-    while stack and len(out) < _KIN_LIMIT:
-        j = stack.pop()
+    queue = deque([i])
+    while queue and len(out) < _KIN_LIMIT:
+        j = queue.popleft()
         if j not in out:
             out.add(j)
-            stack.extend(_data(g, j))
+            queue.extend(_data(g, j))
     return out
 
 
