@@ -277,7 +277,7 @@ def test_dfcompress_bnext_every_se_conv_found_by_structure() -> None:
 
 
 class ClampsInPlace(nn.Module):
-    """A forward that writes a parameter in place, as some published models do."""
+    """A forward that writes a parameter and a buffer in place, as some published models do."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -288,6 +288,7 @@ class ClampsInPlace(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self.scale.data.clamp_(0, 1)
+        self.bn.running_mean[0] = 7.0
         return self.bn(self.se(self.conv(x) * self.scale))
 
 

@@ -127,9 +127,14 @@ def _in_place(func: Any, kwargs: dict[str, Any]) -> bool:
     return (
         (name.endswith("_") and not dunder)
         or (dunder and name[2:3] == "i" and name not in ("__index__", "__int__", "__invert__"))
+        or name == "__setitem__"
         or kwargs.get("inplace") is True
         or "out" in kwargs
     )
+
+
+def _has_storage(t: Tensor) -> bool:
+    return t.layout == torch.strided and t.device.type != "meta"
 
 
 class _Recorder(TorchFunctionMode):
@@ -147,7 +152,7 @@ class _Recorder(TorchFunctionMode):
         self._state = {
             t.untyped_storage().data_ptr(): t
             for t in [*model.parameters(), *model.buffers()]
-            if t.device.type != "meta"
+            if _has_storage(t)
         }
         self.saved: dict[int, tuple[Tensor, Tensor]] = {}
 
@@ -164,7 +169,7 @@ class _Recorder(TorchFunctionMode):
         return self.add(t, Node(kind, (), tuple(t.shape), layer=owner))
 
     def _protect(self, t: Any) -> None:
-        if not isinstance(t, Tensor) or t.device.type == "meta":
+        if not isinstance(t, Tensor) or not _has_storage(t):
             return
         ptr = t.untyped_storage().data_ptr()
         state = self._state.get(ptr)
