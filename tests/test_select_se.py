@@ -342,7 +342,7 @@ def test_example_input_is_used_when_the_guess_does_not_fit() -> None:
             return self.fc(self.se(self.stem(x)).flatten(1))
 
     net = NeedsSize()
-    with pytest.warns(SelectionWarning, match=r"\[2, 3, 64, 64\].*\[1, 3, 224, 224\]"):
+    with pytest.warns(SelectionWarning, match=r"\[2, 3, 64, 64\].*224, 224\].*256, 256\]"):
         assert select(net, "se") == {}
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -370,3 +370,13 @@ def test_a_model_without_se_selects_nothing_quietly() -> None:
         assert select(BNext((8, 8), num_classes=2), "conv")
         assert select(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), "se") == {}
         assert select(nn.Sequential(nn.ReLU()), "se") == {}
+
+
+def test_found_after_a_torchscript_submodule() -> None:
+    scripted = torch.jit.script(nn.Sequential(nn.Conv2d(16, 16, 1), nn.ReLU()))
+    net = nn.Sequential(
+        nn.Conv2d(3, 16, 3), scripted, Squash(16, torch_mean, nn.ReLU(), torch.sigmoid)
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert list(select(net, "se")) == ["2.alpha", "2.beta"]

@@ -30,12 +30,12 @@ import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["CONV_OPS", "SOURCE_OPS", "Graph", "Node", "record"]
+__all__ = ["CONV_OPS", "WEIGHT_OPS", "Graph", "Node", "record"]
 
 #: Ops that apply a weight: their first input is the data, ``layer`` names the weight's owner.
 CONV_OPS = frozenset({"conv1d", "conv2d", "conv3d", "linear"})
-#: Nodes that are not computed from the input (weights, buffers, unknown tensors).
-SOURCE_OPS = frozenset({"param", "buffer", "const", "input"})
+#: Nodes holding the model's own tensors rather than data computed from the input.
+WEIGHT_OPS = frozenset({"param", "buffer"})
 
 # Operators and aliases, so patterns need one name per operation.
 _ALIASES = {
@@ -63,7 +63,9 @@ class Node:
 
     Attributes:
         op: normalised op name (``"mul"`` for ``*``, ``mul_`` and ``torch.mul``), or
-            ``"input"``, ``"param"``, ``"buffer"``, ``"const"`` for sources, or
+            ``"input"``, ``"param"``, ``"buffer"`` for sources, ``"opaque"`` for a
+            tensor no recorded op produced (it came from code the recorder
+            cannot see into, such as a TorchScript module), or
             ``"module"`` for an opaque module call.
         inputs: the nodes of the op's tensor arguments, in argument order.
         shape: the tensor's shape.
@@ -165,7 +167,7 @@ class _Recorder(TorchFunctionMode):
         known = self._of.get(id(t))
         if known is not None and known[0] is t:
             return known[1]
-        kind, owner = self._owner.get(id(t), ("const", None))
+        kind, owner = self._owner.get(id(t), ("opaque", None))
         return self.add(t, Node(kind, (), tuple(t.shape), layer=owner))
 
     def _protect(self, t: Any) -> None:
@@ -266,7 +268,8 @@ def record(model: nn.Module, example: Tensor) -> Graph:
     handles = []
     try:
         for name, mod in modules.items():
-            handles.append(mod.register_forward_hook(rec.module_hook(name)))
+            if not isinstance(mod, torch.jit.ScriptModule):  # they take no hooks
+                handles.append(mod.register_forward_hook(rec.module_hook(name)))
         rec.add(example, Node("input", (), tuple(example.shape)))
         with _eval_mode(model), torch.no_grad(), rec:
             model(example)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from dfcompress._dataflow import CONV_OPS, Graph, Node, record
+from dfcompress._dataflow import CONV_OPS, WEIGHT_OPS, Graph, Node, record
 from dfcompress._trace_lock import TRACE_LOCK
 
 __all__ = ["SEBranch", "SelectionWarning", "find_branches", "probe_shapes", "trace_branches"]
@@ -52,7 +52,6 @@ class SEBranch:
     gate: str
 
 
-_NON_DATA = frozenset({"param", "buffer", "const"})
 _SHAPE_OPS = frozenset(
     {
         "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "transpose",
@@ -79,7 +78,7 @@ def _data(g: Graph, i: int) -> list[int]:
     n = g.nodes[i]
     if n.op in CONV_OPS or n.op in _FIRST_ONLY:
         return list(n.inputs[:1])
-    return [j for j in n.inputs if g.nodes[j].op not in _NON_DATA]
+    return [j for j in n.inputs if g.nodes[j].op not in WEIGHT_OPS]
 
 
 def _is_squash(n: Node) -> bool:
@@ -236,20 +235,21 @@ def find_branches(g: Graph) -> list[SEBranch]:
 def probe_shapes(model: nn.Module) -> list[tuple[int, ...]]:
     """Input shapes to try on ``model``, guessed from its first conv or linear layer.
 
-    A ``Conv2d`` with ``C`` input channels gives ``(2, C, 64, 64)`` then
-    ``(1, C, 224, 224)``; a ``Conv3d`` ``(2, C, 8, 64, 64)`` then
+    A ``Conv2d`` with ``C`` input channels gives ``(2, C, 64, 64)``, then
+    ``(1, C, 224, 224)`` and ``(1, C, 256, 256)`` for models with a fixed input
+    size; a ``Conv3d`` ``(2, C, 8, 64, 64)`` then
     ``(1, C, 16, 224, 224)``; a ``Conv1d`` ``(2, C, 256)``; a ``Linear``
     ``(2, in_features)``.
 
     >>> probe_shapes(nn.Sequential(nn.Conv2d(4, 8, 3)))
-    [(2, 4, 64, 64), (1, 4, 224, 224)]
+    [(2, 4, 64, 64), (1, 4, 224, 224), (1, 4, 256, 256)]
     """
     for m in model.modules():
         if isinstance(m, nn.Conv1d):
             return [(2, m.in_channels, 256)]
         if isinstance(m, nn.Conv2d):
             c = m.in_channels
-            return [(2, c, 64, 64), (1, c, 224, 224)]
+            return [(2, c, 64, 64), (1, c, 224, 224), (1, c, 256, 256)]
         if isinstance(m, nn.Conv3d):
             c = m.in_channels
             return [(2, c, 8, 64, 64), (1, c, 16, 224, 224)]

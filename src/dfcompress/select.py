@@ -32,10 +32,11 @@ conv/linear -> sigmoid or hard-sigmoid -> multiplication with the pooled
 tensor (or close kin of it); one-layer gates (ECA, EffectiveSE) count too.
 The probe input is guessed from the first conv or linear layer (a
 ``(2, C, 64, 64)`` image for a ``Conv2d`` with ``C`` input channels, then
-``(1, C, 224, 224)``); give one with ``preset("se", example=x)`` (a tensor or
-a shape). Classes registered with :func:`register_se` always count, and are
-all that is used, with a :class:`SelectionWarning`, when the forward cannot
-run on the probe. :func:`find_se` lists the branches.
+``(1, C, 224, 224)`` and ``(1, C, 256, 256)``); give one with
+``preset("se", example=x)`` (a tensor or a shape). Classes registered with
+:func:`register_se` always count, and are all that is used, with a
+:class:`SelectionWarning`, when the forward cannot run on the probe.
+:func:`find_se` lists the branches.
 
 >>> class Gate(nn.Module):  # any names: found by what the forward does
 ...     def __init__(self, c: int) -> None:
