@@ -380,3 +380,31 @@ def test_found_after_a_torchscript_submodule() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert list(select(net, "se")) == ["2.alpha", "2.beta"]
+
+
+@torch.jit.script
+def _scripted_hard_sigmoid(x: Tensor) -> Tensor:
+    return (x + 3).clamp(0, 6) / 6
+
+
+class OpaqueGate(nn.Module):
+    """Its ops run in TorchScript, out of the recorder's sight: judged by its output range."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _scripted_hard_sigmoid(x)
+
+
+@torch.jit.script
+def _scripted_shifted_relu6(x: Tensor) -> Tensor:
+    return (x + 3).clamp(0, 6)
+
+
+class OpaqueUnbounded(nn.Module):
+    def forward(self, x: Tensor) -> Tensor:
+        return _scripted_shifted_relu6(x)
+
+
+def test_an_opaque_gate_counts_when_its_output_lies_in_0_1() -> None:
+    gated = net_with(Squash(16, torch_mean, nn.ReLU(), OpaqueGate()))
+    assert list(select(gated, "se")) == ["1.widget.alpha", "1.widget.beta"]
+    assert select(net_with(Squash(16, torch_mean, nn.ReLU(), OpaqueUnbounded())), "se") == {}

@@ -157,6 +157,7 @@ class _Recorder(TorchFunctionMode):
             if _has_storage(t)
         }
         self.saved: dict[int, tuple[Tensor, Tensor]] = {}
+        self._quiet = False  # set while the recorder itself computes
 
     def add(self, t: Tensor, node: Node) -> int:
         self.nodes.append(node)
@@ -198,7 +199,7 @@ class _Recorder(TorchFunctionMode):
         kwargs: dict[str, Any] | None = None,
     ) -> Any:
         kwargs = kwargs or {}
-        if threading.get_ident() != self._thread:
+        if self._quiet or threading.get_ident() != self._thread:
             return func(*args, **kwargs)
         if _in_place(func, kwargs):
             self._protect(kwargs.get("out", args[0] if args else None))
@@ -236,9 +237,13 @@ class _Recorder(TorchFunctionMode):
             if known is not None and known[0] is output:
                 return
             inputs = tuple(self.node_of(t) for t in _flat(args) if isinstance(t, Tensor))
-            unit = bool(output.numel()) and bool(
-                (output.min() >= 0).item() and (output.max() <= 1).item()
-            )
+            self._quiet = True
+            try:
+                unit = bool(output.numel()) and bool(
+                    (output.min() >= 0).item() and (output.max() <= 1).item()
+                )
+            finally:
+                self._quiet = False
             self.add(
                 output, Node("module", inputs, tuple(output.shape), layer=name, unit_range=unit)
             )
