@@ -4,58 +4,16 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Callable
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dfcompress import DfcompressError
-from dfcompress.models import BNext, bnext
+from _se_nets import Fn, Squash, net_with, torch_mean
+from dfcompress.models import bnext
 from dfcompress.models.bnext import STAGE_CHANNELS
-from dfcompress.select import SelectionWarning, find_se, preset, register_se, select
-
-Fn = Callable[[Tensor], Tensor]
-
-
-class Squash(nn.Module):
-    """Names unrelated to SE on purpose: the selector must not rely on them."""
-
-    def __init__(self, c: int, pool: Fn, act: nn.Module, gate: Fn) -> None:
-        super().__init__()
-        self.alpha = nn.Conv2d(c, c // 4, 1)
-        self.nonlin = act
-        self.beta = nn.Conv2d(c // 4, c, 1)
-        self.pool, self.gate = pool, gate
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.gate(self.beta(self.nonlin(self.alpha(self.pool(x)))))
-
-
-class Stage(nn.Module):
-    def __init__(self, c: int, inner: nn.Module) -> None:
-        super().__init__()
-        self.mixer = nn.Conv2d(c, c, 3, padding=1, groups=c)
-        self.widget = inner
-        self.proj = nn.Conv2d(c, c, 1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.proj(self.widget(torch.relu(self.mixer(x))))
-
-
-def net_with(*inner: nn.Module, c: int = 16) -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(3, c, 3, padding=1),
-        *[Stage(c, m) for m in inner],
-        nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(),
-        nn.Linear(c, 2),
-    )
-
-
-def torch_mean(x: Tensor) -> Tensor:
-    return torch.mean(x, dim=(2, 3), keepdim=True)
+from dfcompress.select import find_se, preset, select
 
 
 def test_unrelated_names_and_torch_mean_select_exactly_the_se_convs() -> None:
@@ -274,102 +232,6 @@ def test_dfcompress_bnext_every_se_conv_found_by_structure() -> None:
     assert len(structural) == len(set(structural)) == expected
     assert all(name.endswith((".se.reduce", ".se.expand")) for name in structural)
     assert set(select(net, preset("se", example=(1, 3, 32, 32)))) == set(structural)
-
-
-class ClampsInPlace(nn.Module):
-    """A forward that writes a parameter and a buffer in place, as some published models do."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(3, 16, 3, padding=1)
-        self.scale = nn.Parameter(torch.full((1, 16, 1, 1), 2.0))
-        self.se = Squash(16, torch_mean, nn.ReLU(), torch.sigmoid)
-        self.bn = nn.BatchNorm2d(16)
-
-    def forward(self, x: Tensor) -> Tensor:
-        self.scale.data.clamp_(0, 1)
-        self.bn.running_mean[0] = 7.0
-        return self.bn(self.se(self.conv(x) * self.scale))
-
-
-def test_selection_leaves_the_model_as_it_was() -> None:
-    net = ClampsInPlace()
-    net.train()
-    net.se.eval()
-    before = {k: v.clone() for k, v in net.state_dict().items()}
-    assert list(select(net, "se")) == ["se.alpha", "se.beta"]
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    assert net.training and net.bn.training and not net.se.training
-    assert not any(m._forward_hooks or m._forward_pre_hooks for m in net.modules())
-
-
-def test_untraceable_model_falls_back_to_the_registry_with_a_warning() -> None:
-    @register_se
-    class Registered(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = nn.Conv2d(8, 8, 1)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return self.a(x)
-
-    class TwoInputs(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = nn.Conv2d(3, 8, 1)
-            self.reg = Registered()
-            self.se = Squash(8, torch_mean, nn.ReLU(), torch.sigmoid)
-
-        def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-            return self.se(self.reg(self.stem(x))) * mask
-
-    net = TwoInputs()
-    with pytest.warns(SelectionWarning, match=r"could not trace TwoInputs.*TypeError.*mask"):
-        assert list(select(net, "se")) == ["reg.a"]
-    with pytest.raises(DfcompressError, match="cannot trace TwoInputs"):
-        find_se(net)
-
-
-def test_example_input_is_used_when_the_guess_does_not_fit() -> None:
-    class NeedsSize(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.stem = nn.Conv2d(3, 16, 3, padding=1)
-            self.se = Squash(16, torch_mean, nn.ReLU(), torch.sigmoid)
-            self.fc = nn.Linear(16 * 20 * 20, 2)
-
-        def forward(self, x: Tensor) -> Tensor:
-            return self.fc(self.se(self.stem(x)).flatten(1))
-
-    net = NeedsSize()
-    with pytest.warns(SelectionWarning, match=r"\[2, 3, 64, 64\].*224, 224\].*256, 256\]"):
-        assert select(net, "se") == {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        by_shape = select(net, preset("se", example=(1, 3, 20, 20)))
-        by_tensor = select(net, preset("se", example=torch.randn(1, 3, 20, 20)))
-    assert list(by_shape) == list(by_tensor) == ["se.alpha", "se.beta"]
-
-
-@pytest.mark.parametrize(
-    ("name", "example", "match"),
-    [
-        ("conv", (1, 3, 8, 8), "only used by preset"),
-        ("se", (1, 0, 8), r"example=\(1, 0, 8\)"),
-        ("se", [1, 3, 8, 8], r"example=\[1, 3, 8, 8\]"),
-    ],
-)
-def test_bad_example_is_an_error(name: str, example: object, match: str) -> None:
-    with pytest.raises(DfcompressError, match=match):
-        preset(name, example=example)  # type: ignore[arg-type]
-
-
-def test_a_model_without_se_selects_nothing_quietly() -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert select(BNext((8, 8), num_classes=2), "conv")
-        assert select(nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), "se") == {}
-        assert select(nn.Sequential(nn.ReLU()), "se") == {}
 
 
 def test_found_after_a_torchscript_submodule() -> None:
