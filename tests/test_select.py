@@ -98,6 +98,9 @@ def test_register_se_extends_the_preset() -> None:
             self.a = nn.Conv2d(4, 1, 1)
             self.b = nn.Conv2d(1, 4, 1)
 
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x))  # no pooling, no gate: not found by structure
+
     net = nn.Sequential(nn.Conv2d(3, 4, 1), Gate())
     assert select(net, "se") == {}
     register_se(Gate)

@@ -24,10 +24,30 @@ within all modules).
 >>> list(as_selector("head").resolve(net))
 ['4']
 
-The ``"se"`` preset returns every conv/linear inside a squeeze-and-excitation
-block. Blocks are recognised by class: timm's ``SqueezeExcite``, ``SEModule``
-and ``EffectiveSEModule``, torchvision's ``SqueezeExcitation`` and dfcompress's
-own are known; register your own with :func:`register_se`.
+The ``"se"`` preset returns the conv/linear layers of every
+squeeze-and-excitation branch. Branches are found by structure, whatever the
+classes are called: the model runs once on a probe input and its dataflow is
+searched for global average pooling -> conv/linear -> activation ->
+conv/linear -> sigmoid or hard-sigmoid -> multiplication with the pooled
+tensor (or close kin of it); one-layer gates (ECA, EffectiveSE) count too.
+The probe input is guessed from the first conv or linear layer (a
+``(2, C, 64, 64)`` image for a ``Conv2d`` with ``C`` input channels, then
+``(1, C, 224, 224)`` and ``(1, C, 256, 256)``); give one with
+``preset("se", example=x)`` (a tensor or a shape). Classes registered with
+:func:`register_se` always count, and are all that is used, with a
+:class:`SelectionWarning`, when the forward cannot run on the probe.
+:func:`find_se` lists the branches.
+
+>>> class Gate(nn.Module):  # any names: found by what the forward does
+...     def __init__(self, c: int) -> None:
+...         super().__init__()
+...         self.squeeze, self.excite = nn.Conv2d(c, 2, 1), nn.Conv2d(2, c, 1)
+...     def forward(self, x):
+...         w = self.excite(self.squeeze(x.mean((2, 3), keepdim=True)).relu())
+...         return x * w.sigmoid()
+>>> net = nn.Sequential(nn.Conv2d(3, 8, 3), Gate(8), nn.Conv2d(8, 8, 1))
+>>> list(preset("se").resolve(net))
+['1.squeeze', '1.excite']
 """
 
 from __future__ import annotations
@@ -35,19 +55,28 @@ from __future__ import annotations
 import fnmatch
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
-from typing import TypeVar
 
+import torch
 from torch import nn
 
+from dfcompress._se import find_se as find_se
+from dfcompress._se import is_se_module as is_se_module
+from dfcompress._se import register_se as register_se
+from dfcompress._se import se_layer_names
+from dfcompress._se_trace import SEBranch as SEBranch
+from dfcompress._se_trace import SelectionWarning as SelectionWarning
 from dfcompress.errors import DfcompressError
 
 __all__ = [
     "PRESETS",
+    "SEBranch",
+    "SelectionWarning",
     "Selector",
     "SelectorLike",
     "as_selector",
     "by_name",
     "by_type",
+    "find_se",
     "is_se_module",
     "preset",
     "register_se",
@@ -58,51 +87,6 @@ __all__ = [
 CONV_TYPES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR_TYPES: tuple[type[nn.Module], ...] = (nn.Linear,)
 BN_TYPES: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-# Fully qualified class names of known squeeze-and-excitation blocks, so that
-# timm / torchvision need not be imported to recognise them.
-_SE_CLASS_NAMES: set[str] = {
-    "timm.layers.squeeze_excite.SEModule",
-    "timm.layers.squeeze_excite.EffectiveSEModule",
-    "timm.layers.squeeze_excite.SqueezeExcite",
-    "timm.models._efficientnet_blocks.SqueezeExcite",
-    "timm.models.layers.squeeze_excite.SEModule",
-    "timm.models.layers.squeeze_excite.EffectiveSEModule",
-    "timm.models.efficientnet_blocks.SqueezeExcite",
-    "torchvision.ops.misc.SqueezeExcitation",
-}
-_SE_CLASSES: set[type[nn.Module]] = set()
-
-_T = TypeVar("_T", bound=type[nn.Module])
-
-
-def register_se(cls: _T) -> _T:
-    """Class decorator: mark a squeeze-and-excitation block for the ``"se"`` preset.
-
-    Every conv and linear layer inside an instance is then selected by ``"se"``.
-
-    >>> from torch import nn
-    >>> @register_se
-    ... class MySE(nn.Module):
-    ...     def __init__(self) -> None:
-    ...         super().__init__()
-    ...         self.reduce, self.expand = nn.Conv2d(8, 2, 1), nn.Conv2d(2, 8, 1)
-    >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), MySE())
-    >>> list(preset("se").resolve(net))
-    ['1.reduce', '1.expand']
-    """
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise DfcompressError(f"register_se expects an nn.Module subclass, got {cls!r}")
-    _SE_CLASSES.add(cls)
-    return cls
-
-
-def is_se_module(module: nn.Module) -> bool:
-    """Whether ``module`` is a known squeeze-and-excitation block."""
-    cls = type(module)
-    if cls in _SE_CLASSES:
-        return True
-    return any(f"{c.__module__}.{c.__qualname__}" in _SE_CLASS_NAMES for c in cls.__mro__)
 
 
 class Selector(ABC):
@@ -183,8 +167,9 @@ class _Not(Selector):
 
 
 class _Preset(Selector):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, example: torch.Tensor | tuple[int, ...] | None = None) -> None:
         self.name = name
+        self.example = example
 
     def resolve(self, model: nn.Module) -> dict[str, nn.Module]:
         named = _all_named(model)
@@ -203,13 +188,8 @@ class _Preset(Selector):
             linears = [(n, m) for n, m in weighted if isinstance(m, LINEAR_TYPES)]
             return dict(linears[-1:])
         if self.name == "se":
-            out: dict[str, nn.Module] = {}
-            for n, m in named:
-                if is_se_module(m):
-                    for cn, c in m.named_modules():
-                        if cn and isinstance(c, CONV_TYPES + LINEAR_TYPES):
-                            out[f"{n}.{cn}"] = c
-            return {n: m for n, m in named if n in out}
+            found = se_layer_names(model, self.example) if weighted else set()
+            return {n: m for n, m in weighted if n in found}
         raise AssertionError(self.name)  # pragma: no cover - guarded in preset()
 
     def __repr__(self) -> str:
@@ -223,18 +203,40 @@ PRESETS: dict[str, str] = {
     "bn": "every BatchNorm1d/2d/3d",
     "stem": "the first conv or linear layer (registration order)",
     "head": "the last Linear layer (the classifier)",
-    "se": "the convs/linears inside squeeze-and-excitation blocks",
+    "se": "the convs/linears of squeeze-and-excitation branches (found by structure)",
 }
 
 
-def preset(name: str) -> Selector:
-    """A named preset selector; see :data:`PRESETS`."""
+def preset(name: str, *, example: torch.Tensor | tuple[int, ...] | None = None) -> Selector:
+    """A named preset selector; see :data:`PRESETS`.
+
+    Args:
+        name: The preset.
+        example: Only for ``"se"``: the input tensor, or input shape, the
+            model is probed with to find its SE branches (guessed from the
+            first conv or linear layer when omitted).
+    """
     if name not in PRESETS:
         raise DfcompressError(
             f"unknown selector preset {name!r}: use one of {', '.join(sorted(PRESETS))}, "
             "a name glob such as 'features.*', a module type, or a predicate"
         )
-    return _Preset(name)
+    if example is not None and name != "se":
+        raise DfcompressError(f"example= is only used by preset('se'), not preset({name!r})")
+    if (
+        example is not None
+        and not isinstance(example, torch.Tensor)
+        and not (
+            isinstance(example, tuple)
+            and example
+            and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in example)
+        )
+    ):
+        raise DfcompressError(
+            f"example={example!r} must be an input tensor or a shape of positive ints, "
+            "e.g. (1, 3, 224, 224)"
+        )
+    return _Preset(name, example)
 
 
 def by_name(*patterns: str) -> Selector:
