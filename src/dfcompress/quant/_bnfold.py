@@ -135,12 +135,15 @@ def find_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     try:
         import torch.fx
 
-        class _Tracer(torch.fx.Tracer):
+        from dfcompress._fx import TRACE_LOCK, ThreadSafeTracer, trace
+
+        class _Tracer(ThreadSafeTracer):
             # BatchNorm subclasses (BatchNorm + activation) stay one call, like nn's own.
             def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
                 return isinstance(m, _BNS) or super().is_leaf_module(m, qualname)
 
-        gm = torch.fx.GraphModule(model, _Tracer().trace(model))
+        with TRACE_LOCK:
+            gm = torch.fx.GraphModule(model, trace(_Tracer(), model))
     except Exception:  # any tracing failure means: use the fallback
         probed = _probe_pairs(model)
         return _sequential_pairs(model) if probed is None else probed
