@@ -8,15 +8,20 @@ when none is given. A model without BatchNorm has no statistics to match.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from dfcompress._modes import restore_modes, training_flags
 from dfcompress.errors import DfcompressError
 
 __all__ = ["default_input_shape", "synthesize_inputs"]
+
+_log = logging.getLogger("dfcompress")
 
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -29,6 +34,7 @@ def synthesize_inputs(
     steps: int = 50,
     seed: int = 0,
     lr: float = 0.2,
+    max_seconds: float = 60.0,
 ) -> torch.Tensor:
     """``n`` inputs of shape ``input_shape`` whose BatchNorm statistics match the model's.
 
@@ -40,9 +46,17 @@ def synthesize_inputs(
         steps: Adam steps (ZeroQ uses 500; 50 gets most of the way at a tenth of the cost).
         seed: Seed of the initial noise (results are deterministic for a seed).
         lr: Adam learning rate.
+        max_seconds: Time budget. One optimisation step costs about three
+            forwards of all ``n`` samples, so a large model at full resolution
+            (a BNext at 224 x 224 on a laptop CPU: seconds per sample) would run
+            for hours. A timed forward of one sample estimates the cost first;
+            when ``steps`` would not fit in the budget, fewer steps run (and
+            fewer samples if one step alone would not fit), with a notice on the
+            ``"dfcompress"`` logger. The loop also stops once the budget is spent.
 
     Returns:
-        A float tensor of shape ``(n, *input_shape)`` on the model's device.
+        A float tensor of shape ``(n, *input_shape)`` on the model's device
+        (fewer samples when the time budget required it).
 
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
     >>> x = synthesize_inputs(net, (3, 8, 8), 2, steps=3)
@@ -57,8 +71,72 @@ def synthesize_inputs(
         )
     if n < 1 or steps < 0:
         raise DfcompressError(f"n={n} and steps={steps} must be >= 1 and >= 0")
+    if not max_seconds > 0:
+        raise DfcompressError(f"max_seconds={max_seconds!r} is invalid: use a positive number")
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
+    flags = training_flags(model)
+    model.eval()
+    try:
+        n, steps = _fit_budget(model, input_shape, n, steps, device, max_seconds)
+        return _optimise(model, bns, input_shape, n, steps, seed, lr, device, max_seconds)
+    finally:
+        restore_modes(flags)
+
+
+def _fit_budget(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    n: int,
+    steps: int,
+    device: torch.device,
+    max_seconds: float,
+) -> tuple[int, int]:
+    """``(n, steps)`` cut so that ``steps`` steps of ``n`` samples fit in ``max_seconds``."""
+    if steps == 0:
+        return n, steps
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((1, *input_shape), device=device))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise DfcompressError(
+            f"{type(model).__name__} cannot run an input of shape {(1, *input_shape)} "
+            f"({type(e).__name__}: {str(e)[:200]}): pass input_shape= or calibration data"
+        ) from e
+    per_sample = 3.0 * max(time.perf_counter() - start, 1e-6)  # forward + backward
+    fit_steps = int(max_seconds // (per_sample * n))
+    if fit_steps >= steps:
+        return n, steps
+    fit_n = n if fit_steps >= 1 else max(1, int(max_seconds // per_sample))
+    fit_steps = max(1, min(steps, int(max_seconds // (per_sample * fit_n))))
+    _log.warning(
+        "dfcompress: synthesizing calibration inputs of shape %s would take about %.0f s "
+        "(%d steps of %d samples); running %d steps of %d samples to stay within %.0f s "
+        "(pass calibration data for better accuracy)",
+        tuple(input_shape),
+        per_sample * n * steps,
+        steps,
+        n,
+        fit_steps,
+        fit_n,
+        max_seconds,
+    )
+    return fit_n, fit_steps
+
+
+def _optimise(
+    model: nn.Module,
+    bns: Sequence[nn.Module],
+    input_shape: Sequence[int],
+    n: int,
+    steps: int,
+    seed: int,
+    lr: float,
+    device: torch.device,
+    max_seconds: float,
+) -> torch.Tensor:
+    start = time.perf_counter()
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn((n, *input_shape), generator=gen).to(device).requires_grad_(True)
     losses: list[torch.Tensor] = []
@@ -75,8 +153,6 @@ def synthesize_inputs(
         )
 
     handles = [b.register_forward_pre_hook(hook) for b in bns]
-    was_training = model.training
-    model.eval()
     opt = torch.optim.Adam([x], lr=lr)
     try:
         for _ in range(steps):
@@ -87,10 +163,11 @@ def synthesize_inputs(
             (grad,) = torch.autograd.grad(loss, [x])
             x.grad = grad
             opt.step()
+            if time.perf_counter() - start > max_seconds:
+                break
     finally:
         for h in handles:
             h.remove()
-        model.train(was_training)
     return x.detach()
 
 

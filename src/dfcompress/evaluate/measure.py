@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfcompress._modes import eval_mode, restore_modes, training_flags
 from dfcompress.errors import DfcompressError
 
 __all__ = ["Measurement", "count_macs", "measure", "peak_rss_during"]
@@ -106,13 +107,8 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), counter:
-            model(example)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), counter:
+        model(example)
     return int(counter.get_total_flops()) // 2
 
 
@@ -195,7 +191,7 @@ def measure(
         raise DfcompressError(f"example must be a tensor, got {type(example).__name__}")
 
     old_threads = torch.get_num_threads()
-    was_training = model.training
+    flags = training_flags(model)
     model.eval()
     try:
         if threads is not None:
@@ -215,7 +211,7 @@ def measure(
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(old_threads)
-        model.train(was_training)
+        restore_modes(flags)
     return Measurement(
         serialized_bytes=size,
         params=params,

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfcompress._modes import eval_mode
 from dfcompress._rebuild import register_module
 from dfcompress.errors import DfcompressError
 
@@ -181,13 +182,8 @@ def _probe_input(model: nn.Module) -> torch.Tensor | None:
 
 
 def _run_probe(model: nn.Module, x: torch.Tensor) -> Any:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return model(x)
-    finally:
-        model.train(was)
+    with eval_mode(model), torch.no_grad():
+        return model(x)
 
 
 def _probe_pairs(model: nn.Module) -> list[tuple[str, str]] | None:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from dfcompress._data import iter_inputs, sample_count
+from dfcompress._modes import eval_mode
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
 from dfcompress.quant._bnfold import _set_submodule, fold_batchnorms
@@ -246,20 +247,15 @@ def _run(
     from tqdm.auto import tqdm
 
     device = _device(model)
-    was_training = model.training
-    model.eval()
     seen = 0
-    try:
-        with torch.no_grad():
-            total = sample_count(data, max_samples)
-            bar = tqdm(total=total, desc=desc, unit="sample", disable=not progress)
-            for x in iter_inputs(data, limit=max_samples):
-                model(x.to(device))
-                seen += x.shape[0]
-                bar.update(x.shape[0])
-            bar.close()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        total = sample_count(data, max_samples)
+        bar = tqdm(total=total, desc=desc, unit="sample", disable=not progress)
+        for x in iter_inputs(data, limit=max_samples):
+            model(x.to(device))
+            seen += x.shape[0]
+            bar.update(x.shape[0])
+        bar.close()
     return seen
 
 
