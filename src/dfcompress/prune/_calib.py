@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfcompress._data import iter_inputs
 from dfcompress._modes import eval_mode
+from dfcompress._validate import calibration_inputs
 from dfcompress.errors import DfcompressError
 
 __all__ = ["calibration_batch", "guess_input_shape"]
@@ -82,9 +82,7 @@ def calibration_batch(
     """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if calibration is not None:
-        parts = list(iter_inputs(calibration, limit=n_samples))
-        if not parts:
-            raise DfcompressError("the calibration data yielded no batch")
+        parts = calibration_inputs(calibration, limit=n_samples) or []
         return torch.cat(parts).to(device)
     if example_inputs is not None:
         shape = tuple(example_inputs.shape[1:])

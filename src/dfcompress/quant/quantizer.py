@@ -30,6 +30,13 @@ from torch import nn
 
 from dfcompress._data import iter_inputs, sample_count
 from dfcompress._modes import eval_mode
+from dfcompress._validate import (
+    calibration_inputs,
+    check_bool,
+    check_int,
+    check_model,
+    checked_inputs,
+)
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
 from dfcompress.quant._bnfold import _set_submodule, fold_batchnorms
@@ -102,6 +109,9 @@ class Quantizer:
                 f"rules={rules!r} must be a non-empty list of (selector, config) pairs, "
                 "e.g. [('conv', 'int8')]"
             )
+        check_bool(fold_bn, "fold_bn")
+        check_bool(bias_correction, "bias_correction")
+        check_bool(bn_reestimation, "bn_reestimation")
         parsed = []
         for rule in rules:
             if not isinstance(rule, tuple) or len(rule) != 2:
@@ -140,6 +150,8 @@ class Quantizer:
         Weights are fake-quantized from then on (so the result can be trained,
         QAT); input quantizers pass values through until :meth:`calibrate`.
         """
+        check_model(model)
+        check_bool(inplace, "inplace")
         plan = self.plan(model)
         if not plan:
             raise DfcompressError(
@@ -182,6 +194,18 @@ class Quantizer:
             progress: Show a progress bar.
             max_samples: Use at most this many samples.
         """
+        check_model(model)
+        check_bool(progress, "progress")
+        if max_samples is not None:
+            check_int(max_samples, "max_samples", low=1)
+        if data is None:
+            raise DfcompressError(
+                "calibrate() needs data: pass a loader or a tensor of inputs, not data=None"
+            )
+        if max_samples is None:
+            data = checked_inputs(data, name="data") or []
+        else:
+            data = calibration_inputs(data, limit=max_samples, name="data") or []
         layers = _quant_layers(model)
         if not layers and not any(isinstance(x, CastLayer) for x in model.modules()):
             raise DfcompressError("calibrate() needs a model returned by Quantizer.prepare()")
@@ -218,6 +242,9 @@ class Quantizer:
 
         Returns a new model unless ``inplace``.
         """
+        check_model(model)
+        check_bool(pack, "pack")
+        check_bool(inplace, "inplace")
         m = model if inplace else copy.deepcopy(model)
         for name, layer in _quant_layers(m).items():
             for q, what in ((layer.input_quant, "input"), (layer.output_quant, "output")):
