@@ -32,6 +32,7 @@ __all__ = [
     "checked_inputs",
     "has_layers",
     "short",
+    "tied_layers",
     "training_batches",
 ]
 
@@ -96,6 +97,27 @@ def has_layers(model: nn.Module, name: str = "model", *, what: str = "compress")
             f"{name}={short(model)} has no conv or linear layer with weights: there is nothing "
             f"to {what} (give a model with nn.Conv1d/2d/3d or nn.Linear layers)"
         )
+
+
+def tied_layers(model: nn.Module) -> list[tuple[str, str]]:
+    """Pairs of conv/linear layers (or a layer and another module) sharing a parameter.
+
+    >>> net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
+    >>> net[1].weight = net[0].weight
+    >>> tied_layers(net)
+    [('0', '1')]
+    """
+    from dfcompress.select import CONV_TYPES, LINEAR_TYPES
+
+    owner: dict[int, str] = {}
+    pairs: list[tuple[str, str]] = []
+    layers = {n for n, m in model.named_modules() if isinstance(m, CONV_TYPES + LINEAR_TYPES)}
+    for name, module in model.named_modules(remove_duplicate=False):
+        for p in module.parameters(recurse=False):
+            first = owner.setdefault(id(p), name)
+            if first != name and (first in layers or name in layers):
+                pairs.append((first, name))
+    return pairs
 
 
 def check_bool(value: Any, name: str) -> bool:

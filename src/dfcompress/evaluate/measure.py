@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from dfcompress._modes import eval_mode, restore_modes, training_flags
+from dfcompress._validate import check_bool, check_int, check_model, check_tensor, short
 from dfcompress.errors import DfcompressError
 
 __all__ = ["Measurement", "count_macs", "measure", "peak_rss_during"]
@@ -176,19 +177,18 @@ def measure(
     """
     from dfcompress.io import serialized_size
 
-    if not isinstance(model, nn.Module):
-        raise DfcompressError(f"measure expects an nn.Module, got {type(model).__name__}")
-    if repeats < 1 or warmup < 0:
-        raise DfcompressError(f"repeats={repeats}, warmup={warmup}: use repeats >= 1, warmup >= 0")
-    if threads is not None and threads < 1:
-        raise DfcompressError(f"threads={threads} is invalid: use a positive count or None")
+    check_model(model)
+    check_int(repeats, "repeats", low=1)
+    check_int(warmup, "warmup", low=0)
+    if threads is not None:
+        check_int(threads, "threads", low=1)
+    check_bool(memory, "memory")
     params = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
     size = serialized_size(model)
     if example is None:
         return Measurement(size, params, nonzero, 1.0 - nonzero / params if params else 0.0)
-    if not isinstance(example, torch.Tensor):
-        raise DfcompressError(f"example must be a tensor, got {type(example).__name__}")
+    check_tensor(example, "example", finite=False)
 
     old_threads = torch.get_num_threads()
     flags = training_flags(model)
@@ -196,7 +196,13 @@ def measure(
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        macs = count_macs(model, example)
+        try:
+            macs = count_macs(model, example)
+        except (RuntimeError, ValueError, TypeError, IndexError) as e:
+            raise DfcompressError(
+                f"example={short(example)} does not run through {type(model).__name__} "
+                f"({type(e).__name__}: {str(e)[:200]}): pass an input batch the model accepts"
+            ) from e
         times: list[float] = []
         with torch.inference_mode():
             for _ in range(warmup):

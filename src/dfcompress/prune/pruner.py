@@ -20,6 +20,7 @@ from dfcompress._validate import (
     check_tensor,
     has_layers,
     short,
+    tied_layers,
 )
 from dfcompress.errors import DfcompressError
 from dfcompress.prune._targets import AmountSpec, Select, check_amount
@@ -216,6 +217,13 @@ class Pruner:
         check_callable(finetune, "finetune", "(model, step) -> None")
         if example_inputs is not None:
             check_tensor(example_inputs, "example_inputs")
+        tied = tied_layers(model) if c.method == "structured" else []
+        if tied:
+            raise DfcompressError(
+                f"{type(model).__name__} ties weights between {tied[0][0]!r} and {tied[0][1]!r}: "
+                "structured pruning would remove channels of one and silently untie them; "
+                "prune with method='l1' (which keeps ties), or untie the weights first"
+            )
         # read once (up to what any step uses): a generator serves the scan, every
         # pruning step and BatchNorm re-estimation
         calibration = calibration_inputs(calibration, limit=max(c.n_samples, _BN_SAMPLES))
