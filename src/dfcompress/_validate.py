@@ -300,13 +300,13 @@ def training_batches(data: Any, *, epochs: float, name: str = "data") -> Iterabl
             f"{math.ceil(epochs)} passes: pass a list of batches or a DataLoader"
         )
     if isinstance(data, (list, tuple)):
-        if not data:
-            raise DfcompressError(f"{name}={short(data)} is empty: pass at least one batch")
         first: torch.Tensor | None = None
         for i, batch in enumerate(data):
             x = batch_input(batch)
             check_batch(x, i, first, name)
             first = x if first is None else first
+        if first is None or not sum(batch_input(b).shape[0] for b in data):
+            raise DfcompressError(f"{name}={short(data)} is empty: pass at least one batch")
     checked: Iterable[Any] = data
     return checked
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -229,8 +229,13 @@ def distill_finetune(teacher: nn.Module, data: Iterable[Any], **kwargs: Any) -> 
         raise DfcompressError(
             f"distill_finetune got unknown options {unknown}: use {', '.join(sorted(known))}"
         )
-    epochs = check_number(kwargs.get("epochs", 1.0), "epochs", positive=True)
-    data = training_batches(data, epochs=epochs)
+    check_number(kwargs.get("epochs", 1.0), "epochs", positive=True)
+    if isinstance(data, Iterator):
+        raise DfcompressError(
+            f"data={short(data)} is a one-shot iterator, but the callback distils after every "
+            "pruning step: pass a list of batches or a DataLoader"
+        )
+    data = training_batches(data, epochs=1.0)
     frozen = copy.deepcopy(teacher).eval()
 
     def finetune(model: nn.Module, step: int) -> None:

@@ -108,6 +108,15 @@ class PruneConfig:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise DfcompressError(f"steps={self.steps!r} is invalid: use an integer >= 1")
         check_int(self.n_samples, "n_samples", low=1)
+        if isinstance(self.grid, (str, bytes)) or not isinstance(self.grid, Sequence):
+            raise DfcompressError(
+                f"grid={self.grid!r} is not a sequence: use increasing fractions in (0, 1)"
+            )
+        grid = [check_amount(a, "grid[i]") for a in self.grid]
+        if not grid or grid[0] <= 0 or grid != sorted(set(grid)):
+            raise DfcompressError(
+                f"grid={list(self.grid)!r} is invalid: use increasing fractions in (0, 1)"
+            )
         for flag in ("sensitivity", "recalibrate_bn", "keep_masks"):
             check_bool(getattr(self, flag), flag)
         if self.stop_below is not None:

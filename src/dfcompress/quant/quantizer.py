@@ -104,7 +104,7 @@ class Quantizer:
         bias_correction: bool = False,
         bn_reestimation: bool = False,
     ) -> None:
-        if isinstance(rules, (str, tuple)) or not rules:
+        if isinstance(rules, (str, tuple)) or not isinstance(rules, Sequence) or not rules:
             raise DfcompressError(
                 f"rules={rules!r} must be a non-empty list of (selector, config) pairs, "
                 "e.g. [('conv', 'int8')]"
