@@ -1,4 +1,5 @@
-"""Test helpers: a deep snapshot of a model (to prove a verb left it alone) and a time limit."""
+"""Test helpers: the model a user holds, a deep snapshot of it (to prove a verb left it
+alone) and a time limit."""
 
 from __future__ import annotations
 
@@ -64,3 +65,28 @@ def time_limit(seconds: float) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(4)
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def user_model() -> Net:
+    """A model as a user holds it mid-training: train mode, one BN frozen, a frozen bias, a hook."""
+    torch.manual_seed(0)
+    m = Net().train()
+    m.bn2.eval()
+    m.conv1.bias.requires_grad_(False)  # type: ignore[union-attr]
+    m.head.register_forward_hook(lambda mod, args, out: None)
+    return m

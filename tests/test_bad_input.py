@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import dfcompress as dfc
-from _guard import snapshot, time_limit
+from _guard import Net, snapshot, time_limit, user_model
 from dfcompress.errors import DfcompressError
 from strategies import (
     BAD_RECIPES,
@@ -39,31 +39,6 @@ Y = torch.tensor([0, 1, 0, 1])
 _TMP = Path(tempfile.mkdtemp(prefix="dfc-bad-input-"))
 _A_FILE = _TMP / "a_file"
 _A_FILE.write_bytes(b"")
-
-
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(4)
-        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(4)
-        self.head = nn.Linear(4, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        return self.head(x.mean((2, 3)))
-
-
-def user_model() -> Net:
-    """A model as a user holds it mid-training: train mode, one BN frozen, a frozen bias, a hook."""
-    torch.manual_seed(0)
-    m = Net().train()
-    m.bn2.eval()
-    m.conv1.bias.requires_grad_(False)  # type: ignore[union-attr]
-    m.head.register_forward_hook(lambda mod, args, out: None)
-    return m
 
 
 MODEL = user_model()
