@@ -345,8 +345,9 @@ def calibration_inputs(
             if seen >= limit:
                 break
             x = batch_input(batch)
+            if x.dim():
+                x = x[: limit - seen]  # only what is used is checked (and kept)
             check_batch(x, i, out[0] if out else None, name)
-            x = x[: limit - seen]
             if x.shape[0]:
                 out.append(x)
                 seen += int(x.shape[0])

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import statistics
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,6 +32,8 @@ from dfcompress._validate import check_bool, check_int, check_model, check_tenso
 from dfcompress.errors import DfcompressError
 
 __all__ = ["Measurement", "count_macs", "measure", "peak_rss_during"]
+
+_THREAD_COUNT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -185,11 +188,14 @@ def measure(
     check_bool(memory, "memory")
     params = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
+    if example is not None:
+        check_tensor(example, "example", finite=False)
     size = serialized_size(model)
     if example is None:
         return Measurement(size, params, nonzero, 1.0 - nonzero / params if params else 0.0)
-    check_tensor(example, "example", finite=False)
 
+    # The thread count is process-wide: calls that set it take turns.
+    locked = threads is not None and _THREAD_COUNT_LOCK.acquire()
     old_threads = torch.get_num_threads()
     flags = training_flags(model)
     model.eval()
@@ -216,8 +222,11 @@ def measure(
         rss = peak_rss_during(model, example) if memory else None
         used_threads = torch.get_num_threads()
     finally:
-        torch.set_num_threads(old_threads)
+        if threads is not None:
+            torch.set_num_threads(old_threads)
         restore_modes(flags)
+        if locked:
+            _THREAD_COUNT_LOCK.release()
     return Measurement(
         serialized_bytes=size,
         params=params,

@@ -38,6 +38,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dfcompress._validate import check_model
 from dfcompress.errors import DfcompressError, require
 from dfcompress.prune._allocate import allocate_budget, allocate_threshold, monotone_losses
 from dfcompress.prune._calib import calibration_batch
@@ -252,6 +253,7 @@ def scan(
     >>> [ly.name for ly in res.layers], res.forward_passes  # reference + 2 layers x 2 amounts
     (['0', '2'], 5)
     """
+    check_model(model)
     grid = tuple(check_amount(a, "amounts[i]") for a in amounts)
     if not grid or any(a <= 0 for a in grid) or list(grid) != sorted(set(grid)):
         raise DfcompressError(f"amounts={amounts!r} must be increasing fractions in (0, 1)")
