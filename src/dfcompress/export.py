@@ -24,16 +24,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from dfcompress._calibration import calibration_inputs
 from dfcompress._data import input_dtype, iter_inputs, model_float_dtype
 from dfcompress._onnx_torch import to_onnx
 from dfcompress._validate import (
-    calibration_inputs,
     check_bool,
     check_file_path,
     check_int,
     check_model,
     check_number,
     check_tensor,
+    refused_input,
     short,
 )
 from dfcompress.errors import DfcompressError, require
@@ -96,28 +97,7 @@ def _check_args(model: Any, path: Any, example: Any) -> Path:
     """The checks both exporters share; returns ``path`` as a Path."""
     check_model(model)
     check_tensor(example, "example")
-    out = Path(check_file_path(path, "path"))
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise DfcompressError(
-            f"path={short(path)}: {str(parent)!r} is a file, not a folder: pick another path"
-        )
-    return out
-
-
-def _trial(model: nn.Module, x: torch.Tensor) -> None:
-    """One eager forward of ``x``: a bad example fails here with a clear message."""
-    try:
-        _eager(model, x)
-    except DfcompressError:
-        raise
-    except (RuntimeError, ValueError, TypeError, IndexError) as e:
-        raise DfcompressError(
-            f"example={short(x)} does not run through {type(model).__name__} "
-            f"({type(e).__name__}: {str(e)[:200]}): pass an input batch the model accepts"
-        ) from e
+    return Path(check_file_path(path, "path"))
 
 
 def _input_for(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -296,7 +276,8 @@ def export_onnx(
 
     work = copy.deepcopy(model).eval()
     x = _input_for(work, example.detach().cpu())
-    _trial(work, x)
+    with refused_input("example", example, model):
+        _eager(work, x)
     from dfcompress._onnx_qdq import has_qdq, to_qdq
     from dfcompress.models._binary import int8_codes
 
@@ -407,7 +388,8 @@ def export_torchscript(
     path.parent.mkdir(parents=True, exist_ok=True)
     work = copy.deepcopy(model).eval()
     x = _input_for(work, example.detach().cpu())
-    _trial(work, x)
+    with refused_input("example", example, model):
+        _eager(work, x)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")

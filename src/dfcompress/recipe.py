@@ -369,8 +369,9 @@ def compress(
     >>> small.dfc_history[-1]["recipe"], type(net[0]).__name__
     ('q4-p50', 'Conv2d')
     """
+    from dfcompress._calibration import calibration_inputs
     from dfcompress._compress import apply_step, split_options
-    from dfcompress._validate import calibration_inputs, check_bool, check_int, check_model
+    from dfcompress._validate import check_bool, check_int, check_model
 
     check_model(model)
     parsed = parse_recipe(recipe)

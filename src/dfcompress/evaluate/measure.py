@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from dfcompress._modes import eval_mode, restore_modes, training_flags
-from dfcompress._validate import check_bool, check_int, check_model, check_tensor, short
-from dfcompress.errors import DfcompressError
+from dfcompress._validate import check_bool, check_int, check_model, check_tensor, refused_input
 
 __all__ = ["Measurement", "count_macs", "measure", "peak_rss_during"]
 
@@ -202,13 +201,8 @@ def measure(
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        try:
+        with refused_input("example", example, model):
             macs = count_macs(model, example)
-        except (RuntimeError, ValueError, TypeError, IndexError) as e:
-            raise DfcompressError(
-                f"example={short(example)} does not run through {type(model).__name__} "
-                f"({type(e).__name__}: {str(e)[:200]}): pass an input batch the model accepts"
-            ) from e
         times: list[float] = []
         with torch.inference_mode():
             for _ in range(warmup):

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfcompress._calibration import calibration_inputs
 from dfcompress._modes import eval_mode
-from dfcompress._validate import calibration_inputs
 from dfcompress.errors import DfcompressError
 
 __all__ = ["calibration_batch", "guess_input_shape"]

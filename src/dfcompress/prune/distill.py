@@ -25,18 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfcompress._calibration import check_batch, training_batches
 from dfcompress._data import batch_input, batch_labels
 from dfcompress._modes import restore_modes, training_flags
 from dfcompress._train import adamw_cosine
-from dfcompress._validate import (
-    check_batch,
-    check_bool,
-    check_int,
-    check_model,
-    check_number,
-    short,
-    training_batches,
-)
+from dfcompress._validate import check_bool, check_int, check_model, check_number, short
 from dfcompress.errors import DfcompressError
 from dfcompress.prune.schedule import Finetune
 

@@ -10,8 +10,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dfcompress._calibration import calibration_inputs
 from dfcompress._validate import (
-    calibration_inputs,
     check_bool,
     check_callable,
     check_int,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from dfcompress._validate import calibration_inputs
+from dfcompress._calibration import calibration_inputs
 from dfcompress.errors import DfcompressError
 
 __all__ = ["Finetune", "Schedule", "cubic", "linear", "reestimate_bn", "run_schedule"]

@@ -9,15 +9,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from dfcompress._calibration import calibration_inputs
 from dfcompress._datafree import default_input_shape, synthesize_inputs
-from dfcompress._validate import (
-    calibration_inputs,
-    check_bool,
-    check_int,
-    check_model,
-    check_shape,
-    has_layers,
-)
+from dfcompress._validate import check_bool, check_int, check_model, check_shape, has_layers
 from dfcompress.errors import DfcompressError
 from dfcompress.quant.config import Config, IntQuant, resolve_config
 from dfcompress.quant.modules import QuantLayer

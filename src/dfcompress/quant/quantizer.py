@@ -28,15 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfcompress._calibration import calibration_inputs, checked_inputs
 from dfcompress._data import iter_inputs, sample_count
 from dfcompress._modes import eval_mode
-from dfcompress._validate import (
-    calibration_inputs,
-    check_bool,
-    check_int,
-    check_model,
-    checked_inputs,
-)
+from dfcompress._validate import check_bool, check_int, check_model
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
 from dfcompress.quant._bnfold import _set_submodule, fold_batchnorms

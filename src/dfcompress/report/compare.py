@@ -22,15 +22,15 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from dfcompress._calibration import calibration_inputs, check_batch
 from dfcompress._data import batch_input, batch_labels, input_dtype
 from dfcompress._validate import (
-    calibration_inputs,
-    check_batch,
     check_bool,
     check_int,
     check_model,
     check_number,
     check_tensor,
+    refused_input,
     short,
 )
 from dfcompress.errors import DfcompressError
@@ -111,13 +111,8 @@ def score_batches(
     try:
         with torch.inference_mode():
             for x in batches:
-                try:
+                with refused_input("data", x, model):
                     logits = model(x.to(dtype))
-                except (RuntimeError, ValueError, TypeError, IndexError) as e:
-                    raise DfcompressError(
-                        f"a batch {short(x)} of the data does not run through "
-                        f"{type(model).__name__} ({type(e).__name__}: {str(e)[:200]})"
-                    ) from e
                 if not isinstance(logits, torch.Tensor):
                     raise DfcompressError(
                         f"the model returned {type(logits).__name__}; compare needs logits"
