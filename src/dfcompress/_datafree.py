@@ -49,10 +49,11 @@ def synthesize_inputs(
         max_seconds: Time budget. One optimisation step costs about three
             forwards of all ``n`` samples, so a large model at full resolution
             (a BNext at 224 x 224 on a laptop CPU: seconds per sample) would run
-            for hours. A timed forward of one sample estimates the cost first;
-            when ``steps`` would not fit in the budget, fewer steps run (and
-            fewer samples if one step alone would not fit), with a notice on the
-            ``"dfcompress"`` logger. The loop also stops once the budget is spent.
+            for hours. Timed forwards of one sample estimate the cost first:
+            when one step of ``n`` samples would not fit, fewer samples are
+            synthesized; the steps stop before one would end past the budget.
+            Either way a notice goes to the ``"dfcompress"`` logger; within the
+            budget the result depends on the seed alone.
 
     Returns:
         A float tensor of shape ``(n, *input_shape)`` on the model's device
@@ -78,51 +79,52 @@ def synthesize_inputs(
     flags = training_flags(model)
     model.eval()
     try:
-        n, steps = _fit_budget(model, input_shape, n, steps, device, max_seconds)
+        if steps:
+            n = _fit_samples(model, input_shape, n, device, max_seconds)
         return _optimise(model, bns, input_shape, n, steps, seed, lr, device, max_seconds)
     finally:
         restore_modes(flags)
 
 
-def _fit_budget(
+def _fit_samples(
     model: nn.Module,
     input_shape: Sequence[int],
     n: int,
-    steps: int,
     device: torch.device,
     max_seconds: float,
-) -> tuple[int, int]:
-    """``(n, steps)`` cut so that ``steps`` steps of ``n`` samples fit in ``max_seconds``."""
-    if steps == 0:
-        return n, steps
-    start = time.perf_counter()
+) -> int:
+    """``n``, or fewer samples when one optimisation step of ``n`` would not fit the budget.
+
+    Two forwards of one sample time the model (the first pays one-time costs).
+    """
+    x = torch.zeros((1, *input_shape), device=device)
+    times = []
     try:
         with torch.no_grad():
-            model(torch.zeros((1, *input_shape), device=device))
+            for _ in range(2):
+                start = time.perf_counter()
+                model(x)
+                times.append(time.perf_counter() - start)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         raise DfcompressError(
             f"{type(model).__name__} cannot run an input of shape {(1, *input_shape)} "
             f"({type(e).__name__}: {str(e)[:200]}): pass input_shape= or calibration data"
         ) from e
-    per_sample = 3.0 * max(time.perf_counter() - start, 1e-6)  # forward + backward
-    fit_steps = int(max_seconds // (per_sample * n))
-    if fit_steps >= steps:
-        return n, steps
-    fit_n = n if fit_steps >= 1 else max(1, int(max_seconds // per_sample))
-    fit_steps = max(1, min(steps, int(max_seconds // (per_sample * fit_n))))
+    per_sample = 3.0 * max(min(times), 1e-6)  # forward + backward
+    if per_sample * n <= max_seconds:
+        return n
+    fit = max(1, int(max_seconds // per_sample))
     _log.warning(
-        "dfcompress: synthesizing calibration inputs of shape %s would take about %.0f s "
-        "(%d steps of %d samples); running %d steps of %d samples to stay within %.0f s "
-        "(pass calibration data for better accuracy)",
-        tuple(input_shape),
-        per_sample * n * steps,
-        steps,
+        "dfcompress: one step of synthesizing %d calibration inputs of shape %s would take "
+        "about %.0f s; synthesizing %d to stay within %.0f s (pass calibration data for "
+        "better accuracy)",
         n,
-        fit_steps,
-        fit_n,
+        tuple(input_shape),
+        per_sample * n,
+        fit,
         max_seconds,
     )
-    return fit_n, fit_steps
+    return fit
 
 
 def _optimise(
@@ -155,7 +157,8 @@ def _optimise(
     handles = [b.register_forward_pre_hook(hook) for b in bns]
     opt = torch.optim.Adam([x], lr=lr)
     try:
-        for _ in range(steps):
+        for step in range(steps):
+            step_start = time.perf_counter()
             losses.clear()
             opt.zero_grad()
             model(x)
@@ -163,7 +166,15 @@ def _optimise(
             (grad,) = torch.autograd.grad(loss, [x])
             x.grad = grad
             opt.step()
-            if time.perf_counter() - start > max_seconds:
+            now = time.perf_counter()
+            if step + 1 < steps and (now - start) + (now - step_start) > max_seconds:
+                _log.warning(
+                    "dfcompress: synthesizing calibration inputs stopped after %d of %d steps "
+                    "at the %.0f s time budget (pass calibration data for better accuracy)",
+                    step + 1,
+                    steps,
+                    max_seconds,
+                )
                 break
     finally:
         for h in handles:
