@@ -71,3 +71,109 @@ def small_nets(draw: st.DrawFn) -> SmallNet:
         classes=draw(st.integers(1, 3)),
     )
     return net.eval()
+
+
+# --- bad values for the verbs' arguments --------------------------------------------------
+
+WRONG_TYPES = st.sampled_from([None, "x", b"x", 3, -1, 2.5, float("nan"), [], {}, object(), print])
+"""Values of the wrong type for almost any argument (a model, a path, a flag, data)."""
+
+NOT_BOOLS = st.sampled_from(["yes", "", 2, None, 1.0, [True], object()])
+"""Values that are not True or False (for flags such as ``inplace=``, ``progress=``)."""
+
+
+def bad_fractions(*, high_open: bool = True) -> st.SearchStrategy[object]:
+    """Amounts outside [0, 1) (or [0, 1] with ``high_open=False``), NaN, Inf, non-numbers."""
+    outside = st.one_of(
+        st.floats(max_value=-1e-6, allow_nan=False, allow_infinity=False),
+        st.floats(min_value=1.0 if high_open else 1.0 + 1e-6, allow_infinity=False),
+    )
+    return st.one_of(
+        outside,
+        st.sampled_from([float("nan"), float("inf"), -float("inf"), "half", None, True, [0.5]]),
+    )
+
+
+def bad_counts(low: int = 1) -> st.SearchStrategy[object]:
+    """Integer options (samples, steps, repeats) below ``low`` or not integers (None excluded)."""
+    return st.one_of(
+        st.integers(max_value=low - 1),
+        st.sampled_from([1.5, "8", True, float("nan"), [4]]),
+    )
+
+
+def _filled(value: float) -> torch.Tensor:
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    x[1, 0, 2, 3] = value
+    return x
+
+
+@st.composite
+def bad_calibration(draw: st.DrawFn) -> object:
+    """Calibration data no verb can use: empty, NaN/Inf, mixed shapes/dtypes, not data at all.
+
+    Samples are (3, 8, 8) images; each draw builds fresh objects (generators are one-shot).
+    """
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    kind = draw(
+        st.sampled_from(
+            [
+                "empty list",
+                "empty tensor",
+                "empty generator",
+                "nan",
+                "inf",
+                "nan in a generator",
+                "mixed shapes",
+                "mixed dtypes",
+                "scalar",
+                "bool",
+                "string",
+                "dict",
+                "number",
+                "module",
+            ]
+        )
+    )
+    built: dict[str, object] = {
+        "empty list": [],
+        "empty tensor": torch.empty(0, 3, 8, 8),
+        "empty generator": (t for t in ()),
+        "nan": _filled(float("nan")),
+        "inf": [x, _filled(draw(st.sampled_from([float("inf"), -float("inf")])))],
+        "nan in a generator": (t for t in (x, _filled(float("nan")))),
+        "mixed shapes": [x, torch.rand(4, 3, 6, 6)],
+        "mixed dtypes": [x, x.double()],
+        "scalar": torch.tensor(1.0),
+        "bool": x > 0.5,
+        "string": "images/",
+        "dict": {"image": x},
+        "number": 4,
+        "module": nn.Linear(2, 2),
+    }
+    return built[kind]
+
+
+@st.composite
+def bad_models(draw: st.DrawFn, *, needs_layers: bool = True) -> object:
+    """Things that are not a usable model: other types, meta tensors, nothing to compress."""
+    kind = draw(st.sampled_from(["type", "meta", "buffers only", "no layers"]))
+    if kind == "type" or (not needs_layers and kind in ("buffers only", "no layers")):
+        return draw(WRONG_TYPES)
+    if kind == "meta":
+        with torch.device("meta"):
+            return nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(144, 1))
+    if kind == "buffers only":
+        m = nn.Module()
+        m.register_buffer("table", torch.ones(3))
+        return m
+    return nn.Sequential(nn.ReLU(), nn.Flatten())
+
+
+BAD_RECIPES = st.sampled_from(
+    ["q9", "", "  ", "p0", "p100", "s150", "ise8-4", "q8--p50", "q8-x", "int8", 5, None, ["q8"]]
+)
+"""Recipe strings (and non-strings) :func:`dfcompress.parse_recipe` refuses."""
+
+BAD_SELECTORS = st.sampled_from(["nope", "convv", 5, [], object(), ("conv", 3)])
+"""Selectors that name no preset, are of the wrong type, or select nothing."""

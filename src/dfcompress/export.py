@@ -24,8 +24,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from dfcompress._calibration import calibration_inputs
 from dfcompress._data import input_dtype, iter_inputs, model_float_dtype
 from dfcompress._onnx_torch import to_onnx
+from dfcompress._validate import (
+    check_bool,
+    check_file_path,
+    check_int,
+    check_model,
+    check_number,
+    check_tensor,
+    refused_input,
+    short,
+)
 from dfcompress.errors import DfcompressError, require
 
 __all__ = ["ExportResult", "export_onnx", "export_torchscript"]
@@ -33,6 +44,7 @@ __all__ = ["ExportResult", "export_onnx", "export_torchscript"]
 _DEFAULT_OPSET = 17
 _TOL = {"float": (1e-4, 1e-3), "16bit": (2e-2, 2e-2), "int8": (5e-2, 1e-1)}
 _MIN_AGREE = {"float": 1.0, "16bit": 1.0, "int8": 0.95}
+_CALIBRATION_SAMPLES = 512  # samples observed for the ranges the QDQ graph adds
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,13 @@ def _eager(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
     with torch.no_grad():
         outs = _flat(model(x))
     return [o.detach().float().cpu().numpy() for o in outs]
+
+
+def _check_args(model: Any, path: Any, example: Any) -> Path:
+    """The checks both exporters share; returns ``path`` as a Path."""
+    check_model(model)
+    check_tensor(example, "example")
+    return Path(check_file_path(path, "path"))
 
 
 def _input_for(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -221,8 +240,21 @@ def export_onnx(
     ('float', 1.0)
     """
     onnx = require("onnx", "onnx")
-    if not isinstance(example, torch.Tensor):
-        raise DfcompressError(f"example must be a tensor, got {type(example).__name__}")
+    path = _check_args(model, path, example)
+    for flag, value in (
+        ("dynamic_batch", dynamic_batch),
+        ("dynamic_size", dynamic_size),
+        ("check", check),
+        ("quantize_conv_outputs", quantize_conv_outputs),
+        ("quantize_elementwise", quantize_elementwise),
+    ):
+        check_bool(value, flag)
+    if opset is not None:
+        check_int(opset, "opset", low=7, high=23)
+    for tol, tol_name in ((atol, "atol"), (rtol, "rtol"), (min_agreement, "min_agreement")):
+        if tol is not None:
+            check_number(tol, tol_name, low=0.0)
+    calibration = calibration_inputs(calibration, limit=_CALIBRATION_SAMPLES)
     opset = _DEFAULT_OPSET if opset is None else int(opset)
     if not 7 <= opset <= 23:
         raise DfcompressError(f"opset={opset} is out of range: use 13..23 (13+ for int8)")
@@ -240,11 +272,12 @@ def export_onnx(
         raise DfcompressError(
             f"exporter={exporter!r} is unknown: use 'auto', 'torchscript' or 'dynamo'"
         )
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 
     work = copy.deepcopy(model).eval()
     x = _input_for(work, example.detach().cpu())
+    with refused_input("example", example, model):
+        _eager(work, x)
     from dfcompress._onnx_qdq import has_qdq, to_qdq
     from dfcompress.models._binary import int8_codes
 
@@ -266,7 +299,7 @@ def export_onnx(
             raise DfcompressError(f"opset={opset} cannot hold per-channel int8 weights: use >= 13")
         kind = "int8"
         data = x if calibration is None else calibration
-        calib = [c.to(x.dtype).numpy() for c in iter_inputs(data, limit=512)]
+        calib = [c.to(x.dtype).numpy() for c in iter_inputs(data, limit=_CALIBRATION_SAMPLES)]
         tries = ["int8", "uint8"] if int8_weights == "auto" and check else [int8_weights]
         if tries == ["auto"]:
             tries = ["int8"]
@@ -345,12 +378,18 @@ def export_torchscript(
     >>> r.format, r.agreement
     ('torchscript', 1.0)
     """
+    path = _check_args(model, path, example)
     if method not in ("trace", "script"):
-        raise DfcompressError(f"method={method!r} is unknown: use 'trace' or 'script'")
-    path = Path(path)
+        raise DfcompressError(f"method={short(method)} is unknown: use 'trace' or 'script'")
+    check_bool(check, "check")
+    for tol, tol_name in ((atol, "atol"), (rtol, "rtol")):
+        if tol is not None:
+            check_number(tol, tol_name, low=0.0)
     path.parent.mkdir(parents=True, exist_ok=True)
     work = copy.deepcopy(model).eval()
     x = _input_for(work, example.detach().cpu())
+    with refused_input("example", example, model):
+        _eager(work, x)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")

@@ -369,12 +369,18 @@ def compress(
     >>> small.dfc_history[-1]["recipe"], type(net[0]).__name__
     ('q4-p50', 'Conv2d')
     """
+    from dfcompress._calibration import calibration_inputs
     from dfcompress._compress import apply_step, split_options
+    from dfcompress._validate import check_bool, check_int, check_model
 
+    check_model(model)
     parsed = parse_recipe(recipe)
-    if not isinstance(model, nn.Module):
-        raise DfcompressError(f"compress expects an nn.Module, got {type(model).__name__}")
+    check_bool(progress, "progress")
+    check_bool(inplace, "inplace")
     prune_opts, quant_opts = split_options(options)
+    max_samples = check_int(quant_opts.get("max_samples", 256), "max_samples", low=1)
+    # Read once, up to what any step uses: a generator then serves every step.
+    calibration = calibration_inputs(calibration, limit=max(max_samples, 256))
     history = list(getattr(model, "dfc_history", []))
     out = model if inplace else copy.deepcopy(model)
     for step in parsed.ordered():

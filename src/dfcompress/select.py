@@ -243,6 +243,11 @@ def by_name(*patterns: str) -> Selector:
     """Modules whose qualified name matches any of the shell-style globs."""
     if not patterns:
         raise DfcompressError("by_name needs at least one pattern, e.g. by_name('blocks.*')")
+    bad = [p for p in patterns if not isinstance(p, str)]
+    if bad:
+        raise DfcompressError(
+            f"by_name patterns must be strings such as 'blocks.*', got {bad[0]!r}"
+        )
     pats = tuple(patterns)
     return _Predicate(
         lambda n, _m: any(fnmatch.fnmatchcase(n, p) for p in pats), f"by_name{pats!r}"
@@ -299,6 +304,10 @@ def select(
 
     With ``required=True`` an empty result is a :class:`DfcompressError`.
     """
+    if not isinstance(model, nn.Module):
+        raise DfcompressError(
+            f"select() needs an nn.Module to select from, got {type(model).__name__}"
+        )
     if isinstance(selector, (list, set, frozenset)):
         items = list(selector)
         if not items:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import statistics
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -26,9 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfcompress.errors import DfcompressError
+from dfcompress._modes import eval_mode, restore_modes, training_flags
+from dfcompress._validate import check_bool, check_int, check_model, check_tensor, refused_input
 
 __all__ = ["Measurement", "count_macs", "measure", "peak_rss_during"]
+
+_THREAD_COUNT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -106,13 +110,8 @@ def count_macs(model: nn.Module, example: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), counter:
-            model(example)
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad(), counter:
+        model(example)
     return int(counter.get_total_flops()) // 2
 
 
@@ -180,27 +179,30 @@ def measure(
     """
     from dfcompress.io import serialized_size
 
-    if not isinstance(model, nn.Module):
-        raise DfcompressError(f"measure expects an nn.Module, got {type(model).__name__}")
-    if repeats < 1 or warmup < 0:
-        raise DfcompressError(f"repeats={repeats}, warmup={warmup}: use repeats >= 1, warmup >= 0")
-    if threads is not None and threads < 1:
-        raise DfcompressError(f"threads={threads} is invalid: use a positive count or None")
+    check_model(model)
+    check_int(repeats, "repeats", low=1)
+    check_int(warmup, "warmup", low=0)
+    if threads is not None:
+        check_int(threads, "threads", low=1)
+    check_bool(memory, "memory")
     params = sum(p.numel() for p in model.parameters())
     nonzero = sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
+    if example is not None:
+        check_tensor(example, "example", finite=False)
     size = serialized_size(model)
     if example is None:
         return Measurement(size, params, nonzero, 1.0 - nonzero / params if params else 0.0)
-    if not isinstance(example, torch.Tensor):
-        raise DfcompressError(f"example must be a tensor, got {type(example).__name__}")
 
+    # The thread count is process-wide: calls that set it take turns.
+    locked = threads is not None and _THREAD_COUNT_LOCK.acquire()
     old_threads = torch.get_num_threads()
-    was_training = model.training
+    flags = training_flags(model)
     model.eval()
     try:
         if threads is not None:
             torch.set_num_threads(threads)
-        macs = count_macs(model, example)
+        with refused_input("example", example, model):
+            macs = count_macs(model, example)
         times: list[float] = []
         with torch.inference_mode():
             for _ in range(warmup):
@@ -214,8 +216,11 @@ def measure(
         rss = peak_rss_during(model, example) if memory else None
         used_threads = torch.get_num_threads()
     finally:
-        torch.set_num_threads(old_threads)
-        model.train(was_training)
+        if threads is not None:
+            torch.set_num_threads(old_threads)
+        restore_modes(flags)
+        if locked:
+            _THREAD_COUNT_LOCK.release()
     return Measurement(
         serialized_bytes=size,
         params=params,

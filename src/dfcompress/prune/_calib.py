@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfcompress._data import iter_inputs
+from dfcompress._calibration import calibration_inputs
+from dfcompress._modes import eval_mode
 from dfcompress.errors import DfcompressError
 
 __all__ = ["calibration_batch", "guess_input_shape"]
@@ -48,9 +49,7 @@ def guess_input_shape(model: nn.Module) -> tuple[int, ...]:
         )
     channels = stem.in_channels
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for s in _TRY_SIZES:
             shape: tuple[int, ...] = (channels, s, s)
             if isinstance(stem, nn.Conv3d):
@@ -60,8 +59,6 @@ def guess_input_shape(model: nn.Module) -> tuple[int, ...]:
             except Exception:
                 continue
             return shape
-    finally:
-        model.train(was_training)
     raise DfcompressError(
         f"{type(model).__name__} accepts no input of shape (N, {channels}, s, s) for s in "
         f"{_TRY_SIZES}: pass calibration data or example_inputs"
@@ -85,9 +82,7 @@ def calibration_batch(
     """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     if calibration is not None:
-        parts = list(iter_inputs(calibration, limit=n_samples))
-        if not parts:
-            raise DfcompressError("the calibration data yielded no batch")
+        parts = calibration_inputs(calibration, limit=n_samples) or []
         return torch.cat(parts).to(device)
     if example_inputs is not None:
         shape = tuple(example_inputs.shape[1:])

@@ -31,13 +31,15 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from dfcompress._fx import ThreadSafeTracer, trace
+
 __all__ = ["SuffixRunner", "trace_opaque"]
 
 _MAX_RETRIES = 500
 _INPLACE_OPS = {operator.iadd, operator.isub, operator.imul, operator.itruediv, operator.setitem}
 
 
-class _Tracer(fx.Tracer):
+class _Tracer(ThreadSafeTracer):
     """A tracer treating the modules in ``opaque`` as leaves and naming a failing module."""
 
     def __init__(self, opaque: set[nn.Module]) -> None:
@@ -75,7 +77,7 @@ def trace_opaque(model: nn.Module) -> fx.Graph | None:
     for _ in range(_MAX_RETRIES):
         tracer = _Tracer(opaque)
         try:
-            return tracer.trace(model)
+            return trace(tracer, model)
         except Exception:
             bad = tracer.failed
             if bad is None or bad is model or bad in opaque:

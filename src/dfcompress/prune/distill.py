@@ -17,15 +17,19 @@ at temperature ``T``, scaled by ``T**2`` so gradients keep their size).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import inspect
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dfcompress._calibration import check_batch, training_batches
 from dfcompress._data import batch_input, batch_labels
+from dfcompress._modes import restore_modes, training_flags
 from dfcompress._train import adamw_cosine
+from dfcompress._validate import check_bool, check_int, check_model, check_number, short
 from dfcompress.errors import DfcompressError
 from dfcompress.prune.schedule import Finetune
 
@@ -141,25 +145,37 @@ def distill(
     >>> gap(trained) < gap(student)
     True
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not epochs > 0:
-        raise DfcompressError(f"epochs={epochs!r} is invalid: use a positive number of passes")
-    if not lr > 0:
-        raise DfcompressError(f"lr={lr!r} is invalid: use a positive learning rate")
+    check_model(student, "student")
+    check_model(teacher, "teacher")
+    check_number(epochs, "epochs", positive=True)
+    check_number(lr, "lr", positive=True)
+    check_number(weight_decay, "weight_decay", low=0.0)
+    check_number(temperature, "temperature", positive=True)
+    check_number(alpha, "alpha", low=0.0)
+    if seed is not None:
+        check_int(seed, "seed", low=0)
+    check_bool(inplace, "inplace")
+    check_bool(progress, "progress")
     distillation_loss(torch.zeros(1, 1), torch.zeros(1, 1), temperature=temperature, alpha=alpha)
+    data = training_batches(data, epochs=epochs)
     net = student if inplace else copy.deepcopy(student)
     device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    first: list[torch.Tensor] = []
 
     def batch_loss(batch: Any) -> torch.Tensor:
-        x = batch_input(batch).to(device)
+        x = batch_input(batch)
+        check_batch(x, len(first), first[0] if first else None, "data")
+        first[:1] = first[:1] or [x]
+        x = x.to(device)
         with torch.no_grad():
             t = _logits(teacher(x))
         y = batch_labels(batch, required=False)
         return distillation_loss(_logits(net(x)), t, y, temperature=temperature, alpha=alpha)
 
-    teacher_modes = {m: m.training for m in teacher.modules()}
+    teacher_modes = training_flags(teacher)
     teacher.eval()
     try:
-        adamw_cosine(
+        steps = adamw_cosine(
             net,
             data,
             batch_loss,
@@ -171,8 +187,9 @@ def distill(
             desc="distill",
         )
     finally:
-        for m, mode in teacher_modes.items():
-            m.training = mode
+        restore_modes(teacher_modes)
+    if not steps:
+        raise DfcompressError(f"data={short(data)} yielded no batch: pass at least one batch")
     net.eval()
     return net
 
@@ -198,6 +215,20 @@ def distill_finetune(teacher: nn.Module, data: Iterable[Any], **kwargs: Any) -> 
     """
     if "inplace" in kwargs:
         raise DfcompressError("distill_finetune always trains in place: drop inplace=")
+    check_model(teacher, "teacher")
+    known = set(inspect.signature(distill).parameters) - {"student", "teacher", "data", "inplace"}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise DfcompressError(
+            f"distill_finetune got unknown options {unknown}: use {', '.join(sorted(known))}"
+        )
+    check_number(kwargs.get("epochs", 1.0), "epochs", positive=True)
+    if isinstance(data, Iterator):
+        raise DfcompressError(
+            f"data={short(data)} is a one-shot iterator, but the callback distils after every "
+            "pruning step: pass a list of batches or a DataLoader"
+        )
+    data = training_batches(data, epochs=1.0)
     frozen = copy.deepcopy(teacher).eval()
 
     def finetune(model: nn.Module, step: int) -> None:

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
+from dfcompress._calibration import calibration_inputs
+from dfcompress._validate import (
+    check_bool,
+    check_callable,
+    check_int,
+    check_model,
+    check_number,
+    check_tensor,
+    has_layers,
+    short,
+    tied_layers,
+)
 from dfcompress.distributed.executor import Executor
 from dfcompress.errors import DfcompressError
 from dfcompress.prune._targets import AmountSpec, Select, check_amount
@@ -29,6 +41,7 @@ __all__ = ["Method", "PruneConfig", "Pruner"]
 
 Method = Literal["l1", "structured"]
 _METHODS = ("l1", "structured")
+_BN_SAMPLES = 256  # samples BatchNorm re-estimation reads (schedule.reestimate_bn)
 
 
 @dataclass(frozen=True)
@@ -95,8 +108,20 @@ class PruneConfig:
             check_amount(self.amount)
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise DfcompressError(f"steps={self.steps!r} is invalid: use an integer >= 1")
-        if self.n_samples < 1:
-            raise DfcompressError(f"n_samples={self.n_samples!r} is invalid: use >= 1")
+        check_int(self.n_samples, "n_samples", low=1)
+        if isinstance(self.grid, (str, bytes)) or not isinstance(self.grid, Sequence):
+            raise DfcompressError(
+                f"grid={self.grid!r} is not a sequence: use increasing fractions in (0, 1)"
+            )
+        grid = [check_amount(a, "grid[i]") for a in self.grid]
+        if not grid or grid[0] <= 0 or grid != sorted(set(grid)):
+            raise DfcompressError(
+                f"grid={list(self.grid)!r} is invalid: use increasing fractions in (0, 1)"
+            )
+        for flag in ("sensitivity", "recalibrate_bn", "keep_masks"):
+            check_bool(getattr(self, flag), flag)
+        if self.stop_below is not None:
+            check_number(self.stop_below, "stop_below")
         if self.schedule is not None and not callable(self.schedule):
             raise DfcompressError(
                 f"schedule={self.schedule!r} is not callable: use (step, steps, target) -> amount"
@@ -130,6 +155,17 @@ class Pruner:
     """
 
     def __init__(self, config: PruneConfig | None = None, **overrides: Any) -> None:
+        if config is not None and not isinstance(config, PruneConfig):
+            raise DfcompressError(
+                f"config={short(config)} is not a PruneConfig: pass PruneConfig(...) or "
+                "keyword options such as Pruner(amount=0.5)"
+            )
+        unknown = sorted(set(overrides) - {f.name for f in fields(PruneConfig)})
+        if unknown:
+            raise DfcompressError(
+                f"Pruner got unknown options {unknown}: the options are "
+                f"{', '.join(f.name for f in fields(PruneConfig))}"
+            )
         base = config if config is not None else PruneConfig()
         self.config = replace(base, **overrides) if overrides else base
         self.last_sensitivity: SensitivityResult | None = None
@@ -154,6 +190,11 @@ class Pruner:
         ``executor`` runs the scan on Ray (see :func:`~dfcompress.prune.scan`).
         """
         c = self.config
+        check_model(model)
+        check_callable(metric, "metric", "(output, reference) -> float")
+        calibration = calibration_inputs(calibration, limit=c.n_samples)
+        if example_inputs is not None:
+            check_tensor(example_inputs, "example_inputs")
         target = c.amount if not isinstance(c.amount, Mapping) else max(c.amount.values())
         res = scan(
             model,
@@ -187,6 +228,24 @@ class Pruner:
         ``executor`` runs the sensitivity scan on Ray (see :func:`~dfcompress.prune.scan`).
         """
         c = self.config
+        check_model(model)
+        has_layers(model, what="prune")
+        check_bool(inplace, "inplace")
+        check_bool(progress, "progress")
+        check_callable(metric, "metric", "(output, reference) -> float")
+        check_callable(finetune, "finetune", "(model, step) -> None")
+        if example_inputs is not None:
+            check_tensor(example_inputs, "example_inputs")
+        tied = tied_layers(model) if c.method == "structured" else []
+        if tied:
+            raise DfcompressError(
+                f"{type(model).__name__} ties weights between {tied[0][0]!r} and {tied[0][1]!r}: "
+                "structured pruning would remove channels of one and silently untie them; "
+                "prune with method='l1' (which keeps ties), or untie the weights first"
+            )
+        # read once (up to what any step uses): a generator serves the scan, every
+        # pruning step and BatchNorm re-estimation
+        calibration = calibration_inputs(calibration, limit=max(c.n_samples, _BN_SAMPLES))
         if not inplace:
             model = copy.deepcopy(model)
         amount: AmountSpec = c.amount

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from dfcompress._data import iter_inputs
+from dfcompress._calibration import calibration_inputs
 from dfcompress.errors import DfcompressError
 
 __all__ = ["Finetune", "Schedule", "cubic", "linear", "reestimate_bn", "run_schedule"]
@@ -77,6 +77,7 @@ def reestimate_bn(
     ]
     if not bns:
         return model
+    inputs = calibration_inputs(data, limit=max_samples, name="data") or []
     modes = {m: m.training for m in model.modules()}
     momenta = [bn.momentum for bn in bns]
     model.eval()
@@ -86,7 +87,7 @@ def reestimate_bn(
         bn.train()
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     seen = 0
-    for x in iter_inputs(data, limit=max_samples):
+    for x in inputs:
         model(x.to(device))
         seen += x.shape[0]
     for bn, mom in zip(bns, momenta, strict=False):

@@ -27,6 +27,7 @@ calibration data never exercises). Its curve is used as measured.
 from __future__ import annotations
 
 import copy
+import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -37,6 +38,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dfcompress._validate import check_model
 from dfcompress.distributed.executor import Executor, resolve_executor
 from dfcompress.errors import DfcompressError, require
 from dfcompress.prune._allocate import allocate_budget, allocate_threshold, monotone_losses
@@ -86,7 +88,8 @@ def cosine_agreement(output: torch.Tensor, reference: torch.Tensor) -> float:
     na, nb = a.norm(), b.norm()
     if float(na) == 0.0 or float(nb) == 0.0:
         return 1.0 if float(na) == float(nb) else 0.0
-    return min(1.0, float(a @ b / (na * nb)))
+    cos = float(a @ b / (na * nb))
+    return -1.0 if math.isnan(cos) else min(1.0, cos)  # NaN output: as far off as it gets
 
 
 def sign_agreement(output: torch.Tensor, reference: torch.Tensor) -> float:
@@ -256,6 +259,7 @@ def scan(
     >>> [ly.name for ly in res.layers], res.forward_passes  # reference + 2 layers x 2 amounts
     (['0', '2'], 5)
     """
+    check_model(model)
     grid = tuple(check_amount(a, "amounts[i]") for a in amounts)
     if not grid or any(a <= 0 for a in grid) or list(grid) != sorted(set(grid)):
         raise DfcompressError(f"amounts={amounts!r} must be increasing fractions in (0, 1)")
@@ -299,6 +303,11 @@ def _scan(
         raise DfcompressError(f"no prunable conv/linear layer matched select={select!r}")
     run = SuffixRunner(work, x)
     reference = _as_tensor(run.reference())
+    if reference.is_floating_point() and not bool(torch.isfinite(reference).all()):
+        raise DfcompressError(
+            "the model's output on the calibration batch holds NaN or Inf: layers cannot be "
+            "scored against it (check the model and the calibration data)"
+        )
     baseline = float(score_fn(reference, reference))
     from tqdm.auto import tqdm
 

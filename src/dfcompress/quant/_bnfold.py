@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfcompress._modes import eval_mode
 from dfcompress._rebuild import register_module
 from dfcompress.errors import DfcompressError
 
@@ -135,12 +136,15 @@ def find_conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
     try:
         import torch.fx
 
-        class _Tracer(torch.fx.Tracer):
+        from dfcompress._fx import TRACE_LOCK, ThreadSafeTracer, trace
+
+        class _Tracer(ThreadSafeTracer):
             # BatchNorm subclasses (BatchNorm + activation) stay one call, like nn's own.
             def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
                 return isinstance(m, _BNS) or super().is_leaf_module(m, qualname)
 
-        gm = torch.fx.GraphModule(model, _Tracer().trace(model))
+        with TRACE_LOCK:
+            gm = torch.fx.GraphModule(model, trace(_Tracer(), model))
     except Exception:  # any tracing failure means: use the fallback
         probed = _probe_pairs(model)
         return _sequential_pairs(model) if probed is None else probed
@@ -178,13 +182,8 @@ def _probe_input(model: nn.Module) -> torch.Tensor | None:
 
 
 def _run_probe(model: nn.Module, x: torch.Tensor) -> Any:
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return model(x)
-    finally:
-        model.train(was)
+    with eval_mode(model), torch.no_grad():
+        return model(x)
 
 
 def _probe_pairs(model: nn.Module) -> list[tuple[str, str]] | None:

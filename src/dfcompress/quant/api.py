@@ -9,7 +9,9 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from dfcompress._calibration import calibration_inputs
 from dfcompress._datafree import default_input_shape, synthesize_inputs
+from dfcompress._validate import check_bool, check_int, check_model, check_shape, has_layers
 from dfcompress.errors import DfcompressError
 from dfcompress.quant.config import Config, IntQuant, resolve_config
 from dfcompress.quant.modules import QuantLayer
@@ -91,6 +93,20 @@ def quantize(
     >>> bool((q(x) - net(x)).abs().max() < 0.05)
     True
     """
+    check_model(model)
+    has_layers(model, what="quantize")
+    for flag, value in (
+        ("inplace", inplace),
+        ("progress", progress),
+        ("fold_bn", fold_bn),
+        ("bias_correction", bias_correction),
+        ("bn_reestimation", bn_reestimation),
+        ("pack", pack),
+    ):
+        check_bool(value, flag)
+    check_int(max_samples, "max_samples", low=1)
+    if input_shape is not None:
+        input_shape = check_shape(input_shape, "input_shape")
     if finetune is not None and not callable(finetune):
         raise DfcompressError(
             f"finetune={finetune!r} is not callable: pass a function (model, step) -> None, "
@@ -106,6 +122,8 @@ def quantize(
                 "in the rules"
             )
         rules = list(cast("Sequence[Rule]", config))
+    # read once: a generator serves calibration, bias correction and BN re-estimation
+    calibration = calibration_inputs(calibration, limit=max_samples)
     qz = Quantizer(
         rules, fold_bn=fold_bn, bias_correction=bias_correction, bn_reestimation=bn_reestimation
     )

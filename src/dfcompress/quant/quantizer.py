@@ -28,7 +28,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfcompress._calibration import calibration_inputs, checked_inputs
 from dfcompress._data import iter_inputs, sample_count
+from dfcompress._modes import eval_mode
+from dfcompress._validate import check_bool, check_int, check_model
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
 from dfcompress.quant._bnfold import _set_submodule, fold_batchnorms
@@ -96,11 +99,14 @@ class Quantizer:
         bias_correction: bool = False,
         bn_reestimation: bool = False,
     ) -> None:
-        if isinstance(rules, (str, tuple)) or not rules:
+        if isinstance(rules, (str, tuple)) or not isinstance(rules, Sequence) or not rules:
             raise DfcompressError(
                 f"rules={rules!r} must be a non-empty list of (selector, config) pairs, "
                 "e.g. [('conv', 'int8')]"
             )
+        check_bool(fold_bn, "fold_bn")
+        check_bool(bias_correction, "bias_correction")
+        check_bool(bn_reestimation, "bn_reestimation")
         parsed = []
         for rule in rules:
             if not isinstance(rule, tuple) or len(rule) != 2:
@@ -139,6 +145,8 @@ class Quantizer:
         Weights are fake-quantized from then on (so the result can be trained,
         QAT); input quantizers pass values through until :meth:`calibrate`.
         """
+        check_model(model)
+        check_bool(inplace, "inplace")
         plan = self.plan(model)
         if not plan:
             raise DfcompressError(
@@ -181,6 +189,18 @@ class Quantizer:
             progress: Show a progress bar.
             max_samples: Use at most this many samples.
         """
+        check_model(model)
+        check_bool(progress, "progress")
+        if max_samples is not None:
+            check_int(max_samples, "max_samples", low=1)
+        if data is None:
+            raise DfcompressError(
+                "calibrate() needs data: pass a loader or a tensor of inputs, not data=None"
+            )
+        if max_samples is None:
+            data = checked_inputs(data, name="data") or []
+        else:
+            data = calibration_inputs(data, limit=max_samples, name="data") or []
         layers = _quant_layers(model)
         if not layers and not any(isinstance(x, CastLayer) for x in model.modules()):
             raise DfcompressError("calibrate() needs a model returned by Quantizer.prepare()")
@@ -217,6 +237,9 @@ class Quantizer:
 
         Returns a new model unless ``inplace``.
         """
+        check_model(model)
+        check_bool(pack, "pack")
+        check_bool(inplace, "inplace")
         m = model if inplace else copy.deepcopy(model)
         for name, layer in _quant_layers(m).items():
             for q, what in ((layer.input_quant, "input"), (layer.output_quant, "output")):
@@ -246,20 +269,15 @@ def _run(
     from tqdm.auto import tqdm
 
     device = _device(model)
-    was_training = model.training
-    model.eval()
     seen = 0
-    try:
-        with torch.no_grad():
-            total = sample_count(data, max_samples)
-            bar = tqdm(total=total, desc=desc, unit="sample", disable=not progress)
-            for x in iter_inputs(data, limit=max_samples):
-                model(x.to(device))
-                seen += x.shape[0]
-                bar.update(x.shape[0])
-            bar.close()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        total = sample_count(data, max_samples)
+        bar = tqdm(total=total, desc=desc, unit="sample", disable=not progress)
+        for x in iter_inputs(data, limit=max_samples):
+            model(x.to(device))
+            seen += x.shape[0]
+            bar.update(x.shape[0])
+        bar.close()
     return seen
 
 

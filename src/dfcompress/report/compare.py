@@ -22,7 +22,17 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from dfcompress._calibration import calibration_inputs, check_batch
 from dfcompress._data import batch_input, batch_labels, input_dtype
+from dfcompress._validate import (
+    check_bool,
+    check_int,
+    check_model,
+    check_number,
+    check_tensor,
+    refused_input,
+    short,
+)
 from dfcompress.distributed.executor import Executor, resolve_executor
 from dfcompress.distributed.shards import DatasetShards
 from dfcompress.errors import DfcompressError
@@ -35,6 +45,7 @@ from dfcompress.report.result import CATEGORIES, CamPanel, Category, VariantResu
 
 __all__ = ["collect", "compare", "score_batches"]
 
+_CALIBRATION_SAMPLES = 256  # what a recipe step reads (compress's default max_samples)
 _NAME_KEYS = ("name", "names", "path", "paths", "file", "filename")
 
 
@@ -64,8 +75,14 @@ def collect(
     batches: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
     names: list[str] = []
+    if isinstance(data, (str, bytes, Mapping, torch.Tensor)) or not isinstance(data, Iterable):
+        raise DfcompressError(
+            f"data={short(data)} is not labelled data: pass (images, labels) or an iterable of "
+            "(image, label[, name]) batches or dicts"
+        )
     for batch in data:
         x = batch_input(batch)
+        check_batch(x, len(batches), batches[0] if batches else None, "data")
         y = batch_labels(batch).flatten().long()
         if y.shape[0] != x.shape[0]:
             raise DfcompressError(f"a batch has {x.shape[0]} inputs but {y.shape[0]} labels")
@@ -100,7 +117,8 @@ def score_batches(
     try:
         with torch.inference_mode():
             for x in batches:
-                logits = model(x.to(dtype))
+                with refused_input("data", x, model):
+                    logits = model(x.to(dtype))
                 if not isinstance(logits, torch.Tensor):
                     raise DfcompressError(
                         f"the model returned {type(logits).__name__}; compare needs logits"
@@ -290,8 +308,22 @@ def compare(
 
     from dfcompress.recipe import compress
 
-    if not variants:
-        raise DfcompressError("variants is empty: give {'baseline': model, 'q8': ...}")
+    if not isinstance(variants, Mapping) or not variants:
+        raise DfcompressError(
+            f"variants={short(variants)} must be a non-empty mapping: give "
+            "{'baseline': model, 'q8': ...}"
+        )
+    for flag, value in (("gradcam", gradcam), ("progress", progress)):
+        check_bool(value, flag)
+    check_int(measure_repeats, "measure_repeats", low=1)
+    check_int(top_k, "top_k", low=1)
+    check_number(threshold, "threshold")
+    check_number(tolerance, "tolerance")
+    if example is not None:
+        check_tensor(example, "example", finite=False)
+    for name, v in variants.items():
+        if isinstance(v, nn.Module):
+            check_model(v, f"variants[{name!r}]")
     if baseline not in variants:
         raise DfcompressError(
             f"baseline={baseline!r} is not among the variants {list(variants)}: "
@@ -320,6 +352,8 @@ def compare(
         source = batches
         inputs = torch.cat(batches)
         first = inputs[: min(8, inputs.shape[0])]
+    # read once: a generator serves every recipe variant
+    calibration = calibration_inputs(calibration, limit=_CALIBRATION_SAMPLES)
     models: dict[str, tuple[nn.Module, str | None]] = {}
     header = list(notes)
     for name, v in variants.items():
