@@ -67,7 +67,9 @@ def test_whole_output_scoring_sees_residual_coupled_layers() -> None:
     net = TinyResNet().eval()
     res = scan(net, calibration=torch.randn(8, 3, 8, 8), amounts=(0.9,), progress=False)
     by = {ly.name: ly for ly in res.layers}
-    assert by["layer1.conv2"].scores[0] < res.baseline - 1e-4
+    # measurably below the baseline: ten times the scan's own "no effect" threshold (1e-6);
+    # over 20 random initialisations the smallest drop was 2.8e-5
+    assert by["layer1.conv2"].scores[0] < res.baseline - 1e-5
     assert not res.flagged
 
 
