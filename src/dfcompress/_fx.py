@@ -21,7 +21,7 @@ from torch import nn
 __all__ = ["TRACE_LOCK", "ThreadSafeTracer", "trace"]
 
 TRACE_LOCK = threading.RLock()
-"""Held by every torch.fx trace dfcompress runs."""
+"""Held by every torch.fx trace and every dataflow probe (the SE search) dfcompress runs."""
 
 _ORIGINAL_CALL = nn.Module.__call__
 _ORIGINAL_GETATTR = nn.Module.__getattr__

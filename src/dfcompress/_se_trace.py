@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from dfcompress._dataflow import CONV_OPS, WEIGHT_OPS, Graph, Node, record
-from dfcompress._trace_lock import TRACE_LOCK
+from dfcompress._fx import TRACE_LOCK
 
 __all__ = ["SEBranch", "SelectionWarning", "find_branches", "probe_shapes", "trace_branches"]
 
