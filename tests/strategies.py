@@ -62,12 +62,17 @@ class SmallNet(nn.Module):
 
 @st.composite
 def small_nets(draw: st.DrawFn) -> SmallNet:
-    """A randomly sized, randomly initialised SmallNet (seeded by the draw)."""
+    """A randomly sized, randomly initialised SmallNet (seeded by the draw).
+
+    It records its constructor, so ``dfcompress.save`` knows its sizes.
+    """
+    import dfcompress as dfc
+
     torch.manual_seed(draw(st.integers(0, 2**31 - 1)))
-    net = SmallNet(
-        c1=draw(st.integers(1, 8)),
-        c2=draw(st.integers(1, 8)),
-        hidden=draw(st.integers(1, 8)),
-        classes=draw(st.integers(1, 3)),
-    )
-    return net.eval()
+    sizes = {
+        "c1": draw(st.integers(1, 8)),
+        "c2": draw(st.integers(1, 8)),
+        "hidden": draw(st.integers(1, 8)),
+        "classes": draw(st.integers(1, 3)),
+    }
+    return dfc.set_constructor(SmallNet(**sizes), SmallNet, **sizes).eval()
