@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import pickle
 import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from hypothesis import given, settings
+from io_files import rewrite_manifest
 from torch import nn
 
 import dfcompress as dfc
@@ -240,20 +239,6 @@ def test_pickle_and_torch_save_are_refused(tmp_path: Path) -> None:
         dfc.load(p, factory=SmallNet)
 
 
-def _rewrite_manifest(path: Path, edit: Any) -> None:
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + n])
-    meta = header["__metadata__"]
-    manifest = json.loads(zlib.decompress(base64.b64decode(meta.pop("dfcompress-zlib"))))
-    edit(manifest)
-    # Written back uncompressed: load reads both forms.
-    meta["dfcompress"] = json.dumps(manifest)
-    new = json.dumps(header).encode()
-    new += b" " * ((8 - len(new) % 8) % 8)
-    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
-
-
 @pytest.mark.parametrize(
     "edit, match",
     [
@@ -267,7 +252,7 @@ def _rewrite_manifest(path: Path, edit: Any) -> None:
 )
 def test_tampered_manifest_is_refused(edit: Any, match: str, tmp_path: Path) -> None:
     path = dfc.save(SmallNet(), tmp_path / "m.safetensors")
-    _rewrite_manifest(path, edit)
+    rewrite_manifest(path, edit)
     with pytest.raises(DfcompressError, match=match):
         dfc.load(path, factory=None if "allowed" in match else SmallNet)
 
@@ -333,6 +318,6 @@ def test_tampered_compressed_parts_are_refused(edit: Any, match: str, tmp_path: 
     path = dfc.save(_Codes(), tmp_path / "z.safetensors")
     info = read_manifest(path)["tensors"]["q"]
     assert info["encoding"] == "bitmask" and "q::values" in info["deflate"]
-    _rewrite_manifest(path, lambda m: edit(m["tensors"]["q"]))
+    rewrite_manifest(path, lambda m: edit(m["tensors"]["q"]))
     with pytest.raises(UnsafeFileError, match=match):
         dfc.load(path, factory=_Codes)

@@ -127,6 +127,8 @@ def register_factory(
         if not callable(f):
             raise DfcompressError(f"register_factory expects a function, got {f!r}")
         key = name if name is not None else f"{f.__module__}:{f.__qualname__}"
+        if f.__module__.startswith("dfcompress.io.") and f.__qualname__ in _IO_VERBS:
+            raise DfcompressError(f"{key} is part of save/load and cannot be a factory")
         split_ref(key, "factory name")
         declared, required = _signature_params(f)
         if params is not None:
@@ -144,8 +146,6 @@ def register_factory(
                 f"{key} cannot be registered with parameter(s) {sorted(bad)!r}: a file may "
                 f"never set {sorted(_RESERVED)!r}"
             )
-        if f.__module__.startswith("dfcompress.io.") and f.__qualname__ in _IO_VERBS:
-            raise DfcompressError(f"{key} is part of save/load and cannot be a factory")
         _FACTORIES[key] = Factory(key, f, declared, required & declared)
         return f
 
