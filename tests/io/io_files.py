@@ -69,3 +69,34 @@ def craft(path: Path, manifest: Any, tensors: dict[str, torch.Tensor]) -> Path:
 
     save_file(tensors, str(path), metadata={"dfcompress": json.dumps(manifest)})
     return path
+
+
+def restore(
+    path: Path,
+    edit_tensors: Callable[[dict[str, torch.Tensor]], Any] | None = None,
+    edit_manifest: Callable[[dict[str, Any]], Any] | None = None,
+) -> Path:
+    """Rewrite the stored tensors and manifest, with a fresh checksum (a careful attacker)."""
+    from safetensors.torch import load_file, save_file
+
+    from dfcompress.io._encodings import checksum
+
+    manifest = manifest_of(path.read_bytes())
+    stored = load_file(str(path))
+    if edit_tensors is not None:
+        edit_tensors(stored)
+    if edit_manifest is not None:
+        edit_manifest(manifest)
+    manifest["checksum"] = checksum(stored)
+    save_file(stored, str(path), metadata={"dfcompress": json.dumps(manifest)})
+    return path
+
+
+def zlib_of_zeros(n: int) -> bytes:
+    """A zlib stream that inflates to ``n`` zero bytes, built without holding them."""
+    z = zlib.compressobj(9)
+    chunk = bytes(1 << 20)
+    out = [z.compress(chunk) for _ in range(n >> 20)]
+    out.append(z.compress(bytes(n % (1 << 20))))
+    out.append(z.flush())
+    return b"".join(out)
