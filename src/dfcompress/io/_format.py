@@ -267,7 +267,7 @@ def _validate_tensor_entry(name: str, info: Any, table: Mapping[str, Any], p: Pa
         and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in shape)
     ):
         raise _bad(p, f"tensor {name!r} shape {shape!r}")
-    if info.get("dtype") not in DTYPES:
+    if not isinstance(info.get("dtype"), str) or info["dtype"] not in DTYPES:
         raise _bad(p, f"tensor {name!r} dtype {info.get('dtype')!r}: use one of {sorted(DTYPES)}")
     if info.get("encoding") not in _ENCODINGS:
         raise _bad(p, f"tensor {name!r} encoding {info.get('encoding')!r}")
