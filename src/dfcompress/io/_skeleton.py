@@ -112,10 +112,11 @@ def _apply_structure(model: nn.Module, structure: Mapping[str, Mapping[str, Any]
         own = vars(m)
         changed = False
         for k, v in attrs.items():
-            if k.startswith("_") or k == "training" or k not in own:
-                raise UnsafeFileError(
-                    f"the manifest sets {name or 'the model'}.{k}, which the rebuilt module lacks"
-                )
+            if k.startswith("_") or k == "training":
+                where = name or "the model"
+                raise UnsafeFileError(f"the manifest sets {where}.{k}, a private name")
+            if k not in own:
+                continue  # set after construction (by a compression step): nothing to restore
             new = from_json(v)
             if new != own[k]:
                 _check_value(f"{name or 'the model'}.{k}", own[k], new)
