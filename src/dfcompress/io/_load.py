@@ -109,6 +109,8 @@ def load(
         path: the file.
         factory: build the skeleton with this callable (given the stored keyword
             arguments) instead of what the file names: your own code, your choice.
+            Like any constructor it is called twice, first on the ``meta`` device
+            to check the file without allocating.
         allow: more packages whose nn.Module classes a file may name, e.g.
             ``allow=["mypkg"]``; ``allow=["timm"]`` also enables
             ``timm.create_model``.
