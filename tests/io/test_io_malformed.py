@@ -282,6 +282,9 @@ def test_bad_arguments_name_the_argument(tmp_path: Path, net_file: Path) -> None
         dfc.load(net_file, allow="timm")
     with pytest.raises(DfcompressError, match="factory=5"):
         dfc.load(net_file, factory=5)  # type: ignore[arg-type]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(DfcompressError, match="cannot be written"):
+        dfc.save(tiny_net(), tmp_path / "file" / "x.safetensors")
     with pytest.raises(DfcompressError, match="sparse='yes'"):
         dfc.save(tiny_net(), tmp_path / "x.safetensors", sparse="yes")  # type: ignore[arg-type]
     with pytest.raises(DfcompressError, match=r"model=str"):

@@ -237,8 +237,11 @@ def save(
     stored, header = serialize(
         model, constructor=constructor, metadata=metadata, sparse=sparse, deflate=deflate
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file(stored, str(out), metadata=header)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_file(stored, str(out), metadata=header)
+    except OSError as e:
+        raise DfcompressError(f"path={str(out)!r} cannot be written: {e}") from e
     return out
 
 
