@@ -60,7 +60,7 @@ def fuzz(session: nox.Session) -> None:
     """A longer run of the load fuzzer: corrupted files of three models, tally printed.
 
     ``DFC_FUZZ_EXAMPLES`` sets the cases per model (default here 2000; the
-    suite runs 60). ``nox -s fuzz -- 500`` runs 500.
+    suite runs 200). ``nox -s fuzz -- 500`` runs 500.
     """
     _install(session)
     examples = session.posargs[0] if session.posargs else "2000"

@@ -3,7 +3,7 @@
 Valid files of three models (float, pruned with sparse encoding, int4 packed)
 get byte flips, truncations, insertions and manifest field changes. Each load
 either returns a model that runs, or raises a DfcompressError subclass. The
-suite runs ``DFC_FUZZ_EXAMPLES`` cases per model (default 60); ``nox -s fuzz``
+suite runs ``DFC_FUZZ_EXAMPLES`` cases per model (default 200); ``nox -s fuzz``
 runs many more and prints the tally.
 """
 
@@ -28,7 +28,7 @@ from dfcompress.errors import DfcompressError
 from dfcompress.quant import quantize
 from strategies import apply_file_edit, file_edits
 
-EXAMPLES = int(os.environ.get("DFC_FUZZ_EXAMPLES", "60"))
+EXAMPLES = int(os.environ.get("DFC_FUZZ_EXAMPLES", "200"))
 MAX_SECONDS = 5.0
 MAX_GROWTH_MB = 300.0
 
