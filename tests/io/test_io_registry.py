@@ -89,3 +89,18 @@ def test_files_of_the_previous_format_still_load() -> None:
     model = dfc.load(path)
     with torch.no_grad():
         assert model(torch.rand(1, 3, 64, 64)).shape == (1, 1)
+
+
+@dfc.register_factory
+def data_dependent(width: int = 4) -> nn.Module:
+    net = nn.Sequential(nn.Linear(width, width))
+    scale = float(torch.ones(1).sum().item())  # cannot run on the meta device
+    with torch.no_grad():
+        net[0].weight.mul_(scale)
+    return dfc.set_constructor(net, data_dependent, width=width)
+
+
+def test_a_factory_that_cannot_run_on_meta_still_saves_and_loads(tmp_path: Path) -> None:
+    net = data_dependent(6)
+    back = dfc.load(dfc.save(net, tmp_path / "d.safetensors"))
+    assert torch.equal(back[0].weight, net[0].weight)

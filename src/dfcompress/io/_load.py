@@ -8,6 +8,7 @@ compared, and only then is the model built for real and filled.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +23,7 @@ from dfcompress.io._encodings import checksum, decode, inflate
 from dfcompress.io._format import TensorPlan, check_path, plan_tensors, read_manifest
 from dfcompress.io._record import from_json
 from dfcompress.io._registry import DEFAULT_ALLOW
-from dfcompress.io._skeleton import build_skeleton, check_tensors
+from dfcompress.io._skeleton import NotOnMeta, build_skeleton, check_tensors
 
 __all__ = ["load"]
 
@@ -134,15 +135,9 @@ def load(
     plans = plan_tensors(manifest, _stored_header(p), p, size)
     infos: dict[str, Any] = manifest["tensors"]
     aliases = {n: i["alias"] for n, i in infos.items() if "alias" in i}
-    try:
-        with torch.device("meta"):
-            skeleton = build_skeleton(manifest, trusted, factory)
-    except DfcompressError:
-        raise
-    except Exception:  # a constructor that cannot run on meta: checked after the real build
-        skeleton = None
-    if skeleton is not None:
-        check_tensors(skeleton, plans, aliases)
+    # A constructor that reads tensor values cannot run on meta: checked after the real build.
+    with contextlib.suppress(NotOnMeta):
+        check_tensors(build_skeleton(manifest, trusted, factory, meta=True), plans, aliases)
     try:
         stored = load_file(str(p))
     except Exception as e:

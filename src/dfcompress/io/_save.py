@@ -32,7 +32,7 @@ from dfcompress.io._format import (
     validate_manifest,
 )
 from dfcompress.io._record import canonical, module_attrs, record
-from dfcompress.io._skeleton import build_skeleton, check_tensors
+from dfcompress.io._skeleton import NotOnMeta, build_skeleton, check_tensors
 
 __all__ = ["save", "serialize", "serialized_size"]
 
@@ -124,11 +124,8 @@ def _dry_run(manifest: Mapping[str, Any], stored: Mapping[str, torch.Tensor], si
         plans = plan_tensors(manifest, header, where, size)
         aliases = {n: i["alias"] for n, i in manifest["tensors"].items() if "alias" in i}
         try:
-            with torch.device("meta"):
-                skeleton = build_skeleton(manifest, None)
-        except DfcompressError:
-            raise
-        except Exception:  # a constructor that cannot run on meta: build it for real
+            skeleton = build_skeleton(manifest, None, meta=True)
+        except NotOnMeta:  # a constructor that reads tensor values: build it for real
             skeleton = build_skeleton(manifest, None)
         check_tensors(skeleton, plans, aliases)
     except UnsafeFileError as e:

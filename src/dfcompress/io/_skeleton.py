@@ -11,6 +11,7 @@ shape and dtype.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -24,7 +25,7 @@ from dfcompress.io._format import TensorPlan
 from dfcompress.io._record import attr_kwargs, from_json
 from dfcompress.io._registry import check_kwargs, class_params, lookup_factory, resolve_class
 
-__all__ = ["build_skeleton", "check_tensors"]
+__all__ = ["NotOnMeta", "build_skeleton", "check_tensors"]
 
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 Builder = Callable[[], nn.Module]
@@ -59,12 +60,23 @@ def _resolve(node: Mapping[str, Any], allow: Iterable[str] | None, where: str) -
     return container
 
 
-def _call(build: Builder, what: str) -> nn.Module:
+class NotOnMeta(Exception):
+    """The constructor cannot run on the meta device (it reads tensor values)."""
+
+
+def _device(meta: bool) -> contextlib.AbstractContextManager[Any]:
+    return torch.device("meta") if meta else contextlib.nullcontext()
+
+
+def _call(build: Builder, what: str, meta: bool) -> nn.Module:
     try:
-        model = build()
+        with _device(meta):
+            model = build()
     except DfcompressError:
         raise
     except Exception as e:
+        if meta:
+            raise NotOnMeta(str(e)) from e
         raise DfcompressError(f"building the model with {what} failed: {e}") from e
     if not isinstance(model, nn.Module):
         raise UnsafeFileError(f"{what} returned {type(model).__name__}, not an nn.Module")
@@ -143,10 +155,14 @@ def build_skeleton(
     manifest: Mapping[str, Any],
     allow: Iterable[str] | None,
     factory: Callable[..., nn.Module] | None = None,
+    *,
+    meta: bool = False,
 ) -> nn.Module:
     """The model described by ``manifest``, its tensors not yet loaded.
 
-    ``allow=None`` trusts every package (save checking its own file).
+    ``allow=None`` trusts every package (save checking its own file). With
+    ``meta=True`` everything is built on the meta device (nothing allocated); a
+    constructor that cannot run there raises :class:`NotOnMeta`.
     """
     node = manifest["constructor"]
     if factory is not None:
@@ -160,16 +176,18 @@ def build_skeleton(
         (e["path"], e["kind"], e["spec"])
         for e in sorted(manifest["modules"], key=lambda e: e["path"].count("."))
     ]
-    model = _call(build, what)
+    model = _call(build, what, meta)
     for path, kind, spec in modules:
         try:
-            new = rebuild(kind, spec)
+            with _device(meta):
+                new = rebuild(kind, spec)
         except UnsafeFileError:
             raise
         except DfcompressError as e:
             raise UnsafeFileError(f"module {path!r}: {e}") from e
         _set_submodule(model, path, new)
-    _apply_structure(model, manifest["structure"])
+    with _device(meta):
+        _apply_structure(model, manifest["structure"])
     return model
 
 
