@@ -56,6 +56,28 @@ def docs(session: nox.Session) -> None:
 
 
 @nox.session
+def fuzz(session: nox.Session) -> None:
+    """A longer run of the load fuzzer: corrupted files of three models, tally printed.
+
+    ``DFC_FUZZ_EXAMPLES`` sets the cases per model (default here 2000; the
+    suite runs 200). ``nox -s fuzz -- 500`` runs 500.
+    """
+    _install(session)
+    examples = session.posargs[0] if session.posargs else "2000"
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        "-s",
+        "-q",
+        "tests/io/test_io_fuzz.py",
+        env={"DFC_FUZZ_EXAMPLES": examples},
+    )
+
+
+@nox.session
 def bench(session: nox.Session) -> None:
     """Train the baselines and run every benchmark; updates benchmarks/RESULTS.md."""
     _install(session)

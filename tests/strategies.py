@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from hypothesis import strategies as st
@@ -62,15 +63,111 @@ class SmallNet(nn.Module):
 
 @st.composite
 def small_nets(draw: st.DrawFn) -> SmallNet:
-    """A randomly sized, randomly initialised SmallNet (seeded by the draw)."""
+    """A randomly sized, randomly initialised SmallNet (seeded by the draw).
+
+    It records its constructor, so ``dfcompress.save`` knows its sizes.
+    """
+    import dfcompress as dfc
+
     torch.manual_seed(draw(st.integers(0, 2**31 - 1)))
-    net = SmallNet(
-        c1=draw(st.integers(1, 8)),
-        c2=draw(st.integers(1, 8)),
-        hidden=draw(st.integers(1, 8)),
-        classes=draw(st.integers(1, 3)),
+    sizes = {
+        "c1": draw(st.integers(1, 8)),
+        "c2": draw(st.integers(1, 8)),
+        "hidden": draw(st.integers(1, 8)),
+        "classes": draw(st.integers(1, 3)),
+    }
+    return dfc.set_constructor(SmallNet(**sizes), SmallNet, **sizes).eval()
+
+
+# --------------------------------------------------------------------------- file fuzzing
+
+_JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.sampled_from([0, 1, -1, 2**31, 2**63, 3]),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.sampled_from(
+        ["os:system", "torch.nn.modules.linear:Linear", "dense", "csr", "bitmask", "int8", "uint8"]
+    ),
+)
+json_values = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.dictionaries(st.sampled_from(["__tuple__", "alias", "shape", "x"]), inner, max_size=3),
+    ),
+    max_leaves=8,
+)
+
+
+@st.composite
+def file_edits(draw: st.DrawFn) -> tuple[str, Any]:
+    """One corruption of a saved file, applied by :func:`apply_file_edit`.
+
+    Byte flips, truncations and insertions (half of them in the header, where
+    the structure is), or a change to one field of the manifest.
+    """
+    kind = draw(st.sampled_from(["flip", "truncate", "insert", "manifest", "manifest"]))
+    where = draw(st.floats(0, 1, exclude_max=True))
+    header = draw(st.booleans())
+    if kind == "flip":
+        return kind, (where, header, draw(st.integers(0, 7)))
+    if kind == "truncate":
+        return kind, (where, header)
+    if kind == "insert":
+        return kind, (where, header, draw(st.binary(min_size=1, max_size=16)))
+    op = draw(st.sampled_from(["replace", "delete"]))
+    return kind, (where, op, draw(json_values))
+
+
+def _manifest_paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [prefix]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _manifest_paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _manifest_paths(v, (*prefix, i))
+    return out
+
+
+def apply_file_edit(raw: bytes, edit: tuple[str, Any]) -> bytes:
+    """``raw`` (a file written by dfcompress.save) with ``edit`` applied."""
+    import base64
+    import json
+    import struct
+    import zlib
+
+    kind, args = edit
+    (n,) = struct.unpack("<Q", raw[:8])
+    if kind != "manifest":
+        span = 8 + n if args[1] else len(raw)
+        pos = int(args[0] * span)
+        if kind == "flip":
+            return raw[:pos] + bytes([raw[pos] ^ (1 << args[2])]) + raw[pos + 1 :]
+        if kind == "truncate":
+            return raw[:pos]
+        return raw[:pos] + args[2] + raw[pos:]
+    where, op, value = args
+    header = json.loads(raw[8 : 8 + n])
+    manifest = json.loads(
+        zlib.decompress(base64.b64decode(header["__metadata__"].pop("dfcompress-zlib")))
     )
-    return net.eval()
+    paths = _manifest_paths(manifest)[1:]
+    path = paths[int(where * len(paths))]
+    parent = manifest
+    for key in path[:-1]:
+        parent = parent[key]
+    if op == "delete":
+        del parent[path[-1]]
+    else:
+        parent[path[-1]] = value
+    header["__metadata__"]["dfcompress"] = json.dumps(manifest)
+    new = json.dumps(header).encode()
+    new += b" " * ((8 - len(new) % 8) % 8)
+    return struct.pack("<Q", len(new)) + new + raw[8 + n :]
 
 
 # --- bad values for the verbs' arguments --------------------------------------------------

@@ -26,6 +26,7 @@ from dfcompress.export import ExportResult as ExportResult
 from dfcompress.export import export_onnx as export_onnx
 from dfcompress.export import export_torchscript as export_torchscript
 from dfcompress.io import load as load
+from dfcompress.io import register_factory as register_factory
 from dfcompress.io import save as save
 from dfcompress.prune import PruneConfig as PruneConfig
 from dfcompress.prune import Pruner as Pruner
@@ -85,6 +86,7 @@ __all__ = [
     "presets",
     "prune",
     "quantize",
+    "register_factory",
     "register_module",
     "register_se",
     "save",

@@ -32,7 +32,6 @@ from dfcompress.errors import DfcompressError
 __all__ = [
     "Rebuildable",
     "get_constructor",
-    "import_ref",
     "kind_of",
     "rebuild",
     "register_module",
@@ -101,7 +100,23 @@ def rebuild(kind: str, spec: dict[str, Any]) -> nn.Module:
         raise DfcompressError(f"cannot rebuild a {kind!r} module from spec {spec!r}: {e}") from e
     if not isinstance(module, nn.Module):
         raise DfcompressError(f"{kind!r} rebuilt into {type(module).__name__}, not an nn.Module")
+    # A spec the class does not reproduce was not written by dfc_spec: values of
+    # the wrong type would otherwise be accepted here and fail later, in forward.
+    if _as_json(module.dfc_spec()) != _as_json(spec):  # type: ignore[operator]
+        raise DfcompressError(
+            f"the {kind!r} spec {spec!r} does not rebuild into the same module; "
+            "it was not written by dfcompress.save"
+        )
     return module
+
+
+def _as_json(value: Any) -> Any:
+    import json
+
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise DfcompressError(f"a module spec is not JSON: {e}") from e
 
 
 # Subpackages that register kinds. Imported lazily so that `load` finds every
@@ -125,16 +140,39 @@ def _import_builtin_kinds() -> None:
                 raise
 
 
-def set_constructor(model: nn.Module, factory: str, **kwargs: Any) -> nn.Module:
-    """Record how to rebuild ``model`` (``"package.module:function"`` plus JSON kwargs).
+def set_constructor(
+    model: nn.Module, factory: str | Callable[..., nn.Module], **kwargs: Any
+) -> nn.Module:
+    """Record how to rebuild ``model``: a registered factory or an nn.Module class, plus kwargs.
 
-    :func:`dfcompress.save` writes this into the manifest and
-    :func:`dfcompress.load` calls ``function(**kwargs)`` to get the skeleton it
-    loads the tensors into. dfcompress's own factories call this; users can too.
+    ``factory`` is a function registered with :func:`dfcompress.register_factory`
+    or an ``nn.Module`` subclass (or its ``"package.module:Name"``); ``kwargs`` are
+    JSON values (tuples are kept as tuples). :func:`dfcompress.save` writes this
+    into the manifest and checks that it rebuilds the model's structure;
+    :func:`dfcompress.load` calls ``factory(**kwargs)`` to get the skeleton it
+    loads the tensors into. dfcompress's own builders call this; users can too.
+
+    >>> from torch import nn
+    >>> net = set_constructor(nn.Linear(3, 2), nn.Linear, in_features=3, out_features=2)
+    >>> net.dfc_constructor["factory"]
+    'torch.nn.modules.linear:Linear'
     """
-    if ":" not in factory:
-        raise DfcompressError(f"factory {factory!r} must look like 'package.module:function'")
-    model.dfc_constructor = {"factory": factory, "kwargs": dict(kwargs)}  # type: ignore[assignment]
+    if isinstance(factory, str):
+        ref = factory
+    elif isinstance(factory, type) or callable(factory):
+        from dfcompress.io._registry import factory_for
+
+        registered = factory_for(factory)
+        qualname = getattr(factory, "__qualname__", "")
+        ref = registered.name if registered else f"{factory.__module__}:{qualname}"
+    else:
+        raise DfcompressError(
+            f"factory={factory!r} must be a registered factory, an nn.Module class, "
+            "or their 'package.module:Name'"
+        )
+    if ":" not in ref:
+        raise DfcompressError(f"factory {ref!r} must look like 'package.module:Name'")
+    model.dfc_constructor = {"factory": ref, "kwargs": dict(kwargs)}  # type: ignore[assignment]
     return model
 
 
@@ -142,23 +180,3 @@ def get_constructor(model: nn.Module) -> dict[str, Any] | None:
     """The constructor recorded by :func:`set_constructor`, or None."""
     c = getattr(model, "dfc_constructor", None)
     return dict(c) if isinstance(c, dict) else None
-
-
-def import_ref(ref: str, what: str = "object") -> Any:
-    """Import ``"package.module:attr.path"`` and return the attribute.
-
-    >>> import_ref("math:pi")
-    3.141592653589793
-    """
-    import importlib
-
-    module_name, _, attr = ref.partition(":")
-    if not module_name or not attr:
-        raise DfcompressError(f"{what} {ref!r} must look like 'package.module:function'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError) as e:
-        raise DfcompressError(f"cannot import {what} {ref!r}: {e}") from e
-    return obj

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dfcompress._rebuild import import_ref
 from dfcompress.errors import DfcompressError
 
 __all__ = ["build_parser", "main"]
@@ -32,14 +31,24 @@ _DATA_HELP = (
 
 
 def _factory(ref: str) -> Any:
+    """Call the ``module:function`` named on the command line: the user's own choice.
+
+    Only a command-line argument reaches here; a file's constructor goes
+    through :func:`dfcompress.load` and its rules.
+    """
+    import importlib
+
     module_name, _, attr = ref.partition(":")
-    if not module_name or not attr:
+    if not module_name or not attr.isidentifier():
         raise DfcompressError(f"{ref!r} is neither a file nor a 'package.module:function' factory")
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
-    obj = import_ref(ref, "factory")
+    try:
+        obj = vars(importlib.import_module(module_name)).get(attr)
+    except ImportError as e:
+        raise DfcompressError(f"cannot import {module_name!r} for {ref!r}: {e}") from e
     if not callable(obj):
-        raise DfcompressError(f"{ref!r} is not callable")
+        raise DfcompressError(f"{ref!r} does not name a function in {module_name!r}")
     return obj()
 
 
@@ -162,7 +171,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="PKG",
-        help="trust model factories from this package when loading a file (repeatable)",
+        help="let a model file name nn.Module classes from this package (repeatable)",
     )
     p.add_argument("--size", type=int, default=64, help="image side for the proxy task")
 

@@ -27,6 +27,7 @@ from torch import nn
 from dfcompress._rebuild import set_constructor
 from dfcompress.errors import DfcompressError
 from dfcompress.features import NPR
+from dfcompress.io._registry import register_factory
 from dfcompress.models import BinaryConv2d, BNext, pack_binary
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ class NprDetector(nn.Module):
         return out
 
 
+@register_factory
 def demo_detector(channels: Sequence[int] = DEMO_CHANNELS, num_classes: int = 1) -> NprDetector:
     """A randomly initialised :class:`NprDetector` that :func:`dfcompress.load` can rebuild.
 

@@ -40,8 +40,8 @@ def test_saved_file_shrinks_and_loads_back_exactly(
     net = WideNet().eval()
     x = torch.randn(4, 3, 8, 8)
     q = quantize(net, config, calibration=x, pack=True, progress=False)
-    f_float = save(net, tmp_path / "float.safetensors", constructor="dfcompress:__name__")
-    f_q = save(q, tmp_path / "q.safetensors", constructor="dfcompress:__name__")
+    f_float = save(net, tmp_path / "float.safetensors")
+    f_q = save(q, tmp_path / "q.safetensors")
     ratio = f_q.stat().st_size / f_float.stat().st_size
     assert ratio <= max_ratio, ratio
     back = load(f_q, factory=WideNet).eval()

@@ -143,7 +143,7 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     net = _net()
     x = torch.randn(8, 3, 8, 8)
     q = quantize(net, "int8-onnx", calibration=x, progress=False, pack=True)
-    f = save(q, tmp_path / "q.safetensors", constructor="dfcompress:__name__")
+    f = save(q, tmp_path / "q.safetensors")
     back = load(f, factory=SiLUNet).eval()
     with torch.no_grad():
         assert torch.equal(back(x), q(x))

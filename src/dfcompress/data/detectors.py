@@ -9,11 +9,13 @@ from torch import nn
 from dfcompress._rebuild import set_constructor
 from dfcompress.errors import require
 from dfcompress.features import NPR
+from dfcompress.io._registry import register_factory
 from dfcompress.models import Variant, bnext
 
 __all__ = ["npr_bnext", "npr_timm"]
 
 
+@register_factory
 def npr_bnext(variant: Variant = "tiny", num_classes: int = 1) -> nn.Sequential:
     """A BNext fed with neighbouring-pixel relationships: ``Sequential(NPR, BNext)``.
 
@@ -38,12 +40,14 @@ def npr_bnext(variant: Variant = "tiny", num_classes: int = 1) -> nn.Sequential:
     return model
 
 
+@register_factory
 def npr_timm(model_name: str = "efficientnet_b0", num_classes: int = 1) -> nn.Sequential:
     """A timm backbone (``pretrained=False``) fed with NPR features: ``Sequential(NPR, net)``.
 
     The same NPR front end as :func:`npr_bnext`, in front of any timm
     architecture; needs the ``zoo`` extra. The model records its constructor,
-    so :func:`dfcompress.load` rebuilds it without needing ``allow=["timm"]``.
+    so :func:`dfcompress.load` rebuilds it without needing ``allow=["timm"]``
+    (it is a registered factory).
 
     Args:
         model_name: a timm architecture name, e.g. ``"efficientnet_b0"``.

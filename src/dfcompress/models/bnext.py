@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from dfcompress._rebuild import set_constructor
 from dfcompress.errors import DfcompressError
+from dfcompress.io._registry import register_factory
 from dfcompress.models._binary import BinaryActivation, BinaryConv2d
 from dfcompress.select import register_se
 
@@ -202,6 +203,14 @@ class BNext(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels[-1], num_classes)
         self.num_classes = num_classes
+        if type(self) is BNext:  # built from the class, it still records how to rebuild it
+            set_constructor(
+                self,
+                BNext,
+                channels=tuple(int(c) for c in channels),
+                num_classes=num_classes,
+                in_chans=in_chans,
+            )
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last feature map (after the head's PReLU), e.g. for Grad-CAM."""
@@ -220,6 +229,7 @@ class BNext(nn.Module):
         return logits
 
 
+@register_factory
 def bnext(variant: Variant = "tiny", num_classes: int = 1, in_chans: int = 3) -> BNext:
     """Build a BNext of the given size, randomly initialised.
 
@@ -251,21 +261,25 @@ def bnext(variant: Variant = "tiny", num_classes: int = 1, in_chans: int = 3) ->
     return model
 
 
+@register_factory
 def bnext_tiny(num_classes: int = 1, in_chans: int = 3) -> BNext:
     """``bnext("tiny", ...)``."""
     return bnext("tiny", num_classes, in_chans)
 
 
+@register_factory
 def bnext_small(num_classes: int = 1, in_chans: int = 3) -> BNext:
     """``bnext("small", ...)``."""
     return bnext("small", num_classes, in_chans)
 
 
+@register_factory
 def bnext_middle(num_classes: int = 1, in_chans: int = 3) -> BNext:
     """``bnext("middle", ...)``."""
     return bnext("middle", num_classes, in_chans)
 
 
+@register_factory
 def bnext_large(num_classes: int = 1, in_chans: int = 3) -> BNext:
     """``bnext("large", ...)``."""
     return bnext("large", num_classes, in_chans)

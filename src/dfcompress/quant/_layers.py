@@ -51,6 +51,25 @@ def layer_args(module: nn.Module) -> dict[str, Any]:
     raise DfcompressError(f"{type(module).__name__} is not a Conv1d/2d/3d or Linear layer")
 
 
+def check_args(kind: str, args: Any) -> None:
+    """Refuse ``args`` that :func:`layer_args` of a real layer of ``kind`` would not give.
+
+    A saved file's arguments are rebuilt into the torch layer they describe (on
+    the meta device: nothing is allocated), which validates them, and must read
+    back unchanged: a missing, extra or mistyped value fails here, not in forward.
+    """
+    cls = LAYER_TYPES.get(kind)
+    if cls is None:
+        raise DfcompressError(f"unknown layer kind {kind!r}: use one of {sorted(LAYER_TYPES)}")
+    try:
+        with torch.device("meta"):
+            again = layer_args(cls(**args))
+    except Exception as e:
+        raise DfcompressError(f"{kind} arguments {args!r} do not build a layer: {e}") from e
+    if again != args:
+        raise DfcompressError(f"{kind} arguments {args!r} are not what such a layer has: {again!r}")
+
+
 def weight_shape(kind: str, args: dict[str, Any]) -> tuple[int, ...]:
     """The weight shape implied by the arguments."""
     if kind == "linear":

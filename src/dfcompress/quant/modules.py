@@ -144,6 +144,7 @@ class QuantLayer(nn.Module):
     @classmethod
     def dfc_from_spec(cls, spec: dict[str, Any]) -> QuantLayer:
         """An empty wrapper with the same state-dict structure as the one that gave ``spec``."""
+        _layers.check_args(cls.layer_kind, spec["args"])
         return cls(
             spec["args"],
             config_from_dict(spec["config"]),

@@ -1,39 +1,41 @@
-"""save/load: bit-exact round trips, sparse storage, and refusal of unsafe files."""
+"""save/load: bit-exact round trips, sparse storage, recorded constructors."""
 
 from __future__ import annotations
 
-import base64
 import json
 import pickle
 import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from hypothesis import given, settings
+from io_files import rewrite_manifest
 from torch import nn
 
 import dfcompress as dfc
 from dfcompress.errors import DfcompressError, UnsafeFileError
-from dfcompress.io import _decode, _encode, read_manifest, serialized_size
+from dfcompress.io import read_manifest, register_factory, serialized_size
+from dfcompress.io._encodings import decode, encode
 from strategies import SmallNet, small_nets, tensors
 
 
+class Basic(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+@register_factory
 def resnet_like(width: int = 8) -> nn.Module:
-    class Basic(nn.Module):
-        def __init__(self, c: int) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-            self.bn1 = nn.BatchNorm2d(c)
-            self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
-            self.bn2 = nn.BatchNorm2d(c)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
-
-    return nn.Sequential(
+    net = nn.Sequential(
         nn.Conv2d(3, width, 3, padding=1),
         nn.BatchNorm2d(width),
         nn.ReLU(),
@@ -43,21 +45,23 @@ def resnet_like(width: int = 8) -> nn.Module:
         nn.Flatten(),
         nn.Linear(width, 2),
     )
+    return dfc.set_constructor(net, resnet_like, width=width)
+
+
+class Tiny(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, 4, stride=4)
+        self.block = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+        self.norm = nn.LayerNorm(16)
+        self.head = nn.Linear(16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        return self.head(self.norm(self.block(t)).mean(1))
 
 
 def vit_like() -> nn.Module:
-    class Tiny(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.patch = nn.Conv2d(3, 16, 4, stride=4)
-            self.block = nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
-            self.norm = nn.LayerNorm(16)
-            self.head = nn.Linear(16, 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            t = self.patch(x).flatten(2).transpose(1, 2)
-            return self.head(self.norm(self.block(t)).mean(1))
-
     return Tiny()
 
 
@@ -89,7 +93,7 @@ def test_round_trip_is_bit_exact(build: Any, tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build()
     path = dfc.save(model, tmp_path / "m.safetensors")
-    back = dfc.load(path, factory=build)
+    back = dfc.load(path, allow=["strategies", "test_io_roundtrip"])
     assert_same_state(model, back)
     x = torch.randn(2, 3, 4, 8, 8) if build is video_net else torch.randn(2, 3, 8, 8)
     model.eval()
@@ -112,9 +116,8 @@ def test_dtypes_and_special_values_survive(tmp_path: Path) -> None:
 def test_sparse_encodings_round_trip(t: torch.Tensor) -> None:
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         x = t.to(dtype)
-        parts, enc = _encode("w", x, sparse=True)
-        info = {"shape": list(x.shape), "dtype": str(dtype).removeprefix("torch."), "encoding": enc}
-        y = _decode("w", info, parts)
+        parts, enc = encode("w", x, sparse=True)
+        y = decode("w", list(x.shape), dtype, enc, parts)
         assert y.dtype == x.dtype and y.shape == x.shape
         assert torch.equal(
             y.view(-1).view(torch.int16 if dtype != torch.float32 else torch.int32),
@@ -140,9 +143,7 @@ def test_pruned_model_is_smaller_on_disk(tmp_path: Path) -> None:
     encodings = {v.get("encoding") for v in read_manifest(very_sparse)["tensors"].values()}
     assert "csr" in encodings
     assert serialized_size(model) <= 0.12 * dense
-    back = dfc.load(
-        very_sparse, factory=lambda: nn.Sequential(nn.Linear(256, 256), nn.Linear(256, 256))
-    )
+    back = dfc.load(very_sparse)  # a torch.nn structure needs no argument
     assert_same_state(model, back)
 
 
@@ -175,9 +176,53 @@ def test_tied_weights_stay_tied(tmp_path: Path) -> None:
 def test_recorded_constructor_is_used(tmp_path: Path) -> None:
     net = dfc.set_constructor(nn.Linear(3, 2), "torch.nn:Linear", in_features=3, out_features=2)
     path = dfc.save(net, tmp_path / "l.safetensors")
-    with pytest.raises(UnsafeFileError, match="allow=\\['torch'\\]"):
+    assert read_manifest(path)["constructor"]["class"] == "torch.nn.modules.linear:Linear"
+    assert torch.equal(dfc.load(path).weight, net.weight)
+
+
+def test_own_classes_need_allow(tmp_path: Path) -> None:
+    path = dfc.save(SmallNet(), tmp_path / "s.safetensors")
+    with pytest.raises(UnsafeFileError, match=r"allow=\['strategies'\]"):
         dfc.load(path)
-    assert torch.equal(dfc.load(path, allow=["torch"]).weight, net.weight)
+    back = dfc.load(path, allow=["strategies"])
+    assert type(back) is SmallNet
+
+
+def test_plain_sequential_loads_with_no_argument(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Sequential(nn.Conv2d(4, 4, 1, groups=2), nn.GELU()),
+        nn.ModuleList([nn.Identity()]),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.1),
+        nn.Linear(4, 2),
+    ).eval()
+    back = dfc.load(dfc.save(net, tmp_path / "seq.safetensors"))
+    assert_same_state(net, back)
+    assert repr(back) == repr(net)
+
+
+def test_unrecordable_model_is_refused_at_save(tmp_path: Path) -> None:
+    net = nn.Sequential(Basic(4))
+    with pytest.raises(DfcompressError, match=r"module '0' \(Basic\).*set_constructor"):
+        dfc.save(net, tmp_path / "b.safetensors")
+    assert not (tmp_path / "b.safetensors").exists()
+    with pytest.raises(DfcompressError, match=r"TransformerEncoderLayer.*register_factory"):
+        dfc.save(nn.Sequential(nn.TransformerEncoderLayer(8, 2, 16)), tmp_path / "t.safetensors")
+
+
+def test_bnext_built_from_its_class_reloads(tmp_path: Path) -> None:
+    from dfcompress.models import BNext
+
+    torch.manual_seed(0)
+    net = BNext((8, 16, 32), num_classes=2).eval()
+    back = dfc.load(dfc.save(net, tmp_path / "b.safetensors"))
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(back(x), net(x))
 
 
 def test_pickle_and_torch_save_are_refused(tmp_path: Path) -> None:
@@ -194,34 +239,20 @@ def test_pickle_and_torch_save_are_refused(tmp_path: Path) -> None:
         dfc.load(p, factory=SmallNet)
 
 
-def _rewrite_manifest(path: Path, edit: Any) -> None:
-    raw = path.read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + n])
-    meta = header["__metadata__"]
-    manifest = json.loads(zlib.decompress(base64.b64decode(meta.pop("dfcompress-zlib"))))
-    edit(manifest)
-    # Written back uncompressed: load reads both forms.
-    meta["dfcompress"] = json.dumps(manifest)
-    new = json.dumps(header).encode()
-    new += b" " * ((8 - len(new) % 8) % 8)
-    path.write_bytes(struct.pack("<Q", len(new)) + new + raw[8 + n :])
-
-
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda m: m["constructor"].update(factory="os:system"), "not an allowed package"),
+        (lambda m: m.update(constructor={"factory": "os:system", "kwargs": {}}), "allowed"),
         (lambda m: m.update(checksum="0" * 64), "checksum"),
         (lambda m: m["tensors"]["fc1.weight"].update(encoding="exec"), "encoding"),
         (lambda m: m.update(format_version=99), "format_version"),
         (lambda m: m["modules"].append({"path": "fc1", "kind": "evil", "spec": {}}), "evil"),
-        (lambda m: m["tensors"].pop("fc1.weight"), "missing"),
+        (lambda m: m["tensors"].pop("fc1.weight"), "not in the manifest"),
     ],
 )
 def test_tampered_manifest_is_refused(edit: Any, match: str, tmp_path: Path) -> None:
-    path = dfc.save(SmallNet(), tmp_path / "m.safetensors", constructor="tests:SmallNet")
-    _rewrite_manifest(path, edit)
+    path = dfc.save(SmallNet(), tmp_path / "m.safetensors")
+    rewrite_manifest(path, edit)
     with pytest.raises(DfcompressError, match=match):
         dfc.load(path, factory=None if "allowed" in match else SmallNet)
 
@@ -245,7 +276,7 @@ def test_bad_inputs(tmp_path: Path) -> None:
         dfc.save("not a model", tmp_path / "x")  # type: ignore[arg-type]
     with pytest.raises(DfcompressError, match="no such file"):
         dfc.load(tmp_path / "missing.safetensors")
-    with pytest.raises(DfcompressError, match=r"package\.module:function"):
+    with pytest.raises(DfcompressError, match=r"package\.module:Name"):
         dfc.save(SmallNet(), tmp_path / "x", constructor="nocolon")
 
 
@@ -264,8 +295,8 @@ class _Codes(nn.Module):
 
 def test_one_byte_codes_are_compressed_and_restored_exactly(tmp_path: Path) -> None:
     model = _Codes()
-    small = dfc.save(model, tmp_path / "z.safetensors", constructor="tests:_Codes")
-    plain = dfc.save(model, tmp_path / "p.safetensors", deflate=False, constructor="tests:_Codes")
+    small = dfc.save(model, tmp_path / "z.safetensors")
+    plain = dfc.save(model, tmp_path / "p.safetensors", deflate=False)
     assert small.stat().st_size < 0.9 * plain.stat().st_size
     infos = read_manifest(small)["tensors"]
     assert infos["q"].get("deflate") and "deflate" not in infos["fc.weight"]
@@ -277,16 +308,16 @@ def test_one_byte_codes_are_compressed_and_restored_exactly(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     "edit, match",
     [
-        (lambda i: i.update(deflate={"q::values": ["int8", 10**6]}), "does not hold"),
-        (lambda i: i.update(deflate={"other": ["int8", 10]}), "of another"),
-        (lambda i: i.update(deflate={"q::values": ["float32", 10]}), "dtype"),
+        (lambda i: i.update(deflate={"q::values": ["int8", 10**6]}), "holds 1000000 elements"),
+        (lambda i: i.update(deflate={"other": ["int8", 10]}), "lists compressed parts"),
+        (lambda i: i.update(deflate={"q::values": ["float32", 10]}), "compressed parts"),
         (lambda i: i.update(deflate="x"), "compressed parts"),
     ],
 )
 def test_tampered_compressed_parts_are_refused(edit: Any, match: str, tmp_path: Path) -> None:
-    path = dfc.save(_Codes(), tmp_path / "z.safetensors", constructor="tests:_Codes")
+    path = dfc.save(_Codes(), tmp_path / "z.safetensors")
     info = read_manifest(path)["tensors"]["q"]
     assert info["encoding"] == "bitmask" and "q::values" in info["deflate"]
-    _rewrite_manifest(path, lambda m: edit(m["tensors"]["q"]))
+    rewrite_manifest(path, lambda m: edit(m["tensors"]["q"]))
     with pytest.raises(UnsafeFileError, match=match):
         dfc.load(path, factory=_Codes)
