@@ -36,19 +36,13 @@ def _factory(ref: str) -> Any:
     Only a command-line argument reaches here; a file's constructor goes
     through :func:`dfcompress.load` and its rules.
     """
-    import importlib
+    from dfcompress._imports import import_attr
 
-    module_name, _, attr = ref.partition(":")
-    if not module_name or not attr.isidentifier():
-        raise DfcompressError(f"{ref!r} is neither a file nor a 'package.module:function' factory")
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
-    try:
-        obj = vars(importlib.import_module(module_name)).get(attr)
-    except ImportError as e:
-        raise DfcompressError(f"cannot import {module_name!r} for {ref!r}: {e}") from e
+    obj = import_attr(ref, "the factory")
     if not callable(obj):
-        raise DfcompressError(f"{ref!r} does not name a function in {module_name!r}")
+        raise DfcompressError(f"{ref!r} does not name a function")
     return obj()
 
 

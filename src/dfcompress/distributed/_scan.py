@@ -40,12 +40,12 @@ def _scan_unit(
     threads: int,
 ) -> dict[str, Any]:
     """In a worker: each layer of ``names`` pruned alone at each of ``amounts``."""
-    from dfcompress._rebuild import import_ref
+    from dfcompress._imports import import_attr
     from dfcompress.prune._suffix import SuffixRunner
     from dfcompress.prune.sensitivity import _as_tensor, cosine_agreement, layer_curve
 
     torch.set_num_threads(threads)
-    score_fn = cosine_agreement if metric is None else import_ref(metric, "the scan metric")
+    score_fn = cosine_agreement if metric is None else import_attr(metric, "the scan metric")
     # a copy: the scan writes into weights (and restores them) and the cache is shared
     work = copy.deepcopy(load_blob(blob)).eval()
     layers = dict(work.named_modules())

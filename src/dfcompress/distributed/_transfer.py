@@ -130,7 +130,7 @@ def function_ref(fn: Any, what: str) -> str:
     >>> function_ref(function_ref, "f")
     'dfcompress.distributed._transfer:function_ref'
     """
-    from dfcompress._rebuild import import_ref
+    from dfcompress._imports import import_attr
 
     module = getattr(fn, "__module__", None)
     name = getattr(fn, "__qualname__", None)
@@ -138,7 +138,7 @@ def function_ref(fn: Any, what: str) -> str:
     ok = isinstance(module, str) and isinstance(name, str) and "<" not in name
     if ok and module != "__main__":
         try:
-            ok = import_ref(ref, what) is fn
+            ok = import_attr(ref, what) is fn
         except DfcompressError:
             ok = False
     else:

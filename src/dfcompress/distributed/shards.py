@@ -29,9 +29,9 @@ __all__ = ["DatasetShards"]
 
 @functools.lru_cache(maxsize=2)
 def _open(factory: str, kwargs_json: str) -> Any:
-    from dfcompress._rebuild import import_ref
+    from dfcompress._imports import import_attr
 
-    fn = import_ref(factory, "the dataset factory")
+    fn = import_attr(factory, "the dataset factory")
     if not callable(fn):
         raise DfcompressError(f"the dataset factory {factory!r} is not callable")
     ds = fn(**json.loads(kwargs_json))
