@@ -106,9 +106,23 @@ def test_model_travels_as_a_safe_file_and_computes_the_same() -> None:
 
 
 def test_model_without_constructor_is_refused_with_the_fix() -> None:
-    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 1))
+    class Local(torch.nn.Module):  # a class defined in a function: no file can name it
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(12, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.flatten(1))
+
     with pytest.raises(DfcompressError, match=r"variant 'v' cannot be sent.*set_constructor"):
-        pack_model(plain, "variant 'v'", torch.rand(2, 3, 2, 2))
+        pack_model(Local(), "variant 'v'", torch.rand(2, 3, 2, 2))
+
+
+def test_plain_torch_nn_model_travels_without_a_recorded_constructor() -> None:
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 1)).eval()
+    x = torch.rand(2, 3, 2, 2)
+    blob = pack_model(plain, "variant 'v'", x)
+    assert torch.equal(load_blob(blob)(x), plain(x))
 
 
 def test_metrics_travel_by_import_name() -> None:

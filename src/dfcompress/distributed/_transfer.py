@@ -61,6 +61,14 @@ def _same(a: Any, b: Any) -> bool:
     return False
 
 
+def _constructor_refs(node: Any) -> list[str]:
+    """Every ``"module:Name"`` a constructor node names (factories, classes, children)."""
+    refs = [node[k] for k in ("factory", "class") if isinstance(node.get(k), str)]
+    for child in node.get("children", []):
+        refs += _constructor_refs(child[1])
+    return sorted(set(refs))
+
+
 def pack_model(model: nn.Module, what: str, probe: torch.Tensor) -> ModelBlob:
     """The bytes that rebuild ``model`` in a worker, checked on ``probe`` inputs.
 
@@ -84,8 +92,9 @@ def pack_model(model: nn.Module, what: str, probe: torch.Tensor) -> ModelBlob:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
-        factory = str(read_manifest(path)["constructor"]["factory"])
-        allow = sorted({factory.partition(":")[0].split(".")[0]} - {"dfcompress"})
+        refs = _constructor_refs(read_manifest(path)["constructor"])
+        factory = ", ".join(refs)
+        allow = sorted({r.partition(":")[0].split(".")[0] for r in refs} - {"dfcompress"})
         try:
             copy = load(path, allow=allow)
         except Exception as e:
