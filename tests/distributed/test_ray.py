@@ -150,7 +150,14 @@ def test_results_come_back_in_unit_order_and_the_bar_counts_units() -> None:
 
 
 def test_model_without_constructor_fails_before_leaving() -> None:
-    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 1))
+    class Local(torch.nn.Module):  # a class defined in a function: no file can name it
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(12, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.flatten(1))
+
     x, y = torch.rand(8, 3, 2, 2), torch.arange(8) % 2
     with pytest.raises(DfcompressError, match="variant 'baseline' cannot be sent to Ray workers"):
-        compare({"baseline": plain}, (x, y), progress=False, gradcam=False, executor=TWO)
+        compare({"baseline": Local()}, (x, y), progress=False, gradcam=False, executor=TWO)
