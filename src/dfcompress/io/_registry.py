@@ -202,18 +202,22 @@ def lookup_factory(ref: str, allow: Iterable[str] | None) -> Factory | None:
     ``allow=None`` trusts every package (what :func:`dfcompress.save` uses to check
     its own constructor).
     """
-    found = _FACTORIES.get(ref)
-    if found is not None:
-        return found
-    module_name, _ = split_ref(ref)
     if ref in _LAZY:
+        # Needs its package allowed on every call, even once registered (an earlier
+        # save in this process registers it without asking).
         package, register = _LAZY[ref]
-        if allow is None or is_allowed(package, allow):
+        if allow is not None and not is_allowed(package, allow):
+            return None
+        if ref not in _FACTORIES:
             try:
                 register()
             except ImportError as e:
                 raise DfcompressError(f"{ref} needs {package!r}, which is not installed") from e
         return _FACTORIES.get(ref)
+    found = _FACTORIES.get(ref)
+    if found is not None:
+        return found
+    module_name, _ = split_ref(ref)
     if allow is None or is_allowed(module_name, allow):
         try:
             importlib.import_module(module_name)
