@@ -1,10 +1,15 @@
 """Quantizer: rules ``(selector, config)`` -> prepare, calibrate, convert.
 
 The first rule whose selector matches a layer decides its config; layers no
-rule matches stay as they are. Only plain ``Conv1d``/``Conv2d``/``Conv3d`` and
-``Linear`` layers (or subclasses that keep their forward) are wrapped;
-``nn.MultiheadAttention``'s output projection is skipped because attention
-reads its weight directly.
+rule matches stay as they are. ``Conv1d``/``Conv2d``/``Conv3d`` and ``Linear``
+layers are wrapped, subclasses included: one that overrides ``forward`` is
+wrapped when a probe shows its forward computes with its own ``weight`` and
+``bias`` (its forward then runs with the quantized weight). Layers left float
+although a rule selected them (a subclass that fails the probe, a binary
+layer, ``nn.MultiheadAttention``'s output projection, whose weight attention
+reads directly, a layer no calibration input reached) are named in one
+:class:`~dfcompress.FloatLayersWarning` and by
+:func:`dfcompress.summary`.
 
 >>> from torch import nn
 >>> from dfcompress.quant.config import IntQuant, PerTensor
@@ -29,6 +34,7 @@ import torch
 from torch import nn
 
 from dfcompress._data import iter_inputs, sample_count
+from dfcompress._summary import FloatReason, mark_float, warn_float
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
 from dfcompress.quant._bnfold import _set_submodule, fold_batchnorms
@@ -44,18 +50,24 @@ _log = logging.getLogger("dfcompress")
 Rule = tuple[SelectorLike, Config | str]
 
 
-def _wrappable(name: str, module: nn.Module, parents: dict[str, nn.Module]) -> bool:
-    kind = _layers.layer_kind(module)
-    if kind is None:
-        return False
-    base = _layers.LAYER_TYPES[kind]
-    if type(module).forward is not base.forward:
+def _unwrappable(name: str, module: nn.Module, parents: dict[str, nn.Module]) -> FloatReason | None:
+    """Why a selected conv/linear layer cannot be wrapped, or None if it can."""
+    from dfcompress.prune._targets import is_binary
+
+    if is_binary(module):
+        return "unsupported subclass"
+    if _layers.has_own_forward(module) and not _layers.reads_own_weight(module):
         _log.info(
-            "dfcompress: %s (%s) has its own forward; left as is", name, type(module).__name__
+            "dfcompress: %s (%s) has a forward that does not compute with its own weight; "
+            "left float",
+            name,
+            type(module).__name__,
         )
-        return False
+        return "unsupported subclass"
     parent = parents.get(name.rpartition(".")[0])
-    return not isinstance(parent, nn.MultiheadAttention)
+    if isinstance(parent, nn.MultiheadAttention):
+        return "read by its parent"
+    return None
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -110,28 +122,49 @@ class Quantizer:
         self.fold_bn = fold_bn
         self.bias_correction = bias_correction
         self.bn_reestimation = bn_reestimation
+        # quantize() turns this off and warns once for the whole call.
+        self.warn = True
+        # Selected layers the last prepare/calibrate left float (rules' Float() excluded).
+        self.left_float: dict[str, FloatReason] = {}
 
     def __repr__(self) -> str:
         return f"Quantizer({self.rules!r}, fold_bn={self.fold_bn})"
 
     def plan(self, model: nn.Module) -> dict[str, Config]:
         """The config each layer of ``model`` gets (first matching rule wins), in model order."""
+        return self._plan(model)[0]
+
+    def _plan(self, model: nn.Module) -> tuple[dict[str, Config], dict[str, FloatReason]]:
+        """The plan, and the selected conv/linear layers left float with the reason."""
         parents = dict(model.named_modules())
         out: dict[str, Config] = {}
+        left: dict[str, FloatReason] = {}
         for sel, cfg in self.rules:
             hit = sel.resolve(model)
             if isinstance(cfg, (FP16, BF16)) and cfg.keep:
                 kept = select(model, list(cfg.keep))
+                for name in kept:
+                    if name in hit and name not in out and _layers.layer_kind(hit[name]):
+                        left.setdefault(name, "kept by a rule")
                 hit = {n: m for n, m in hit.items() if n not in kept}
             took = 0
             for name, mod in hit.items():
-                if name not in out and _wrappable(name, mod, parents):
-                    out[name] = cfg
-                    took += 1
+                if name in out or name in left or _layers.layer_kind(mod) is None:
+                    continue
+                why = _unwrappable(name, mod, parents)
+                if why is not None:
+                    left[name] = why
+                    continue
+                out[name] = cfg
+                took += 1
             if not took:
                 _log.info("dfcompress: rule %r -> %r matched no new conv/linear layer", sel, cfg)
         order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-        return dict(sorted(out.items(), key=lambda kv: order[kv[0]]))
+        for name, cfg in out.items():
+            if isinstance(cfg, Float):
+                left[name] = "kept by a rule"
+        plan = dict(sorted(out.items(), key=lambda kv: order[kv[0]]))
+        return plan, dict(sorted(left.items(), key=lambda kv: order[kv[0]]))
 
     def prepare(self, model: nn.Module, inplace: bool = False) -> nn.Module:
         """Insert quantizers: wrap every planned layer (a new model unless ``inplace``).
@@ -139,13 +172,19 @@ class Quantizer:
         Weights are fake-quantized from then on (so the result can be trained,
         QAT); input quantizers pass values through until :meth:`calibrate`.
         """
-        plan = self.plan(model)
+        plan, left = self._plan(model)
         if not plan:
             raise DfcompressError(
                 f"no conv/linear layer of {type(model).__name__} matched the rules "
                 f"{[(repr(s), c) for s, c in self.rules]}"
+                + (f"; left float: {_first(left)}" if left else "")
             )
         m = model if inplace else copy.deepcopy(model)
+        for name, why in left.items():
+            mark_float(m.get_submodule(name), why)
+        self.left_float = {n: w for n, w in left.items() if w != "kept by a rule"}
+        if self.warn:
+            warn_float(self.left_float, verb="Quantizer.prepare", stacklevel=2)
         if self.fold_bn:
             fold_batchnorms(m, {n for n, c in plan.items() if not isinstance(c, Float)})
         counts: dict[str, int] = {}
@@ -198,13 +237,32 @@ class Quantizer:
         if n == 0:
             raise DfcompressError("the calibration data yielded no samples")
         for layer in layers.values():
-            layer.equalize_()
-        for name, layer in layers.items():
-            iq = layer.input_quant
-            if iq is not None and iq.mode == "observe" and not iq.observer.ready:
-                raise DfcompressError(
-                    f"layer {name!r} saw no input during calibration: is it used by forward()?"
-                )
+            layer.equalize_()  # gives the input observers of smoothed layers their range
+        unused = [
+            name
+            for name, layer in layers.items()
+            if layer.input_quant is not None
+            and layer.input_quant.mode == "observe"
+            and not layer.input_quant.observer.ready
+        ]
+        for name in unused:
+            # Never reached by forward: its activation range is unknown, so it stays float.
+            _set_submodule(
+                model, name, mark_float(_to_float(layers.pop(name)), "unused in forward")
+            )
+        if unused and not layers:
+            raise DfcompressError(
+                f"none of the {len(unused)} quantized layers ({', '.join(unused[:3])}...) saw "
+                "an input during calibration: check that the data reaches the model's forward"
+            )
+        self.left_float.update(dict.fromkeys(unused, "unused in forward"))
+        if self.warn:
+            warn_float(
+                dict.fromkeys(unused, "unused in forward"), verb="Quantizer.calibrate", stacklevel=2
+            )
+        inputs = [
+            q for m in layers.values() for q in (m.input_quant, m.output_quant) if q in inputs
+        ]
         for q in inputs:
             q.freeze()
         if self.bias_correction:
@@ -234,6 +292,25 @@ class Quantizer:
                     )
                 layer.pack_()
         return m
+
+
+def _first(left: dict[str, FloatReason], n: int = 3) -> str:
+    items = [f"{k} ({v})" for k, v in list(left.items())[:n]]
+    return ", ".join(items) + (f" and {len(left) - n} more" if len(left) > n else "")
+
+
+def _to_float(layer: QuantLayer) -> nn.Module:
+    """The float layer a wrapper was made from (sharing its float weight and bias)."""
+    if layer.weight is None:  # pragma: no cover - calibration happens before packing
+        raise DfcompressError("cannot restore a float layer from packed weights")
+    if layer.inner is not None:
+        inner = layer.inner
+        for key in ("weight", "bias"):
+            inner.__dict__.pop(key, None)
+        inner.weight = layer.weight
+        inner.register_parameter("bias", layer.bias)
+        return inner
+    return _layers.float_layer(layer.layer_kind, layer.args, layer.weight, layer.bias)
 
 
 def _run(
@@ -281,9 +358,15 @@ def _correct_biases(
             if not isinstance(mod, QuantLayer) or mod.weight is None:  # pragma: no cover
                 return
             x = mod.smoothed_input(args[0])
-            diff = _layers.layer_forward(
-                mod.layer_kind, mod.args, x, mod.quantized_weight() - mod.weight, None
-            )
+            if mod.inner is None:
+                diff = _layers.layer_forward(
+                    mod.layer_kind, mod.args, x, mod.quantized_weight() - mod.weight, None
+                )
+            else:  # the layer's own forward need not be linear in its weight
+                qw, b = mod.quantized_weight(), mod.bias
+                diff = _layers.call_own_forward(mod.inner, x, qw, b) - _layers.call_own_forward(
+                    mod.inner, x, mod.weight, b
+                )
             dim = -1 if mod.layer_kind == "linear" else 1
             d = diff.movedim(dim, 0).reshape(diff.shape[dim], -1)
             sums[name] = sums.get(name, torch.zeros_like(d[:, 0])) + d.sum(1)
