@@ -67,6 +67,7 @@ class WithUnusedLayer(nn.Module):
         self.conv = nn.Conv2d(3, 8, 3, padding=1)
         self.bn = nn.BatchNorm2d(8)
         self.aux_head = nn.Linear(8, 5)  # defined, never called by forward
+        self.aux_conv = SamePadConv2d(8, 8, 3)  # likewise, with its own forward
         self.fc = nn.Linear(8, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,9 +146,15 @@ def test_unused_layer_stays_float_with_one_warning() -> None:
         warnings.simplefilter("always")
         q = dfc.quantize(net, "int8", calibration=X, progress=False)
     messages = _float_warnings(caught)
-    assert len(messages) == 1 and "aux_head (unused in forward)" in messages[0]
+    assert len(messages) == 1 and "2 selected layers stay float" in messages[0]
+    assert "aux_head (unused in forward), aux_conv (unused in forward)" in messages[0]
     rows = {r.name: r for r in dfc.summary(q)}
-    assert rows["aux_head"].action == "float" and rows["aux_head"].reason == "unused in forward"
+    for name in ("aux_head", "aux_conv"):
+        assert rows[name].action == "float" and rows[name].reason == "unused in forward"
+    assert type(q.aux_conv) is SamePadConv2d
+    h = torch.randn(2, 8, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(q.aux_conv(h), net.aux_conv(h))  # the float layer, as it was
     assert rows["conv"].action == "int8" and rows["fc"].action == "int8"
     with torch.no_grad():
         assert torch.allclose(q(X), net(X), atol=0.05)
@@ -155,10 +162,10 @@ def test_unused_layer_stays_float_with_one_warning() -> None:
 
 def test_q8_recipe_works_on_a_model_with_an_unused_layer() -> None:
     net = randomize_bn(WithUnusedLayer())
-    with pytest.warns(dfc.FloatLayersWarning, match="compress: 1 selected layer") as rec:
+    with pytest.warns(dfc.FloatLayersWarning, match="compress: 2 selected layers") as rec:
         q = dfc.compress(net, "q8", X, progress=False)
     assert len([w for w in rec if issubclass(w.category, dfc.FloatLayersWarning)]) == 1
-    assert dfc.summary(q).counts() == {"int8": 2, "float": 1}
+    assert dfc.summary(q).counts() == {"int8": 2, "float": 2}
 
 
 def test_data_free_q8_recipe_on_a_conv_bn_net() -> None:
