@@ -33,11 +33,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfcompress._data import iter_inputs, sample_count
 from dfcompress._summary import FloatReason, mark_float, warn_float
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
 from dfcompress.quant._bnfold import _set_submodule, fold_batchnorms
+from dfcompress.quant._passes import correct_biases, quant_layers, reestimate_bn, run
 from dfcompress.quant.cast import CAST_CLASSES, CastLayer
 from dfcompress.quant.config import BF16, FP16, Config, Float, IntQuant, resolve_config
 from dfcompress.quant.modules import QUANT_CLASSES, QuantLayer
@@ -68,16 +68,6 @@ def _unwrappable(name: str, module: nn.Module, parents: dict[str, nn.Module]) ->
     if isinstance(parent, nn.MultiheadAttention):
         return "read by its parent"
     return None
-
-
-def _device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def _quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
 
 
 class Quantizer:
@@ -220,7 +210,7 @@ class Quantizer:
             progress: Show a progress bar.
             max_samples: Use at most this many samples.
         """
-        layers = _quant_layers(model)
+        layers = quant_layers(model)
         if not layers and not any(isinstance(x, CastLayer) for x in model.modules()):
             raise DfcompressError("calibrate() needs a model returned by Quantizer.prepare()")
         inputs = [
@@ -233,7 +223,7 @@ class Quantizer:
             return  # nothing to calibrate: weights are quantized from themselves
         for q in inputs:
             q.mode = "observe"
-        n = _run(model, data, progress, max_samples, "calibrating")
+        n = run(model, data, progress, max_samples, "calibrating")
         if n == 0:
             raise DfcompressError("the calibration data yielded no samples")
         for layer in layers.values():
@@ -266,9 +256,9 @@ class Quantizer:
         for q in inputs:
             q.freeze()
         if self.bias_correction:
-            _correct_biases(model, data, progress, max_samples)
+            correct_biases(model, data, progress, max_samples)
         if self.bn_reestimation:
-            _reestimate_bn(model, data, progress, max_samples)
+            reestimate_bn(model, data, progress, max_samples)
 
     def convert(self, model: nn.Module, pack: bool = False, inplace: bool = False) -> nn.Module:
         """Freeze every quantizer; with ``pack=True`` store weights as int8 / two int4 per byte.
@@ -276,7 +266,7 @@ class Quantizer:
         Returns a new model unless ``inplace``.
         """
         m = model if inplace else copy.deepcopy(model)
-        for name, layer in _quant_layers(m).items():
+        for name, layer in quant_layers(m).items():
             for q, what in ((layer.input_quant, "input"), (layer.output_quant, "output")):
                 if q is not None and q.mode in ("off", "observe"):
                     raise DfcompressError(
@@ -311,109 +301,3 @@ def _to_float(layer: QuantLayer) -> nn.Module:
         inner.register_parameter("bias", layer.bias)
         return inner
     return _layers.float_layer(layer.layer_kind, layer.args, layer.weight, layer.bias)
-
-
-def _run(
-    model: nn.Module,
-    data: Iterable[Any] | torch.Tensor,
-    progress: bool,
-    max_samples: int | None,
-    desc: str,
-) -> int:
-    from tqdm.auto import tqdm
-
-    device = _device(model)
-    was_training = model.training
-    model.eval()
-    seen = 0
-    try:
-        with torch.no_grad():
-            total = sample_count(data, max_samples)
-            bar = tqdm(total=total, desc=desc, unit="sample", disable=not progress)
-            for x in iter_inputs(data, limit=max_samples):
-                model(x.to(device))
-                seen += x.shape[0]
-                bar.update(x.shape[0])
-            bar.close()
-    finally:
-        model.train(was_training)
-    return seen
-
-
-def _correct_biases(
-    model: nn.Module,
-    data: Iterable[Any] | torch.Tensor,
-    progress: bool,
-    max_samples: int | None,
-) -> None:
-    """Empirical bias correction of the weight-quantization error, all layers in one pass."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    handles = []
-    for name, layer in _quant_layers(model).items():
-        if layer.weight is None:
-            continue
-
-        def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-            if not isinstance(mod, QuantLayer) or mod.weight is None:  # pragma: no cover
-                return
-            x = mod.smoothed_input(args[0])
-            if mod.inner is None:
-                diff = _layers.layer_forward(
-                    mod.layer_kind, mod.args, x, mod.quantized_weight() - mod.weight, None
-                )
-            else:  # the layer's own forward need not be linear in its weight
-                qw, b = mod.quantized_weight(), mod.bias
-                diff = _layers.call_own_forward(mod.inner, x, qw, b) - _layers.call_own_forward(
-                    mod.inner, x, mod.weight, b
-                )
-            dim = -1 if mod.layer_kind == "linear" else 1
-            d = diff.movedim(dim, 0).reshape(diff.shape[dim], -1)
-            sums[name] = sums.get(name, torch.zeros_like(d[:, 0])) + d.sum(1)
-            counts[name] = counts.get(name, 0) + d.shape[1]
-
-        handles.append(layer.register_forward_pre_hook(hook))
-    try:
-        _run(model, data, progress, max_samples, "bias correction")
-    finally:
-        for h in handles:
-            h.remove()
-    layers = _quant_layers(model)
-    with torch.no_grad():
-        for name, total in sums.items():
-            layer = layers[name]
-            shift = total / max(counts[name], 1)
-            if layer.bias is None:
-                layer.bias = nn.Parameter(torch.zeros_like(shift))
-                layer.args["bias"] = True
-            layer.bias.sub_(shift.to(layer.bias.dtype))
-
-
-def _reestimate_bn(
-    model: nn.Module,
-    data: Iterable[Any] | torch.Tensor,
-    progress: bool,
-    max_samples: int | None,
-) -> None:
-    """Recompute BatchNorm running statistics (cumulative average) through the quantized model."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    bns = [b for b in bns if b.track_running_stats]
-    if not bns:
-        return
-    saved = [(b.momentum, b.training) for b in bns]
-    for b in bns:
-        b.reset_running_stats()
-        b.momentum = None  # cumulative moving average over the whole pass
-
-    def to_train(mod: nn.Module, args: tuple[Any, ...]) -> None:
-        mod.train()
-
-    handles = [b.register_forward_pre_hook(to_train) for b in bns]
-    try:
-        _run(model, data, progress, max_samples, "BatchNorm re-estimation")
-    finally:
-        for h in handles:
-            h.remove()
-        for b, (momentum, training) in zip(bns, saved, strict=True):
-            b.momentum = momentum
-            b.train(training)
