@@ -18,6 +18,9 @@ from __future__ import annotations
 from dfcompress import presets as presets
 from dfcompress._rebuild import register_module as register_module
 from dfcompress._rebuild import set_constructor as set_constructor
+from dfcompress._summary import FloatLayersWarning as FloatLayersWarning
+from dfcompress._summary import ModelSummary as ModelSummary
+from dfcompress._summary import summary as summary
 from dfcompress._version import __version__ as __version__
 from dfcompress.errors import DfcompressError as DfcompressError
 from dfcompress.evaluate.measure import Measurement as Measurement
@@ -60,8 +63,10 @@ __all__ = [
     "DfcompressError",
     "ExportResult",
     "Float",
+    "FloatLayersWarning",
     "IntQuant",
     "Measurement",
+    "ModelSummary",
     "PerChannel",
     "PerGroup",
     "PerTensor",
@@ -92,5 +97,6 @@ __all__ = [
     "save",
     "select",
     "set_constructor",
+    "summary",
     "where",
 ]

@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
@@ -41,6 +42,7 @@ from typing import Any, Literal, TypeAlias
 import torch
 from torch import nn
 
+from dfcompress._summary import FloatLayersWarning, recorded_float, warn_float
 from dfcompress.errors import DfcompressError
 
 __all__ = [
@@ -383,15 +385,19 @@ def compress(
     calibration = calibration_inputs(calibration, limit=max(max_samples, 256))
     history = list(getattr(model, "dfc_history", []))
     out = model if inplace else copy.deepcopy(model)
-    for step in parsed.ordered():
-        out = apply_step(
-            out,
-            step,
-            calibration,
-            progress=progress,
-            prune_options=prune_opts,
-            quant_options=quant_opts,
-        )
+    with warnings.catch_warnings():
+        # One warning for the whole recipe, below, instead of one per step.
+        warnings.simplefilter("ignore", FloatLayersWarning)
+        for step in parsed.ordered():
+            out = apply_step(
+                out,
+                step,
+                calibration,
+                progress=progress,
+                prune_options=prune_opts,
+                quant_options=quant_opts,
+            )
+    warn_float(recorded_float(out), verb="compress", stacklevel=2)
     entry = parsed.as_dict()
     from dfcompress._version import __version__
 

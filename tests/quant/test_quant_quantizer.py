@@ -10,6 +10,7 @@ import torch
 from _quant_nets import TinyResNet, TinyVideoNet, TinyViT, randomize_bn
 from torch import nn
 
+from dfcompress import FloatLayersWarning, summary
 from dfcompress._rebuild import kind_of
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import (
@@ -64,9 +65,11 @@ def test_quantize_keeps_outputs_close(net: str, config: str, tol: float) -> None
 
 def test_attention_output_projection_is_left_float() -> None:
     model, x = _make("vit")
-    q = quantize(model, "int8", calibration=x, progress=False)
+    with pytest.warns(FloatLayersWarning, match=r"attn\.out_proj \(read by its parent\)"):
+        q = quantize(model, "int8", calibration=x, progress=False)
     assert type(q.attn.out_proj) is type(model.attn.out_proj)
     assert isinstance(q.mlp[0], QuantLayer) and isinstance(q.head, QuantLayer)
+    assert summary(q).float_layers == {"attn.out_proj": "read by its parent"}
 
 
 def test_int8_weights_use_pytorch_fake_quant_exactly() -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from dfcompress.distributed.executor import Executor
+from dfcompress.prune._calib import calibration_batch
 from dfcompress.prune._targets import AmountSpec, Select
 from dfcompress.prune.pruner import Method, PruneConfig, Pruner
 from dfcompress.prune.schedule import Finetune, Schedule
@@ -17,6 +20,77 @@ from dfcompress.prune.unstructured import Scope
 from dfcompress.select import SelectorLike
 
 __all__ = ["prune"]
+
+_log = logging.getLogger("dfcompress")
+
+
+def _outputs(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _outputs(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _outputs(o)]
+    logits = getattr(out, "logits", None)
+    return [logits] if isinstance(logits, torch.Tensor) else []
+
+
+def held_out_score(
+    reference: nn.Module, model: nn.Module, x: torch.Tensor, metric: Metric | None = None
+) -> float:
+    """The worst score over every output of ``model`` against ``reference`` on ``x``.
+
+    Each output (tensors of a tuple, list or dict, or ``.logits``) is scored on
+    its own, so a small head next to a large one counts as much as it does.
+    """
+    from dfcompress.prune.sensitivity import cosine_agreement
+
+    score = metric if metric is not None else cosine_agreement
+    modes = [(m, m.training) for m in (reference, model)]
+    try:
+        with torch.no_grad():
+            refs, outs = _outputs(reference.eval()(x)), _outputs(model.eval()(x))
+    finally:
+        for m, training in modes:
+            m.train(training)
+    return min(float(score(o, r)) for o, r in zip(outs, refs, strict=True))
+
+
+def _better_of_sensitivity_and_global(
+    model: nn.Module,
+    config: PruneConfig,
+    calibration: Iterable[Any] | torch.Tensor | None,
+    metric: Metric | None,
+    example_inputs: torch.Tensor | None,
+    inplace: bool,
+    progress: bool,
+) -> nn.Module:
+    """Sensitivity allocation, or plain global L1 when that agrees better on held-out data."""
+    kw: dict[str, Any] = {"metric": metric, "example_inputs": example_inputs, "progress": progress}
+    allocated = Pruner(config).apply(model, calibration=calibration, inplace=False, **kw)
+    plain_cfg = replace(config, sensitivity=False, scope="global")
+    plain = Pruner(plain_cfg).apply(model, calibration=calibration, inplace=False, **kw)
+    n = config.n_samples
+    batch = calibration_batch(model, calibration, n_samples=2 * n, example_inputs=example_inputs)
+    # The scan scored the first n samples; judge on the others when there are any.
+    x = batch[n:] if batch.shape[0] > n else batch
+    s_alloc = held_out_score(model, allocated, x, metric)
+    s_plain = held_out_score(model, plain, x, metric)
+    best, which = (
+        (allocated, "sensitivity allocation") if s_alloc >= s_plain else (plain, "global L1")
+    )
+    _log.info(
+        "dfcompress: pruning kept the %s (held-out agreement %.4f for the sensitivity "
+        "allocation, %.4f for global L1 at the same amount, on %d samples)",
+        which,
+        s_alloc,
+        s_plain,
+        x.shape[0],
+    )
+    if not inplace:
+        return best
+    model.load_state_dict(best.state_dict())
+    return model
 
 
 def prune(
@@ -54,7 +128,11 @@ def prune(
         scope: ``"global"`` (one magnitude threshold per group) or ``"local"``.
         sensitivity: Scan each layer's sensitivity and allocate per-layer
             amounts whose parameter-weighted mean is ``amount``. Works without
-            data (inputs are synthesized from the model).
+            data (inputs are synthesized from the model). For ``"l1"`` in one
+            step, plain global L1 at the same amount is tried too and the one
+            whose outputs (every output of the model) agree better with the
+            unpruned model on held-out calibration samples is kept; the choice
+            is logged on the ``"dfcompress"`` logger.
         strategy: Allocation rule: ``"budget"`` or ``"threshold"`` (base 0.2,
             raised while the score stays >= 0.99).
         calibration: Loader or tensor for the scan, Taylor importance and
@@ -107,6 +185,10 @@ def prune(
         ignore=ignore,
         recalibrate_bn=recalibrate_bn,
     )
+    if sensitivity and method == "l1" and steps == 1 and finetune is None:
+        return _better_of_sensitivity_and_global(
+            model, config, calibration, metric, example_inputs, inplace, progress
+        )
     return Pruner(config).apply(
         model,
         calibration=calibration,

@@ -13,6 +13,10 @@ with zeros in them (no ``torch.nn.utils.prune`` re-parametrization).
 
 Biases, BatchNorm and binary layers (BNext's ``BinaryConv2d``, whose latent
 weights are binarized: zeroing one does not remove it) are never pruned.
+Conv/linear subclasses with their own ``forward`` are pruned when a probe shows
+that forward computes with the layer's own weight; the others are left as they
+are, named in one :class:`~dfcompress.FloatLayersWarning` and by
+:func:`dfcompress.summary`.
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from dfcompress._summary import FloatReason, mark_float, warn_float
 from dfcompress.errors import DfcompressError
 from dfcompress.prune._targets import AmountSpec, Select, resolve_amounts
+from dfcompress.quant._layers import has_own_forward, reads_own_weight
 
 __all__ = [
     "Scope",
@@ -183,7 +189,14 @@ def l1_unstructured(
         import copy
 
         model = copy.deepcopy(model)
+    left: dict[str, FloatReason] = {}
     for a, layers in resolve_amounts(model, amount, select):
+        for name, m in list(layers.items()):
+            if has_own_forward(m) and not reads_own_weight(m):
+                left[name] = "unsupported subclass"  # zeroing its weight would change nothing
+                del layers[name]
+        if not layers:
+            continue
         if scope == "global":
             _prune_pool(layers.values(), a)
         else:
@@ -191,6 +204,9 @@ def l1_unstructured(
                 _prune_pool([m], a)
     if not keep_masks:
         make_permanent(model)
+    for name, why in left.items():
+        mark_float(model.get_submodule(name), why)
+    warn_float(left, verb="prune", stacklevel=2)
     return model
 
 

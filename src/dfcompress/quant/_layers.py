@@ -21,11 +21,114 @@ LAYER_TYPES: dict[str, type[nn.Module]] = {
 
 
 def layer_kind(module: nn.Module) -> str | None:
-    """``"conv1d"``/``"conv2d"``/``"conv3d"``/``"linear"`` for a plain layer, else None."""
+    """``"conv1d"``/``"conv2d"``/``"conv3d"``/``"linear"`` for such a layer (or subclass)."""
     for name, cls in LAYER_TYPES.items():
         if isinstance(module, cls):
             return name
     return None
+
+
+def has_own_forward(module: nn.Module) -> bool:
+    """Whether ``module`` is a conv/linear subclass that overrides ``forward``."""
+    kind = layer_kind(module)
+    return kind is not None and type(module).forward is not LAYER_TYPES[kind].forward
+
+
+def call_own_forward(
+    inner: nn.Module, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Run ``inner``'s own forward with ``weight`` and ``bias`` standing in for its parameters.
+
+    ``inner`` holds no ``weight``/``bias`` parameters (see :func:`detach_parameters`):
+    they are set as plain attributes for the call, so its forward (padding and
+    all) reads them as it read its parameters. Hooks of ``inner`` do not run.
+    """
+    d = inner.__dict__
+    d["weight"], d["bias"] = weight, bias
+    try:
+        out: torch.Tensor = inner.forward(x)
+    finally:
+        d["weight"] = d["bias"] = None
+    return out
+
+
+def detach_parameters(module: nn.Module) -> None:
+    """Remove ``weight``/``bias`` from ``module``'s parameters (a wrapper owns them now)."""
+    for name in ("weight", "bias"):
+        module._parameters.pop(name, None)
+        module.__dict__[name] = None
+
+
+def class_ref(module: nn.Module) -> str:
+    """``"package.module:QualName"`` of ``module``'s class (recorded, never imported)."""
+    cls = type(module)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def refuse_own_forward(spec: dict[str, Any], wrapper: str) -> None:
+    """Raise for a saved wrapper that ran a layer class's own forward.
+
+    The saved file holds the weights but not the layer's code, and the model's
+    constructor is gone by the time the wrapper is rebuilt.
+    """
+    ref = spec.get("own_forward")
+    if ref is not None:
+        raise DfcompressError(
+            f"cannot rebuild a {wrapper} that runs the own forward of {ref!r}: layers of "
+            "classes with their own forward are not rebuilt by dfcompress.load; save the "
+            "float model and compress it after loading, or export it (export_onnx)"
+        )
+
+
+def _probe_input(kind: str, args: dict[str, Any], like: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    if kind == "linear":
+        shape: tuple[int, ...] = (2, int(args["in_features"]))
+    else:
+        ks, st, dil = args["kernel_size"], args["stride"], args["dilation"]
+        size = [
+            max(8, int(d) * (int(k) - 1) + 1 + 2 * int(s))
+            for k, s, d in zip(ks, st, dil, strict=True)
+        ]
+        shape = (2, int(args["in_channels"]), *size)
+    return torch.randn(shape, generator=g).to(device=like.device, dtype=like.dtype)
+
+
+def reads_own_weight(module: nn.Module) -> bool:
+    """Whether a layer's forward computes with its own ``weight`` (and ``bias``).
+
+    A probe: the forward is run on a fixed random input with the parameters as
+    they are and with each of them perturbed; both must change the output. A
+    forward that fails on the probe, or ignores either parameter, returns False.
+    """
+    kind = layer_kind(module)
+    w, b = getattr(module, "weight", None), getattr(module, "bias", None)
+    if kind is None or not isinstance(w, torch.Tensor):
+        return False
+    params = module._parameters
+    saved = {k: params.get(k) for k in ("weight", "bias")}
+
+    def run(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        params["weight"], params["bias"] = weight, bias  # type: ignore[assignment]
+        try:
+            out: torch.Tensor = type(module).forward(module, x)
+            return out
+        finally:
+            params.update(saved)
+
+    try:
+        x = _probe_input(kind, layer_args(module), w)
+        with torch.no_grad():
+            g = torch.Generator().manual_seed(1)
+            y = run(w, b)
+            bump = (torch.randn(w.shape, generator=g) + 1).to(w)
+            if torch.equal(run(w + bump, b), y):
+                return False
+            if isinstance(b, torch.Tensor) and torch.equal(run(w, b + 1), y):
+                return False
+    except Exception:  # any failure of the user's forward on the probe: not supported
+        return False
+    return isinstance(y, torch.Tensor)
 
 
 def layer_args(module: nn.Module) -> dict[str, Any]:
@@ -109,6 +212,33 @@ def layer_forward(
     return conv(
         x, weight, bias, tuple(args["stride"]), padding, tuple(args["dilation"]), args["groups"]
     )
+
+
+def float_layer(
+    kind: str, args: dict[str, Any], weight: nn.Parameter, bias: nn.Parameter | None
+) -> nn.Module:
+    """A plain ``nn.Conv*``/``nn.Linear`` with ``args`` holding ``weight`` and ``bias``."""
+    layer: nn.Module
+    if kind == "linear":
+        layer = nn.Linear(
+            int(args["in_features"]), int(args["out_features"]), bias=False, device="meta"
+        )
+    else:
+        layer = LAYER_TYPES[kind](
+            int(args["in_channels"]),
+            int(args["out_channels"]),
+            tuple(args["kernel_size"]),
+            stride=tuple(args["stride"]),
+            padding=args["padding"] if isinstance(args["padding"], str) else tuple(args["padding"]),
+            dilation=tuple(args["dilation"]),
+            groups=int(args["groups"]),
+            bias=False,
+            padding_mode=args["padding_mode"],
+            device="meta",
+        )
+    layer.weight = weight
+    layer.register_parameter("bias", bias)
+    return layer
 
 
 def mirror_attrs(module: nn.Module, args: dict[str, Any]) -> None:

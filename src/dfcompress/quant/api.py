@@ -11,6 +11,7 @@ from torch import nn
 
 from dfcompress._calibration import calibration_inputs
 from dfcompress._datafree import default_input_shape, synthesize_inputs
+from dfcompress._summary import warn_float
 from dfcompress._validate import check_bool, check_int, check_model, check_shape, has_layers
 from dfcompress.errors import DfcompressError
 from dfcompress.quant.config import Config, IntQuant, resolve_config
@@ -21,6 +22,15 @@ from dfcompress.select import SelectorLike
 __all__ = ["quantize"]
 
 _log = logging.getLogger("dfcompress")
+
+
+def _quantizes_inputs(config: Config) -> bool:
+    """Whether layers given ``config`` need calibrated activation ranges."""
+    if not isinstance(config, IntQuant):
+        return False
+    return any(
+        c is not None and c.observer != "dynamic" for c in (config.activations, config.outputs)
+    )
 
 
 def _needs_calibration(model: nn.Module) -> bool:
@@ -127,24 +137,26 @@ def quantize(
     qz = Quantizer(
         rules, fold_bn=fold_bn, bias_correction=bias_correction, bn_reestimation=bn_reestimation
     )
+    qz.warn = False  # one warning for the whole call, below
+    data: Iterable[Any] | torch.Tensor | None = calibration
+    if calibration is None and any(_quantizes_inputs(c) for c in qz.plan(model).values()):
+        # Synthesized from the model as given: shapes and BatchNorm statistics are
+        # gone once layers are wrapped and folded (in place, under compress).
+        shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
+        n = min(max_samples, 32)
+        _log.warning(
+            "dfcompress: no calibration data given; calibrating on %d inputs of shape %s "
+            "synthesized from the BatchNorm statistics (pass calibration= for better "
+            "accuracy)",
+            n,
+            shape,
+        )
+        data = synthesize_inputs(model, shape, n)
     prepared = qz.prepare(model, inplace=inplace)
     extra_pass = (bias_correction or bn_reestimation) and calibration is not None
-    if _needs_calibration(prepared) or extra_pass:
-        data: Iterable[Any] | torch.Tensor
-        if calibration is None:
-            shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
-            n = min(max_samples, 32)
-            _log.warning(
-                "dfcompress: no calibration data given; calibrating on %d inputs of shape %s "
-                "synthesized from the BatchNorm statistics (pass calibration= for better "
-                "accuracy)",
-                n,
-                shape,
-            )
-            data = synthesize_inputs(model, shape, n)
-        else:
-            data = calibration
+    if data is not None and (_needs_calibration(prepared) or extra_pass):
         qz.calibrate(prepared, data, progress=progress, max_samples=max_samples)
+    warn_float(qz.left_float, verb="quantize", stacklevel=2)
     if finetune is not None:
         finetune(prepared, 0)
         prepared.eval()

@@ -2,6 +2,8 @@
 
 The input is cast to the layer's dtype and the output back to the input's
 dtype, so cast layers mix freely with float32 ones (BatchNorm, a kept head).
+A layer whose class overrides ``forward`` is kept inside as ``inner`` (cast too)
+and its own forward runs with the cast weight and bias.
 
 >>> from torch import nn
 >>> c = CastLinear.from_float(nn.Linear(8, 2), torch.float16)
@@ -37,6 +39,7 @@ class CastLayer(nn.Module):
 
     layer_kind: ClassVar[str]
     bias: nn.Parameter | None
+    inner: nn.Module | None
 
     def __init__(self, args: dict[str, Any], dtype: torch.dtype) -> None:
         super().__init__()
@@ -48,6 +51,8 @@ class CastLayer(nn.Module):
         self.weight = nn.Parameter(torch.empty(shape, dtype=dtype))
         out = _layers.out_features(self.layer_kind, args)
         self.bias = nn.Parameter(torch.zeros(out, dtype=dtype)) if args["bias"] else None
+        # The original layer when its class has its own forward (without its weight/bias).
+        self.inner = None
 
     @classmethod
     def from_float(cls, module: nn.Module, dtype: torch.dtype, name: str = "") -> CastLayer:
@@ -65,23 +70,33 @@ class CastLayer(nn.Module):
             b = module.bias
             if isinstance(b, torch.Tensor) and c.bias is not None:
                 c.bias = nn.Parameter(b.detach().to(dtype), requires_grad=b.requires_grad)
-        return c
+        if _layers.has_own_forward(module):
+            _layers.detach_parameters(module)
+            c.inner = module.to(dtype)
+        return c.to(w.device)
 
     def dfc_spec(self) -> dict[str, Any]:
         """JSON-able constructor arguments (for :func:`dfcompress.save`)."""
-        return {"args": self.args, "dtype": self.dtype_name}
+        spec = {"args": self.args, "dtype": self.dtype_name}
+        if self.inner is not None:
+            spec["own_forward"] = _layers.class_ref(self.inner)
+        return spec
 
     @classmethod
     def dfc_from_spec(cls, spec: dict[str, Any]) -> CastLayer:
         """An empty layer with the same state-dict structure."""
+        _layers.refuse_own_forward(spec, cls.__name__)
         if spec.get("dtype") not in _DTYPES:
             raise DfcompressError(f"unknown dtype {spec.get('dtype')!r}: use float16 or bfloat16")
         return cls(spec["args"], _DTYPES[spec["dtype"]])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = _layers.layer_forward(
-            self.layer_kind, self.args, x.to(self.dtype), self.weight, self.bias
-        )
+        if self.inner is None:
+            y = _layers.layer_forward(
+                self.layer_kind, self.args, x.to(self.dtype), self.weight, self.bias
+            )
+        else:
+            y = _layers.call_own_forward(self.inner, x.to(self.dtype), self.weight, self.bias)
         return y.to(x.dtype)
 
     def extra_repr(self) -> str:

@@ -232,14 +232,35 @@ class FakeQuantizer(nn.Module):
             and x.dtype == torch.float32
             and _inference_only(x)
         )
+        a = self.scale.to(torch.float32).reshape(())
         if not fast:
+            if self._same_as_eager(x):
+                # Traced for TorchScript (or compiled): the eager arithmetic, out of place,
+                # so the saved program rounds exactly where the eager model does.
+                z = int(self.zero_point_int32().reshape(-1)[0])
+                t = torch.clamp(x * (1.0 / (divisor * a)), self.qmin - z, self.qmax - z)
+                return torch.round(t) * a
             out: torch.Tensor = self(x / divisor)
             return out
-        a = self.scale.to(torch.float32).reshape(())
         z = int(self.zero_point_int32().reshape(-1)[0])
         t = torch.mul(x, 1.0 / (divisor * a))
         t.clamp_(self.qmin - z, self.qmax - z)
         return t.add_(_MAGIC).sub_(_MAGIC).mul_(a)
+
+    def _same_as_eager(self, x: torch.Tensor) -> bool:
+        """Whether a frozen per-tensor ``quantize_divided`` may follow the eager arithmetic.
+
+        True while tracing or compiling without gradients, but not for ONNX, whose
+        graph needs the QuantizeLinear/DequantizeLinear pair.
+        """
+        return (
+            self.mode == "fixed"
+            and self.axis is None
+            and self.group_size is None
+            and x.dtype == torch.float32
+            and not (torch.is_grad_enabled() and x.requires_grad)
+            and not torch.onnx.is_in_onnx_export()
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mode = self.mode

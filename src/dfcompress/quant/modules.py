@@ -3,7 +3,10 @@
 A wrapper *has* a float weight (or its packed integer codes), a bias, a weight
 :class:`~dfcompress.quant.fake_quantizer.FakeQuantizer` and, when the config
 quantizes activations, an input quantizer; ``forward`` calls ``F.conv*`` or
-``F.linear``. The frozen parameters are readable attributes for exporters:
+``F.linear``. A layer whose class overrides ``forward`` (a Conv2d subclass that
+pads in its forward, say) is kept inside the wrapper as ``inner``, and its own
+forward runs with the fake-quantized weight in place of its parameter. The
+frozen parameters are readable attributes for exporters:
 ``bits``, ``weight_scale``, ``weight_zero_point``, ``weight_axis``,
 ``weight_group_size``, ``input_scale``, ``input_zero_point``, ``input_bits``.
 
@@ -47,6 +50,7 @@ class QuantLayer(nn.Module):
     bias: nn.Parameter | None
     input_quant: FakeQuantizer | None
     output_quant: FakeQuantizer | None
+    inner: nn.Module | None
 
     def __init__(
         self,
@@ -107,6 +111,8 @@ class QuantLayer(nn.Module):
         # smoothing="auto": per-channel sum of x**2 and the count of values per channel.
         self._chan_sq: tuple[torch.Tensor, int] | None = None
         self._cache: tuple[tuple[int, ...], torch.Tensor] | None = None
+        # The original layer when its class has its own forward (without its weight/bias).
+        self.inner = None
 
     # -- construction -------------------------------------------------------------------
 
@@ -123,6 +129,9 @@ class QuantLayer(nn.Module):
         q = cls(_layers.layer_args(module), config, axis=axis, group_size=group)
         q.weight = weight
         q.bias = module.bias if isinstance(module.bias, nn.Parameter) else None
+        if _layers.has_own_forward(module):
+            _layers.detach_parameters(module)
+            q.inner = module
         return q.to(weight.device)
 
     def dfc_spec(self) -> dict[str, Any]:
@@ -139,11 +148,14 @@ class QuantLayer(nn.Module):
         }
         if self.output_quant is not None:
             spec["output_mode"] = self.output_quant.mode
+        if self.inner is not None:
+            spec["own_forward"] = _layers.class_ref(self.inner)
         return spec
 
     @classmethod
     def dfc_from_spec(cls, spec: dict[str, Any]) -> QuantLayer:
         """An empty wrapper with the same state-dict structure as the one that gave ``spec``."""
+        _layers.refuse_own_forward(spec, cls.__name__)
         _layers.check_args(cls.layer_kind, spec["args"])
         return cls(
             spec["args"],
@@ -377,12 +389,16 @@ class QuantLayer(nn.Module):
             else:
                 x = self.input_quant(x)
         w = self.quantized_weight()
-        y = _layers.layer_forward(self.layer_kind, self.args, x, w, self.bias)
+        if self.inner is None:
+            y = _layers.layer_forward(self.layer_kind, self.args, x, w, self.bias)
+        else:
+            y = _layers.call_own_forward(self.inner, x, w, self.bias)
         return y if self.output_quant is None else self.output_quant(y)
 
     def extra_repr(self) -> str:
         a = ", ".join(f"{k}={v}" for k, v in self.args.items())
-        return f"{a}, packed={self.packed}"
+        own = "" if self.inner is None else f", own_forward={type(self.inner).__name__}"
+        return f"{a}, packed={self.packed}{own}"
 
 
 @register_module("quant.conv1d")

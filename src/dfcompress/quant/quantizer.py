@@ -1,10 +1,15 @@
 """Quantizer: rules ``(selector, config)`` -> prepare, calibrate, convert.
 
 The first rule whose selector matches a layer decides its config; layers no
-rule matches stay as they are. Only plain ``Conv1d``/``Conv2d``/``Conv3d`` and
-``Linear`` layers (or subclasses that keep their forward) are wrapped;
-``nn.MultiheadAttention``'s output projection is skipped because attention
-reads its weight directly.
+rule matches stay as they are. ``Conv1d``/``Conv2d``/``Conv3d`` and ``Linear``
+layers are wrapped, subclasses included: one that overrides ``forward`` is
+wrapped when a probe shows its forward computes with its own ``weight`` and
+``bias`` (its forward then runs with the quantized weight). Layers left float
+although a rule selected them (a subclass that fails the probe, a binary
+layer, ``nn.MultiheadAttention``'s output projection, whose weight attention
+reads directly, a layer no calibration input reached) are named in one
+:class:`~dfcompress.FloatLayersWarning` and by
+:func:`dfcompress.summary`.
 
 >>> from torch import nn
 >>> from dfcompress.quant.config import IntQuant, PerTensor
@@ -29,12 +34,12 @@ import torch
 from torch import nn
 
 from dfcompress._calibration import calibration_inputs, checked_inputs
-from dfcompress._data import iter_inputs, sample_count
-from dfcompress._modes import eval_mode
+from dfcompress._summary import FloatReason, mark_float, warn_float
 from dfcompress._validate import check_bool, check_int, check_model
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
 from dfcompress.quant._bnfold import _set_submodule, fold_batchnorms
+from dfcompress.quant._passes import correct_biases, quant_layers, reestimate_bn, run
 from dfcompress.quant.cast import CAST_CLASSES, CastLayer
 from dfcompress.quant.config import BF16, FP16, Config, Float, IntQuant, resolve_config
 from dfcompress.quant.modules import QUANT_CLASSES, QuantLayer
@@ -47,28 +52,24 @@ _log = logging.getLogger("dfcompress")
 Rule = tuple[SelectorLike, Config | str]
 
 
-def _wrappable(name: str, module: nn.Module, parents: dict[str, nn.Module]) -> bool:
-    kind = _layers.layer_kind(module)
-    if kind is None:
-        return False
-    base = _layers.LAYER_TYPES[kind]
-    if type(module).forward is not base.forward:
+def _unwrappable(name: str, module: nn.Module, parents: dict[str, nn.Module]) -> FloatReason | None:
+    """Why a selected conv/linear layer cannot be wrapped, or None if it can."""
+    from dfcompress.prune._targets import is_binary
+
+    if is_binary(module):
+        return "unsupported subclass"
+    if _layers.has_own_forward(module) and not _layers.reads_own_weight(module):
         _log.info(
-            "dfcompress: %s (%s) has its own forward; left as is", name, type(module).__name__
+            "dfcompress: %s (%s) has a forward that does not compute with its own weight; "
+            "left float",
+            name,
+            type(module).__name__,
         )
-        return False
+        return "unsupported subclass"
     parent = parents.get(name.rpartition(".")[0])
-    return not isinstance(parent, nn.MultiheadAttention)
-
-
-def _device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters()) + list(model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def _quant_layers(model: nn.Module) -> dict[str, QuantLayer]:
-    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
+    if isinstance(parent, nn.MultiheadAttention):
+        return "read by its parent"
+    return None
 
 
 class Quantizer:
@@ -116,28 +117,49 @@ class Quantizer:
         self.fold_bn = fold_bn
         self.bias_correction = bias_correction
         self.bn_reestimation = bn_reestimation
+        # quantize() turns this off and warns once for the whole call.
+        self.warn = True
+        # Selected layers the last prepare/calibrate left float (rules' Float() excluded).
+        self.left_float: dict[str, FloatReason] = {}
 
     def __repr__(self) -> str:
         return f"Quantizer({self.rules!r}, fold_bn={self.fold_bn})"
 
     def plan(self, model: nn.Module) -> dict[str, Config]:
         """The config each layer of ``model`` gets (first matching rule wins), in model order."""
+        return self._plan(model)[0]
+
+    def _plan(self, model: nn.Module) -> tuple[dict[str, Config], dict[str, FloatReason]]:
+        """The plan, and the selected conv/linear layers left float with the reason."""
         parents = dict(model.named_modules())
         out: dict[str, Config] = {}
+        left: dict[str, FloatReason] = {}
         for sel, cfg in self.rules:
             hit = sel.resolve(model)
             if isinstance(cfg, (FP16, BF16)) and cfg.keep:
                 kept = select(model, list(cfg.keep))
+                for name in kept:
+                    if name in hit and name not in out and _layers.layer_kind(hit[name]):
+                        left.setdefault(name, "kept by a rule")
                 hit = {n: m for n, m in hit.items() if n not in kept}
             took = 0
             for name, mod in hit.items():
-                if name not in out and _wrappable(name, mod, parents):
-                    out[name] = cfg
-                    took += 1
+                if name in out or name in left or _layers.layer_kind(mod) is None:
+                    continue
+                why = _unwrappable(name, mod, parents)
+                if why is not None:
+                    left[name] = why
+                    continue
+                out[name] = cfg
+                took += 1
             if not took:
                 _log.info("dfcompress: rule %r -> %r matched no new conv/linear layer", sel, cfg)
         order = {n: i for i, (n, _) in enumerate(model.named_modules())}
-        return dict(sorted(out.items(), key=lambda kv: order[kv[0]]))
+        for name, cfg in out.items():
+            if isinstance(cfg, Float):
+                left[name] = "kept by a rule"
+        plan = dict(sorted(out.items(), key=lambda kv: order[kv[0]]))
+        return plan, dict(sorted(left.items(), key=lambda kv: order[kv[0]]))
 
     def prepare(self, model: nn.Module, inplace: bool = False) -> nn.Module:
         """Insert quantizers: wrap every planned layer (a new model unless ``inplace``).
@@ -147,13 +169,19 @@ class Quantizer:
         """
         check_model(model)
         check_bool(inplace, "inplace")
-        plan = self.plan(model)
+        plan, left = self._plan(model)
         if not plan:
             raise DfcompressError(
                 f"no conv/linear layer of {type(model).__name__} matched the rules "
                 f"{[(repr(s), c) for s, c in self.rules]}"
+                + (f"; left float: {_first(left)}" if left else "")
             )
         m = model if inplace else copy.deepcopy(model)
+        for name, why in left.items():
+            mark_float(m.get_submodule(name), why)
+        self.left_float = {n: w for n, w in left.items() if w != "kept by a rule"}
+        if self.warn:
+            warn_float(self.left_float, verb="Quantizer.prepare", stacklevel=2)
         if self.fold_bn:
             fold_batchnorms(m, {n for n, c in plan.items() if not isinstance(c, Float)})
         counts: dict[str, int] = {}
@@ -201,7 +229,7 @@ class Quantizer:
             data = checked_inputs(data, name="data") or []
         else:
             data = calibration_inputs(data, limit=max_samples, name="data") or []
-        layers = _quant_layers(model)
+        layers = quant_layers(model)
         if not layers and not any(isinstance(x, CastLayer) for x in model.modules()):
             raise DfcompressError("calibrate() needs a model returned by Quantizer.prepare()")
         inputs = [
@@ -214,23 +242,42 @@ class Quantizer:
             return  # nothing to calibrate: weights are quantized from themselves
         for q in inputs:
             q.mode = "observe"
-        n = _run(model, data, progress, max_samples, "calibrating")
+        n = run(model, data, progress, max_samples, "calibrating")
         if n == 0:
             raise DfcompressError("the calibration data yielded no samples")
         for layer in layers.values():
-            layer.equalize_()
-        for name, layer in layers.items():
-            iq = layer.input_quant
-            if iq is not None and iq.mode == "observe" and not iq.observer.ready:
-                raise DfcompressError(
-                    f"layer {name!r} saw no input during calibration: is it used by forward()?"
-                )
+            layer.equalize_()  # gives the input observers of smoothed layers their range
+        unused = [
+            name
+            for name, layer in layers.items()
+            if layer.input_quant is not None
+            and layer.input_quant.mode == "observe"
+            and not layer.input_quant.observer.ready
+        ]
+        for name in unused:
+            # Never reached by forward: its activation range is unknown, so it stays float.
+            _set_submodule(
+                model, name, mark_float(_to_float(layers.pop(name)), "unused in forward")
+            )
+        if unused and not layers:
+            raise DfcompressError(
+                f"none of the {len(unused)} quantized layers ({', '.join(unused[:3])}...) saw "
+                "an input during calibration: check that the data reaches the model's forward"
+            )
+        self.left_float.update(dict.fromkeys(unused, "unused in forward"))
+        if self.warn:
+            warn_float(
+                dict.fromkeys(unused, "unused in forward"), verb="Quantizer.calibrate", stacklevel=2
+            )
+        inputs = [
+            q for m in layers.values() for q in (m.input_quant, m.output_quant) if q in inputs
+        ]
         for q in inputs:
             q.freeze()
         if self.bias_correction:
-            _correct_biases(model, data, progress, max_samples)
+            correct_biases(model, data, progress, max_samples)
         if self.bn_reestimation:
-            _reestimate_bn(model, data, progress, max_samples)
+            reestimate_bn(model, data, progress, max_samples)
 
     def convert(self, model: nn.Module, pack: bool = False, inplace: bool = False) -> nn.Module:
         """Freeze every quantizer; with ``pack=True`` store weights as int8 / two int4 per byte.
@@ -241,7 +288,7 @@ class Quantizer:
         check_bool(pack, "pack")
         check_bool(inplace, "inplace")
         m = model if inplace else copy.deepcopy(model)
-        for name, layer in _quant_layers(m).items():
+        for name, layer in quant_layers(m).items():
             for q, what in ((layer.input_quant, "input"), (layer.output_quant, "output")):
                 if q is not None and q.mode in ("off", "observe"):
                     raise DfcompressError(
@@ -259,96 +306,20 @@ class Quantizer:
         return m
 
 
-def _run(
-    model: nn.Module,
-    data: Iterable[Any] | torch.Tensor,
-    progress: bool,
-    max_samples: int | None,
-    desc: str,
-) -> int:
-    from tqdm.auto import tqdm
-
-    device = _device(model)
-    seen = 0
-    with eval_mode(model), torch.no_grad():
-        total = sample_count(data, max_samples)
-        bar = tqdm(total=total, desc=desc, unit="sample", disable=not progress)
-        for x in iter_inputs(data, limit=max_samples):
-            model(x.to(device))
-            seen += x.shape[0]
-            bar.update(x.shape[0])
-        bar.close()
-    return seen
+def _first(left: dict[str, FloatReason], n: int = 3) -> str:
+    items = [f"{k} ({v})" for k, v in list(left.items())[:n]]
+    return ", ".join(items) + (f" and {len(left) - n} more" if len(left) > n else "")
 
 
-def _correct_biases(
-    model: nn.Module,
-    data: Iterable[Any] | torch.Tensor,
-    progress: bool,
-    max_samples: int | None,
-) -> None:
-    """Empirical bias correction of the weight-quantization error, all layers in one pass."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    handles = []
-    for name, layer in _quant_layers(model).items():
-        if layer.weight is None:
-            continue
-
-        def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-            if not isinstance(mod, QuantLayer) or mod.weight is None:  # pragma: no cover
-                return
-            x = mod.smoothed_input(args[0])
-            diff = _layers.layer_forward(
-                mod.layer_kind, mod.args, x, mod.quantized_weight() - mod.weight, None
-            )
-            dim = -1 if mod.layer_kind == "linear" else 1
-            d = diff.movedim(dim, 0).reshape(diff.shape[dim], -1)
-            sums[name] = sums.get(name, torch.zeros_like(d[:, 0])) + d.sum(1)
-            counts[name] = counts.get(name, 0) + d.shape[1]
-
-        handles.append(layer.register_forward_pre_hook(hook))
-    try:
-        _run(model, data, progress, max_samples, "bias correction")
-    finally:
-        for h in handles:
-            h.remove()
-    layers = _quant_layers(model)
-    with torch.no_grad():
-        for name, total in sums.items():
-            layer = layers[name]
-            shift = total / max(counts[name], 1)
-            if layer.bias is None:
-                layer.bias = nn.Parameter(torch.zeros_like(shift))
-                layer.args["bias"] = True
-            layer.bias.sub_(shift.to(layer.bias.dtype))
-
-
-def _reestimate_bn(
-    model: nn.Module,
-    data: Iterable[Any] | torch.Tensor,
-    progress: bool,
-    max_samples: int | None,
-) -> None:
-    """Recompute BatchNorm running statistics (cumulative average) through the quantized model."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    bns = [b for b in bns if b.track_running_stats]
-    if not bns:
-        return
-    saved = [(b.momentum, b.training) for b in bns]
-    for b in bns:
-        b.reset_running_stats()
-        b.momentum = None  # cumulative moving average over the whole pass
-
-    def to_train(mod: nn.Module, args: tuple[Any, ...]) -> None:
-        mod.train()
-
-    handles = [b.register_forward_pre_hook(to_train) for b in bns]
-    try:
-        _run(model, data, progress, max_samples, "BatchNorm re-estimation")
-    finally:
-        for h in handles:
-            h.remove()
-        for b, (momentum, training) in zip(bns, saved, strict=True):
-            b.momentum = momentum
-            b.train(training)
+def _to_float(layer: QuantLayer) -> nn.Module:
+    """The float layer a wrapper was made from (sharing its float weight and bias)."""
+    if layer.weight is None:  # pragma: no cover - calibration happens before packing
+        raise DfcompressError("cannot restore a float layer from packed weights")
+    if layer.inner is not None:
+        inner = layer.inner
+        for key in ("weight", "bias"):
+            inner.__dict__.pop(key, None)
+        inner.weight = layer.weight
+        inner.register_parameter("bias", layer.bias)
+        return inner
+    return _layers.float_layer(layer.layer_kind, layer.args, layer.weight, layer.bias)
