@@ -52,8 +52,8 @@ def split_options(options: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
 
     >>> split_options({"prune_select": "conv", "pack": False})
     ({'select': 'conv'}, {'pack': False})
-    >>> split_options({"finetune": print, "quant_finetune": repr})
-    ({'finetune': <built-in function print>}, {'finetune': <built-in function repr>})
+    >>> split_options({"finetune": len, "quant_finetune": repr})
+    ({'finetune': <built-in function len>}, {'finetune': <built-in function repr>})
     """
     prune_opts: dict[str, Any] = {}
     quant_opts: dict[str, Any] = {}

@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dfcompress._modes import eval_mode
 from dfcompress.distributed.executor import Executor
 from dfcompress.prune._calib import calibration_batch
 from dfcompress.prune._targets import AmountSpec, Select
@@ -46,13 +47,8 @@ def held_out_score(
     from dfcompress.prune.sensitivity import cosine_agreement
 
     score = metric if metric is not None else cosine_agreement
-    modes = [(m, m.training) for m in (reference, model)]
-    try:
-        with torch.no_grad():
-            refs, outs = _outputs(reference.eval()(x)), _outputs(model.eval()(x))
-    finally:
-        for m, training in modes:
-            m.train(training)
+    with eval_mode(reference), eval_mode(model), torch.no_grad():
+        refs, outs = _outputs(reference(x)), _outputs(model(x))
     return min(float(score(o, r)) for o, r in zip(outs, refs, strict=True))
 
 
