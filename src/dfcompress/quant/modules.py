@@ -155,7 +155,6 @@ class QuantLayer(nn.Module):
     @classmethod
     def dfc_from_spec(cls, spec: dict[str, Any]) -> QuantLayer:
         """An empty wrapper with the same state-dict structure as the one that gave ``spec``."""
-        _layers.refuse_own_forward(spec, cls.__name__)
         _layers.check_args(cls.layer_kind, spec["args"])
         return cls(
             spec["args"],
@@ -168,6 +167,13 @@ class QuantLayer(nn.Module):
             scale_dtype=_SCALE_DTYPES.get(str(spec.get("scale_dtype"))),
             output_mode=spec.get("output_mode", "off"),
         )
+
+    def dfc_adopt(self, spec: dict[str, Any], current: nn.Module | None) -> None:
+        """On load: keep the constructor's layer as ``inner`` when ``spec`` ran its own forward."""
+        if "own_forward" in spec:
+            self.inner = _layers.adopt_own_forward(
+                self.layer_kind, spec["own_forward"], current, type(self).__name__
+            )
 
     # -- exporter-facing attributes -----------------------------------------------------
 
