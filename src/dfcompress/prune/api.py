@@ -10,6 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from dfcompress._modes import eval_mode
 from dfcompress.distributed.executor import Executor
 from dfcompress.prune._calib import calibration_batch
 from dfcompress.prune._targets import AmountSpec, Select
@@ -35,13 +36,8 @@ def held_out_score(
     from dfcompress.prune.sensitivity import cosine_agreement, output_tensors, score_outputs
 
     score = metric if metric is not None else cosine_agreement
-    modes = [(m, m.training) for m in (reference, model)]
-    try:
-        with torch.no_grad():
-            refs, outs = output_tensors(reference.eval()(x)), output_tensors(model.eval()(x))
-    finally:
-        for m, training in modes:
-            m.train(training)
+    with torch.no_grad(), eval_mode(reference), eval_mode(model):
+        refs, outs = output_tensors(reference(x)), output_tensors(model(x))
     return score_outputs(score, outs, refs)
 
 
