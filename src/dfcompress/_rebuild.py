@@ -15,6 +15,13 @@ under a stable *kind* string and implements two methods::
 
 ``dfc_from_spec(m.dfc_spec())`` must give a module with exactly the same
 state-dict keys, shapes and dtypes as ``m`` (values are loaded afterwards).
+
+A class may also define ``dfc_adopt(self, spec, current)``: :func:`rebuild`
+then hands it the module that the model's own constructor built at the same
+path, before the rebuilt module takes its place. A quantized wrapper of a layer
+with its own forward keeps that layer this way (checking that its class is the
+recorded one): the file never names code to import, only the model's skeleton
+is reused.
 :func:`dfcompress.save` records the spec of every registered module that is
 not inside another registered module; :func:`dfcompress.load` rebuilds them in
 place after calling the model's constructor.
@@ -83,8 +90,12 @@ def registered_kinds() -> list[str]:
     return sorted(_KINDS)
 
 
-def rebuild(kind: str, spec: dict[str, Any]) -> nn.Module:
-    """Build an empty module of a registered kind from its JSON spec."""
+def rebuild(kind: str, spec: dict[str, Any], current: nn.Module | None = None) -> nn.Module:
+    """Build an empty module of a registered kind from its JSON spec.
+
+    ``current`` is the module the model's constructor built where this one goes
+    (offered to the class's ``dfc_adopt``, if it has one).
+    """
     _import_builtin_kinds()
     cls = _KINDS.get(kind)
     if cls is None:
@@ -94,6 +105,9 @@ def rebuild(kind: str, spec: dict[str, Any]) -> nn.Module:
         )
     try:
         module = cls.dfc_from_spec(spec)  # type: ignore[attr-defined]
+        adopt = getattr(module, "dfc_adopt", None)
+        if callable(adopt):
+            adopt(spec, current)
     except DfcompressError:
         raise
     except Exception as e:

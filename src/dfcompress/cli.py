@@ -4,8 +4,10 @@ Models are given as a file written by :func:`dfcompress.save` or as a
 ``package.module:function`` factory returning an ``nn.Module``. Data (for
 calibration, evaluation or a sensitivity scan) is ``proxy`` (the built-in
 proxy task), or a ``package.module:function`` returning a loader of
-``(image, label[, name])`` batches. An error prints one line and exits with
-status 2; no traceback.
+``(image, label[, name])`` batches; without data, ``compress`` and
+``sensitivity`` synthesize inputs of the guessed shape or of
+``--input-shape``. The working directory is importable. An error prints one
+line and exits with status 2; no traceback.
 
 >>> main(["--version"]) == 0  # doctest: +ELLIPSIS
 dfcompress ...
@@ -30,36 +32,88 @@ _DATA_HELP = (
 )
 
 
-def _factory(ref: str) -> Any:
-    """Call the ``module:function`` named on the command line: the user's own choice.
+def _function(ref: str, what: str) -> Any:
+    """The ``module:function`` named on the command line: the user's own choice.
 
     Only a command-line argument reaches here; a file's constructor goes
-    through :func:`dfcompress.load` and its rules.
+    through :func:`dfcompress.load` and its rules. The working directory is
+    importable, so a factory in ``./mymodels.py`` is ``mymodels:build``.
     """
     from dfcompress._imports import import_attr
 
+    _cwd_importable()
+    obj = import_attr(ref, what)
+    if not callable(obj):
+        raise DfcompressError(f"{what} {ref!r} does not name a function")
+    return obj
+
+
+def _cwd_importable() -> None:
+    # An installed console script puts its own folder first on sys.path, not the
+    # working directory, where a user's factories (and --allow packages) live.
     if str(Path.cwd()) not in sys.path:
         sys.path.insert(0, str(Path.cwd()))
-    obj = import_attr(ref, "the factory")
-    if not callable(obj):
-        raise DfcompressError(f"{ref!r} does not name a function")
-    return obj()
 
 
-def load_model(ref: str, allow: Sequence[str] = ()) -> Any:
-    """A model from a saved file or a ``module:function`` factory."""
+def _factory(ref: str) -> Any:
+    """Call the ``module:function`` named on the command line."""
+    return _function(ref, "the factory")()
+
+
+def load_model(ref: str, allow: Sequence[str] = (), factory: str | None = None) -> Any:
+    """A model from a saved file or a ``module:function`` factory.
+
+    ``factory`` (``--factory``) builds a file's skeleton instead of the
+    constructor the file names (see :func:`dfcompress.load`).
+    """
     from torch import nn
 
     from dfcompress.io import load
 
     if Path(ref).is_file():
-        return load(ref, allow=allow)
+        build = _function(factory, "--factory") if factory is not None else None
+        if allow:
+            _cwd_importable()
+        return load(ref, allow=allow, factory=build)
     if ":" not in ref or Path(ref).suffix in (".safetensors", ".pt", ".pth"):
         raise DfcompressError(f"no such model file: {ref}")
+    if factory is not None:
+        raise DfcompressError(
+            f"--factory {factory!r} builds the skeleton of a model file; the model {ref!r} "
+            "is a factory itself: drop --factory"
+        )
     model = _factory(ref)
     if not isinstance(model, nn.Module):
         raise DfcompressError(f"{ref!r} returned {type(model).__name__}, not an nn.Module")
     return model.eval()
+
+
+def _input_shape(text: str) -> tuple[int, ...]:
+    """``--input-shape 3,224,224`` (or ``3x224x224``): one sample's shape."""
+    parts = text.replace("x", ",").split(",")
+    try:
+        shape = tuple(int(p) for p in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a shape: give one sample's sizes without the batch, e.g. 3,224,224"
+        )
+    return shape
+
+
+def _shape_hint(e: DfcompressError, model: Any, data_flag: str) -> DfcompressError | None:
+    """``e`` with the options to pass, when the model's input shape cannot be guessed."""
+    from dfcompress.prune._calib import guess_input_shape
+
+    try:
+        guess_input_shape(model)
+    except DfcompressError:
+        return DfcompressError(
+            f"{e}. On the command line: --input-shape C,H,W (one sample, e.g. 3,224,224) "
+            f"or {data_flag} DATA"
+        )
+    return None
 
 
 def load_data(ref: str, split: str, n: int, size: int, batch_size: int = 64) -> Any:
@@ -94,11 +148,24 @@ def _compress(args: argparse.Namespace) -> int:
     from dfcompress.recipe import compress, parse_recipe
 
     recipe = parse_recipe(args.recipe)
-    model = load_model(args.model, args.allow)
+    model = load_model(args.model, args.allow, args.factory)
     calib = None
+    options: dict[str, Any] = {}
     if args.calibration:
         calib = load_data(args.calibration, "val", args.calibration_samples, args.size)
-    small = compress(model, recipe, calib, progress=not args.no_progress)
+    if args.input_shape is not None:
+        import torch
+
+        options["input_shape"] = args.input_shape
+        options["example_inputs"] = torch.zeros((2, *args.input_shape))
+    try:
+        small = compress(model, recipe, calib, progress=not args.no_progress, **options)
+    except DfcompressError as e:
+        given = calib is not None or args.input_shape is not None
+        hint = None if given else _shape_hint(e, model, "--calibration")
+        if hint is None:
+            raise
+        raise hint from e
     path = save(small, args.out)
     print(f"{recipe}: wrote {path} ({path.stat().st_size / 1e6:.3f} MB)")
     return 0
@@ -107,13 +174,13 @@ def _compress(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from dfcompress.report import compare
 
-    variants: dict[str, Any] = {"baseline": load_model(args.model, args.allow)}
+    variants: dict[str, Any] = {"baseline": load_model(args.model, args.allow, args.factory)}
     for item in args.variant or []:
         name, sep, ref = item.partition("=")
         if not sep or not name:
             raise DfcompressError(f"--variant {item!r} must look like NAME=FILE or NAME=RECIPE")
         if Path(ref).is_file() or ":" in ref:
-            variants[name] = load_model(ref, args.allow)
+            variants[name] = load_model(ref, args.allow, args.factory)
         else:
             variants[name] = ref
     for recipe in args.recipes.split(",") if args.recipes else []:
@@ -142,9 +209,27 @@ def _report(args: argparse.Namespace) -> int:
 def _sensitivity(args: argparse.Namespace) -> int:
     from dfcompress.prune.sensitivity import allocate, scan
 
-    model = load_model(args.model, args.allow)
+    model = load_model(args.model, args.allow, args.factory)
     calib = load_data(args.data, "val", args.samples, args.size) if args.data else None
-    result = scan(model, calibration=calib, n_samples=args.samples, progress=not args.no_progress)
+    example = None
+    if args.input_shape is not None:
+        import torch
+
+        example = torch.zeros((1, *args.input_shape))
+    try:
+        result = scan(
+            model,
+            calibration=calib,
+            n_samples=args.samples,
+            example_inputs=example,
+            progress=not args.no_progress,
+        )
+    except DfcompressError as e:
+        given = calib is not None or example is not None
+        hint = None if given else _shape_hint(e, model, "--data")
+        if hint is None:
+            raise
+        raise hint from e
     result = allocate(result, args.target)
     print(result.to_markdown())
     if args.plot:
@@ -167,7 +252,23 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         metavar="PKG",
         help="let a model file name nn.Module classes from this package (repeatable)",
     )
+    p.add_argument(
+        "--factory",
+        metavar="MODULE:FUNCTION",
+        help="build a model file's skeleton with this function (given the file's stored "
+        "keyword arguments) instead of the constructor the file names",
+    )
     p.add_argument("--size", type=int, default=64, help="image side for the proxy task")
+
+
+def _shape_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--input-shape",
+        type=_input_shape,
+        metavar="C,H,W",
+        help="one sample's shape for data-free runs (inputs synthesized from the model), "
+        "e.g. 3,224,224; needed when it cannot be guessed",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,6 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--out", required=True, help="output .safetensors file")
     comp.add_argument("--calibration", help=f"calibration data: {_DATA_HELP}")
     comp.add_argument("--calibration-samples", type=int, default=128)
+    _shape_arg(comp)
     _common(comp)
     comp.set_defaults(func=_compress)
 
@@ -251,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     sens.add_argument("--samples", type=int, default=32, help="calibration samples")
     sens.add_argument("--target", type=float, default=0.5, help="overall fraction to prune")
     sens.add_argument("--plot", help="also write the sensitivity plot to this PNG")
+    _shape_arg(sens)
     _common(sens)
     sens.set_defaults(func=_sensitivity)
     return parser

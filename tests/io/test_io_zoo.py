@@ -15,6 +15,7 @@ MODELS = {
     "efficientnet_b0": {},
     "mobilenetv3_small_100": {},
     "resnet18": {},
+    "tf_efficientnet_b0": {},  # Conv2dSame: pads in its own forward
     "vit_tiny_patch16_224": {"img_size": 64},
 }
 

@@ -204,12 +204,12 @@ def test_rule_kept_layers_are_reported_as_such() -> None:
     assert rows["10"].reason == "kept by a rule" and rows["0"].action == "int8"
 
 
-def test_subclass_model_exports_to_onnx_and_saves_but_load_refuses(tmp_path: Path) -> None:
+def test_subclass_model_exports_to_onnx(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
     q = dfc.quantize(same_pad_net(), "int8", calibration=X, progress=False, pack=True)
     r = dfc.export_onnx(q, tmp_path / "q.onnx", X[:4])
     assert r.agreement == 1.0
     assert q[0].weight_packed is not None and q[0].weight_packed.dtype == torch.int8
-    dfc.save(q, tmp_path / "q.safetensors")
-    with pytest.raises(DfcompressError, match=r"own forward of '.*SamePadConv2d'"):
-        dfc.load(tmp_path / "q.safetensors", allow=["torch"])
+    # Layers in a bare Sequential: nothing can rebuild SamePadConv2d, so save says so.
+    with pytest.raises(DfcompressError, match=r"own forward of '.*SamePadConv2d'.*constructor"):
+        dfc.save(q, tmp_path / "q.safetensors")

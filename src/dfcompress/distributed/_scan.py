@@ -42,7 +42,12 @@ def _scan_unit(
     """In a worker: each layer of ``names`` pruned alone at each of ``amounts``."""
     from dfcompress._imports import import_attr
     from dfcompress.prune._suffix import SuffixRunner
-    from dfcompress.prune.sensitivity import _as_tensor, cosine_agreement, layer_curve
+    from dfcompress.prune.sensitivity import (
+        cosine_agreement,
+        layer_curve,
+        output_tensors,
+        score_outputs,
+    )
 
     torch.set_num_threads(threads)
     score_fn = cosine_agreement if metric is None else import_attr(metric, "the scan metric")
@@ -51,8 +56,8 @@ def _scan_unit(
     layers = dict(work.named_modules())
     with torch.no_grad():
         run = SuffixRunner(work, torch.from_numpy(np.array(x)))
-        reference = _as_tensor(run.reference())
-        baseline = float(score_fn(reference, reference))
+        reference = output_tensors(run.reference())
+        baseline = score_outputs(score_fn, reference, reference)
         scores: dict[str, list[float]] = {}
         for name, forward in run.walk(list(names)):
             weight = layers[name].weight

@@ -14,6 +14,7 @@ import hashlib
 import os
 import tempfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -58,7 +59,9 @@ def _same(a: Any, b: Any) -> bool:
         return a.shape == b.shape and bool(torch.equal(a, b))
     if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)) and len(a) == len(b):
         return all(_same(u, v) for u, v in zip(a, b, strict=True))
-    return False
+    if isinstance(a, Mapping) and isinstance(b, Mapping) and list(a) == list(b):
+        return all(_same(a[k], b[k]) for k in a)
+    return a is None and b is None
 
 
 def _constructor_refs(node: Any) -> list[str]:

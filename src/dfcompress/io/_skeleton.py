@@ -1,7 +1,10 @@
 """Building a model's skeleton from a checked manifest, and checking it against the tensors.
 
 Every constructor of the tree is resolved (and its keyword arguments checked
-against what it declares) before any of them is called. Attribute values from
+against what it declares) before any of them is called. The modules the
+manifest lists (quantized wrappers, ...) are rebuilt from their specs in place
+of what the constructor built there; a wrapper that runs a layer's own forward
+keeps the constructor's layer, whose class must be the recorded one. Attribute values from
 the file must have the type of the rebuilt module's own value and may only
 shrink sizes (what channel pruning does); a torch.nn layer whose sizes changed
 is rebuilt from its attributes, so its parameters take the pruned shapes. Then
@@ -83,7 +86,7 @@ def _call(build: Builder, what: str, meta: bool) -> nn.Module:
     return model
 
 
-def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
+def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
     parent_name, _, child = path.rpartition(".")
     try:
         parent = model.get_submodule(parent_name) if parent_name else model
@@ -91,6 +94,11 @@ def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
         raise UnsafeFileError(f"the manifest names module {path!r}, which the model lacks") from e
     if not child or child not in parent._modules:
         raise UnsafeFileError(f"the manifest names module {path!r}, which the model lacks")
+    return parent, child
+
+
+def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
+    parent, child = _parent(model, path)
     parent._modules[child] = new
 
 
@@ -178,11 +186,10 @@ def build_skeleton(
     ]
     model = _call(build, what, meta)
     for path, kind, spec in modules:
+        parent, child = _parent(model, path)
         try:
             with _device(meta):
-                new = rebuild(kind, spec)
-        except UnsafeFileError:
-            raise
+                new = rebuild(kind, spec, parent._modules[child])
         except DfcompressError as e:
             raise UnsafeFileError(f"module {path!r}: {e}") from e
         _set_submodule(model, path, new)

@@ -25,17 +25,6 @@ __all__ = ["prune"]
 _log = logging.getLogger("dfcompress")
 
 
-def _outputs(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _outputs(o)]
-    if isinstance(out, dict):
-        return [t for o in out.values() for t in _outputs(o)]
-    logits = getattr(out, "logits", None)
-    return [logits] if isinstance(logits, torch.Tensor) else []
-
-
 def held_out_score(
     reference: nn.Module, model: nn.Module, x: torch.Tensor, metric: Metric | None = None
 ) -> float:
@@ -44,12 +33,12 @@ def held_out_score(
     Each output (tensors of a tuple, list or dict, or ``.logits``) is scored on
     its own, so a small head next to a large one counts as much as it does.
     """
-    from dfcompress.prune.sensitivity import cosine_agreement
+    from dfcompress.prune.sensitivity import cosine_agreement, output_tensors, score_outputs
 
     score = metric if metric is not None else cosine_agreement
-    with eval_mode(reference), eval_mode(model), torch.no_grad():
-        refs, outs = _outputs(reference(x)), _outputs(model(x))
-    return min(float(score(o, r)) for o, r in zip(outs, refs, strict=True))
+    with torch.no_grad(), eval_mode(reference), eval_mode(model):
+        refs, outs = output_tensors(reference(x)), output_tensors(model(x))
+    return score_outputs(score, outs, refs)
 
 
 def _better_of_sensitivity_and_global(

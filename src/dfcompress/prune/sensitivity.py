@@ -6,6 +6,9 @@ inside a residual block is judged by what its pruning does to the detector's
 output, not by its own output (a skip connection can make a layer look free
 when judged alone). The default score needs no labels: the agreement of the
 pruned model's outputs with the unpruned model's (:func:`cosine_agreement`).
+Every output counts: a model returning several tensors (class logits and box
+regression, in a tuple, list or dict) is scored on each, and its score is the
+worst of them, so a small head cannot be pruned away behind a large one.
 
 Cost: one forward pass of the calibration batch per (layer, amount), under
 ``torch.no_grad``, and most of each pass is not recomputed: the model is
@@ -30,7 +33,7 @@ import copy
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -53,27 +56,81 @@ __all__ = [
     "Strategy",
     "allocate",
     "cosine_agreement",
+    "output_tensors",
     "scan",
+    "score_outputs",
     "sign_agreement",
 ]
 
 Metric = Callable[[torch.Tensor, torch.Tensor], float]
-"""``metric(output, reference) -> float``, higher is better, on the calibration batch."""
+"""``metric(output, reference) -> float``, higher is better, on the calibration batch.
+
+A model with several outputs (tensors in tuples, lists or dicts) is scored on
+each (:func:`output_tensors`) and its score is the worst of them.
+"""
 
 Strategy = Literal["budget", "threshold"]
 DEFAULT_GRID: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 _NO_EFFECT = 1e-6
 
 
-def _as_tensor(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    raise DfcompressError(f"cannot score a model output of type {type(out).__name__}")
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """Every tensor of a model's output, in a fixed order.
+
+    A tensor is itself; tuples and lists are flattened in order, dicts (and
+    dict-like outputs such as ``transformers``' ``ModelOutput``) by sorted key,
+    recursively; other values (``None``, ints) are skipped. An object with a
+    ``.logits`` tensor gives that tensor.
+
+    >>> import torch
+    >>> a, b, c = torch.zeros(1), torch.ones(2), torch.ones(3)
+    >>> [t.numel() for t in output_tensors((a, {"box": c, "cls": b}, None))]
+    [1, 3, 2]
+    """
+    found: list[torch.Tensor] = []
+
+    def walk(o: Any) -> None:
+        if isinstance(o, torch.Tensor):
+            found.append(o)
+        elif isinstance(o, (tuple, list)):
+            for v in o:
+                walk(v)
+        elif isinstance(o, Mapping):
+            for k in sorted(o, key=str):
+                walk(o[k])
+        else:
+            logits = getattr(o, "logits", None)
+            if isinstance(logits, torch.Tensor):
+                found.append(logits)
+
+    walk(out)
+    if not found:
+        raise DfcompressError(
+            f"cannot score a model output of type {type(out).__name__}: it holds no tensor "
+            "(a tensor, or tensors in tuples, lists or dicts, are scored)"
+        )
+    return found
+
+
+def score_outputs(
+    score_fn: Metric, outputs: Sequence[torch.Tensor], references: Sequence[torch.Tensor]
+) -> float:
+    """The worst ``score_fn(output, reference)`` over the outputs of a model.
+
+    Each output is scored on its own, so a small head (two class logits) next to
+    a large one (box regression) counts as much as the large one.
+
+    >>> import torch
+    >>> ref = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0])]
+    >>> round(score_outputs(cosine_agreement, [ref[0], -ref[1]], ref), 6)
+    -1.0
+    """
+    if len(outputs) != len(references):
+        raise DfcompressError(
+            f"the model returned {len(outputs)} output tensors where the unpruned model "
+            f"returned {len(references)}: outputs cannot be paired for scoring"
+        )
+    return min(float(score_fn(o, r)) for o, r in zip(outputs, references, strict=True))
 
 
 def cosine_agreement(output: torch.Tensor, reference: torch.Tensor) -> float:
@@ -302,13 +359,13 @@ def _scan(
     if not layers:
         raise DfcompressError(f"no prunable conv/linear layer matched select={select!r}")
     run = SuffixRunner(work, x)
-    reference = _as_tensor(run.reference())
-    if reference.is_floating_point() and not bool(torch.isfinite(reference).all()):
+    reference = output_tensors(run.reference())
+    if any(r.is_floating_point() and not bool(torch.isfinite(r).all()) for r in reference):
         raise DfcompressError(
             "the model's output on the calibration batch holds NaN or Inf: layers cannot be "
             "scored against it (check the model and the calibration data)"
         )
-    baseline = float(score_fn(reference, reference))
+    baseline = score_outputs(score_fn, reference, reference)
     from tqdm.auto import tqdm
 
     found: dict[str, LayerSensitivity] = {}
@@ -334,12 +391,16 @@ def _scan(
 def layer_curve(
     weight: torch.Tensor,
     forward: Callable[[], Any],
-    reference: torch.Tensor,
+    reference: Sequence[torch.Tensor],
     score_fn: Metric,
     grid: Sequence[float],
     stop_below: float | None,
 ) -> list[float]:
-    """Scores of ``forward()`` with ``weight`` L1-pruned at each amount (restored after)."""
+    """Scores of ``forward()`` with ``weight`` L1-pruned at each amount (restored after).
+
+    ``reference`` holds the unpruned model's output tensors (:func:`output_tensors`);
+    each score is the worst over the outputs (:func:`score_outputs`).
+    """
     w = weight.detach().clone()
     order = torch.sort(w.abs().flatten(), stable=True).indices
     scores: list[float] = []
@@ -349,7 +410,7 @@ def layer_curve(
             pruned = w.flatten().clone()
             pruned[order[:k]] = 0
             weight.copy_(pruned.view_as(w))
-            scores.append(float(score_fn(_as_tensor(forward()), reference)))
+            scores.append(score_outputs(score_fn, output_tensors(forward()), reference))
             if stop_below is not None and scores[-1] < stop_below:
                 break
     finally:

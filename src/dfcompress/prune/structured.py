@@ -46,6 +46,7 @@ from torch import nn
 
 from dfcompress.errors import DfcompressError
 from dfcompress.prune._calib import calibration_batch, guess_input_shape
+from dfcompress.prune._output_shapes import output_shape_change
 from dfcompress.prune._targets import AmountSpec, check_amount
 from dfcompress.prune._tp_support import (
     GuardedImportance,
@@ -53,6 +54,7 @@ from dfcompress.prune._tp_support import (
     custom_pruners,
     fix_after_pruning,
 )
+from dfcompress.prune.sensitivity import output_tensors
 from dfcompress.select import SelectorLike, as_selector
 
 __all__ = ["ImportanceName", "prune_channels"]
@@ -72,21 +74,22 @@ def _importance(name: str) -> Any:
     raise DfcompressError(f"importance={name!r} is not known: use 'l1', 'l2' or 'taylor'")
 
 
-def _self_supervised_loss(out: torch.Tensor) -> torch.Tensor:
-    """A label-free loss for Taylor importance: the model's own decisions as targets."""
-    out = out.reshape(out.shape[0], -1).float()
-    if out.shape[1] == 1:
-        target = (out.detach() > 0).float()
-        return nn.functional.binary_cross_entropy_with_logits(out, target)
-    return nn.functional.cross_entropy(out, out.detach().argmax(1))
+def _self_supervised_loss(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """A label-free loss for Taylor importance: the model's own decisions as targets.
 
-
-def _output(out: Any) -> torch.Tensor:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    raise DfcompressError(f"cannot read a tensor from a model output of type {type(out)}")
+    Summed over the floating-point outputs, so every head's channels count.
+    """
+    total = torch.zeros(())
+    for out in outputs:
+        if not out.is_floating_point() or out.dim() == 0:
+            continue
+        out = out.reshape(out.shape[0], -1).float()
+        if out.shape[1] == 1:
+            target = (out.detach() > 0).float()
+            total = total + nn.functional.binary_cross_entropy_with_logits(out, target)
+        else:
+            total = total + nn.functional.cross_entropy(out, out.detach().argmax(1))
+    return total
 
 
 class _BrokenGraph(DfcompressError):
@@ -97,7 +100,7 @@ class _BrokenGraph(DfcompressError):
         self.module = module
 
 
-def _forward_naming_failure(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _forward_naming_failure(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
     """Run ``model(x)``; on failure raise naming the innermost module that was running."""
     names = {m: n for n, m in model.named_modules()}
     stack: list[str] = []
@@ -114,18 +117,21 @@ def _forward_naming_failure(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     handles = [m.register_forward_pre_hook(enter) for m in model.modules()]
     handles += [m.register_forward_hook(leave) for m in model.modules()]
     try:
-        return _output(model(x))
+        out = model(x)
     except Exception as e:
         where = (stack[-1] if stack else "") or type(model).__name__
         after = f" after layer {done[-1]!r}" if done else ""
+        feeding = repr(done[-1]) if done else "'layer.name'"
         raise _BrokenGraph(
             f"the pruned graph no longer runs: {where!r} fails{after} ({e}); this graph "
-            "cannot be pruned there: ignore the layers feeding it (ignore=...)",
+            "cannot be pruned there: keep the layers feeding it whole "
+            f"(ignore=dfcompress.by_name({feeding}, ...) naming them)",
             stack[-1] if stack else None,
         ) from e
     finally:
         for h in handles:
             h.remove()
+    return output_tensors(out)
 
 
 @dataclass(frozen=True)
@@ -198,7 +204,7 @@ def _prune_once(
             else example_inputs
         )
         model.zero_grad()
-        loss = _self_supervised_loss(_output(model(x)))
+        loss = _self_supervised_loss(output_tensors(model(x)))
         torch.autograd.backward(loss)
     names = {m: n for n, m in model.named_modules()}
     groups = iter(pruner.step(interactive=True))
@@ -212,7 +218,8 @@ def _prune_once(
             where = "the first channel group" if last is None else f"the group after {last!r}"
             raise _BrokenGraph(
                 f"torch-pruning cannot score {where} of {type(model).__name__}: "
-                f"{type(e).__name__}: {e}; exclude the layers involved with ignore=...",
+                f"{type(e).__name__}: {e}; keep the layers involved whole with "
+                "ignore=dfcompress.by_name(...) naming them",
                 last,
             ) from e
         layer = group[0].dep.target.module
@@ -327,11 +334,9 @@ def prune_channels(
             )
             with torch.no_grad():
                 out = _forward_naming_failure(work, example_inputs)
-            if out.shape != reference.shape:
-                raise _BrokenGraph(
-                    f"pruning changed the output shape from {tuple(reference.shape)} to "
-                    f"{tuple(out.shape)}: ignore the layer producing the output (ignore=...)"
-                )
+            changed = output_shape_change(reference, out, original, work, ignore)
+            if changed is not None:
+                raise _BrokenGraph(changed)
             break
         except _BrokenGraph as e:
             if attempt == _PASSES - 1:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfcompress.errors import DfcompressError
+from dfcompress.errors import DfcompressError, UnsafeFileError
 from dfcompress.quant.config import IntQuant, PerGroup
 from dfcompress.quant.observers import granularity_args
 
@@ -65,19 +65,34 @@ def class_ref(module: nn.Module) -> str:
     return f"{cls.__module__}:{cls.__qualname__}"
 
 
-def refuse_own_forward(spec: dict[str, Any], wrapper: str) -> None:
-    """Raise for a saved wrapper that ran a layer class's own forward.
+def adopt_own_forward(kind: str, ref: Any, current: nn.Module | None, where: str) -> nn.Module:
+    """The constructor's layer ``current`` as a wrapper's ``inner``, if it is of class ``ref``.
 
-    The saved file holds the weights but not the layer's code, and the model's
-    constructor is gone by the time the wrapper is rebuilt.
+    A saved wrapper records the class of the layer whose own forward it runs
+    (:func:`class_ref`), never its code. On load the model's constructor has built
+    that layer where the wrapper goes; it is reused, without its weight and bias
+    (the wrapper owns them), when its class is exactly the recorded one and it is
+    a ``kind`` layer with its own forward. Nothing named by the file is imported.
+
+    Raises:
+        UnsafeFileError: ``current`` is missing or is not such a layer of class ``ref``.
     """
-    ref = spec.get("own_forward")
-    if ref is not None:
-        raise DfcompressError(
-            f"cannot rebuild a {wrapper} that runs the own forward of {ref!r}: layers of "
-            "classes with their own forward are not rebuilt by dfcompress.load; save the "
-            "float model and compress it after loading, or export it (export_onnx)"
+    found = "nothing" if current is None else repr(class_ref(current))
+    if (
+        not isinstance(ref, str)
+        or current is None
+        or class_ref(current) != ref
+        or layer_kind(current) != kind
+        or not has_own_forward(current)
+    ):
+        raise UnsafeFileError(
+            f"the {where} runs the own forward of {ref!r}, and load reuses the layer the "
+            f"model's constructor builds at its path, which is {found}: record the model's "
+            "constructor (dfcompress.set_constructor or dfcompress.register_factory) so that "
+            "it builds that layer there"
         )
+    detach_parameters(current)
+    return current
 
 
 def _probe_input(kind: str, args: dict[str, Any], like: torch.Tensor) -> torch.Tensor:

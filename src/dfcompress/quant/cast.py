@@ -85,10 +85,17 @@ class CastLayer(nn.Module):
     @classmethod
     def dfc_from_spec(cls, spec: dict[str, Any]) -> CastLayer:
         """An empty layer with the same state-dict structure."""
-        _layers.refuse_own_forward(spec, cls.__name__)
         if spec.get("dtype") not in _DTYPES:
             raise DfcompressError(f"unknown dtype {spec.get('dtype')!r}: use float16 or bfloat16")
         return cls(spec["args"], _DTYPES[spec["dtype"]])
+
+    def dfc_adopt(self, spec: dict[str, Any], current: nn.Module | None) -> None:
+        """On load: keep the constructor's layer as ``inner`` when ``spec`` ran its own forward."""
+        if "own_forward" in spec:
+            inner = _layers.adopt_own_forward(
+                self.layer_kind, spec["own_forward"], current, type(self).__name__
+            )
+            self.inner = inner.to(self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.inner is None:

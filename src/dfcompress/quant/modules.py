@@ -41,6 +41,35 @@ __all__ = ["QuantConv1d", "QuantConv2d", "QuantConv3d", "QuantLayer", "QuantLine
 _SCALE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 
 
+def _versions(*tensors: torch.Tensor) -> tuple[int, ...] | None:
+    """The tensors' version counters; None if one was made under ``torch.inference_mode()``.
+
+    Inference tensors keep no version counter, so nothing could tell that a
+    weight computed from them went stale: it is then recomputed every forward.
+    """
+    if any(t.is_inference() for t in tensors):
+        return None
+    return tuple(t._version for t in tensors)
+
+
+def _trackable(w: torch.Tensor) -> torch.Tensor:
+    """``w``, or a copy of it that has a version counter when it is an inference tensor.
+
+    The weight quantizer's tracking keys on the version counter; a fresh copy
+    each call makes it recompute the range (nothing tells whether ``w`` changed).
+    """
+    if not w.is_inference():
+        return w
+    with torch.inference_mode(False):
+        return w.clone()
+
+
+def _cacheable(w: torch.Tensor) -> bool:
+    # A weight computed under inference_mode is an inference tensor: kept, it
+    # would break a later forward outside inference_mode that records gradients.
+    return not w.is_inference()
+
+
 class QuantLayer(nn.Module):
     """Common machinery of the quantized conv/linear wrappers (use the concrete classes)."""
 
@@ -155,7 +184,6 @@ class QuantLayer(nn.Module):
     @classmethod
     def dfc_from_spec(cls, spec: dict[str, Any]) -> QuantLayer:
         """An empty wrapper with the same state-dict structure as the one that gave ``spec``."""
-        _layers.refuse_own_forward(spec, cls.__name__)
         _layers.check_args(cls.layer_kind, spec["args"])
         return cls(
             spec["args"],
@@ -168,6 +196,13 @@ class QuantLayer(nn.Module):
             scale_dtype=_SCALE_DTYPES.get(str(spec.get("scale_dtype"))),
             output_mode=spec.get("output_mode", "off"),
         )
+
+    def dfc_adopt(self, spec: dict[str, Any], current: nn.Module | None) -> None:
+        """On load: keep the constructor's layer as ``inner`` when ``spec`` ran its own forward."""
+        if "own_forward" in spec:
+            self.inner = _layers.adopt_own_forward(
+                self.layer_kind, spec["own_forward"], current, type(self).__name__
+            )
 
     # -- exporter-facing attributes -----------------------------------------------------
 
@@ -231,7 +266,7 @@ class QuantLayer(nn.Module):
         if self.weight is None:  # pragma: no cover - one of the two always exists
             raise DfcompressError("layer has neither a weight nor packed codes")
         if wq.mode in ("track", "dynamic"):
-            wq.track(self.weight)
+            wq.track(_trackable(self.weight))
         return quantize(
             self.weight.detach(),
             wq.scale,
@@ -246,8 +281,9 @@ class QuantLayer(nn.Module):
         """The fake-quantized (or unpacked and dequantized) float weight."""
         wq = self.weight_quant
         if self.weight_packed is not None:
-            key = (self.weight_packed._version, wq.scale._version, id(self.weight_packed))
-            if self._cache is not None and self._cache[0] == key:
+            versions = _versions(self.weight_packed, wq.scale)
+            key = (*versions, id(self.weight_packed)) if versions is not None else None
+            if key is not None and self._cache is not None and self._cache[0] == key:
                 return self._cache[1]
             w = dequantize(
                 self.int_weight(), wq.scale, wq.zero_point_int32(), wq.axis, wq.group_size
@@ -255,25 +291,28 @@ class QuantLayer(nn.Module):
             if exporting():
                 # Idempotent, and lets an exporter see the QuantizeLinear/DequantizeLinear pair.
                 return wq.quantize_with(w, wq.scale, wq.zero_point_int32())
-            self._cache = (key, w)
+            self._cache = (key, w) if key is not None and _cacheable(w) else None
             return w
         if self.weight is None:  # pragma: no cover
             raise DfcompressError("layer has neither a weight nor packed codes")
+        weight = _trackable(self.weight)
         if torch.is_grad_enabled() or wq.mode == "dynamic" or exporting():
             self._cache = None
-            out: torch.Tensor = wq(self.weight)
+            out: torch.Tensor = wq(weight)
             return out
-        wkey: tuple[int, ...] = (
-            self.weight._version,
-            self.weight.data_ptr(),
-            wq.scale._version,
-            id(self.weight),
-        )
         if wq.mode == "track":
-            wq.track(self.weight)  # may change the scale, hence after it the cache check
-            wkey = (*wkey[:2], wq.scale._version, id(self.weight))
+            wq.track(weight)  # may change the scale, hence before the cache check
+        versions = _versions(self.weight, wq.scale)
+        if versions is None:
+            self._cache = None
+            fresh: torch.Tensor = wq(weight)
+            return fresh
+        wkey = (versions[0], self.weight.data_ptr(), versions[1], id(self.weight))
         if self._cache is None or self._cache[0] != wkey:
-            self._cache = (wkey, wq(self.weight))
+            computed: torch.Tensor = wq(weight)
+            if not _cacheable(computed):
+                return computed
+            self._cache = (wkey, computed)
         return self._cache[1]
 
     def pack_(self) -> None:
@@ -302,7 +341,7 @@ class QuantLayer(nn.Module):
         if wq.mode == "dynamic":
             return
         if self.weight is not None:
-            wq.track(self.weight)
+            wq.track(_trackable(self.weight))
         wq.mode = "fixed"
 
     # -- activation equalization ---------------------------------------------------------
