@@ -1,4 +1,5 @@
-"""Dataset factories that fail on purpose, imported by name in Ray workers."""
+"""Dataset factories that fail on purpose (imported by name in Ray workers); a model that cannot
+travel."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import os
 import signal
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from dfcompress.data.proxy import make_proxy
 
@@ -44,3 +47,17 @@ def late_echo(delay: float, value: int) -> int:
 
     time.sleep(delay)
     return value
+
+
+def unsendable_model() -> torch.nn.Module:
+    """A model of a class defined in a function: no dfcompress file can name it."""
+
+    class Local(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(12, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(x.flatten(1))
+
+    return Local()

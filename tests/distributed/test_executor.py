@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from ray_faults import unsendable_model
 
 from dfcompress import compare
 from dfcompress.data import loader
@@ -106,16 +107,8 @@ def test_model_travels_as_a_safe_file_and_computes_the_same() -> None:
 
 
 def test_model_without_constructor_is_refused_with_the_fix() -> None:
-    class Local(torch.nn.Module):  # a class defined in a function: no file can name it
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = torch.nn.Linear(12, 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(x.flatten(1))
-
     with pytest.raises(DfcompressError, match=r"variant 'v' cannot be sent.*set_constructor"):
-        pack_model(Local(), "variant 'v'", torch.rand(2, 3, 2, 2))
+        pack_model(unsendable_model(), "variant 'v'", torch.rand(2, 3, 2, 2))
 
 
 def test_plain_torch_nn_model_travels_without_a_recorded_constructor() -> None:

@@ -19,6 +19,8 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from ray_faults import unsendable_model  # noqa: E402
+
 from dfcompress import compare, compress, prune  # noqa: E402
 from dfcompress.demo import demo_detector  # noqa: E402
 from dfcompress.distributed import DatasetShards, RayExecutor  # noqa: E402
@@ -150,14 +152,8 @@ def test_results_come_back_in_unit_order_and_the_bar_counts_units() -> None:
 
 
 def test_model_without_constructor_fails_before_leaving() -> None:
-    class Local(torch.nn.Module):  # a class defined in a function: no file can name it
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = torch.nn.Linear(12, 1)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(x.flatten(1))
-
     x, y = torch.rand(8, 3, 2, 2), torch.arange(8) % 2
     with pytest.raises(DfcompressError, match="variant 'baseline' cannot be sent to Ray workers"):
-        compare({"baseline": Local()}, (x, y), progress=False, gradcam=False, executor=TWO)
+        compare(
+            {"baseline": unsendable_model()}, (x, y), progress=False, gradcam=False, executor=TWO
+        )
