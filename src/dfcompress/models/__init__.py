@@ -17,6 +17,12 @@ from dfcompress.models.bnext import bnext_small as bnext_small
 from dfcompress.models.bnext import bnext_tiny as bnext_tiny
 from dfcompress.models.bnext import deployed_size_bytes as deployed_size_bytes
 from dfcompress.models.bnext import pack_binary as pack_binary
+from dfcompress.models.mobilenet_v2 import InvertedResidual as InvertedResidual
+from dfcompress.models.mobilenet_v2 import MobileNetV2 as MobileNetV2
+from dfcompress.models.mobilenet_v2 import mobilenet_v2 as mobilenet_v2
+from dfcompress.models.pretrained import find_weights as find_weights
+from dfcompress.models.pretrained import load_weights as load_weights
+from dfcompress.models.pretrained import pretrained_mobilenet_v2 as pretrained_mobilenet_v2
 
 __all__ = [
     "STAGE_CHANNELS",
@@ -25,6 +31,8 @@ __all__ = [
     "BinaryActivation",
     "BinaryConv2d",
     "BinaryProcessor",
+    "InvertedResidual",
+    "MobileNetV2",
     "Variant",
     "binary_sign",
     "bnext",
@@ -33,5 +41,9 @@ __all__ = [
     "bnext_small",
     "bnext_tiny",
     "deployed_size_bytes",
+    "find_weights",
+    "load_weights",
+    "mobilenet_v2",
     "pack_binary",
+    "pretrained_mobilenet_v2",
 ]

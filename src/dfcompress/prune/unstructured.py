@@ -5,6 +5,12 @@ ties are broken by position (a stable sort over the flattened weights, layers
 in registration order), so the number of pruned weights never depends on how
 many weights share the threshold value.
 
+Global pruning caps what one layer loses (90 % of its weights by default, 50 %
+for a depthwise convolution; never below the amount asked): the weights a
+capped layer keeps are taken from the other layers, so the total is unchanged.
+Without caps one threshold over a BatchNorm network, whose BatchNorm layers
+rescale each conv's weights, can empty whole layers.
+
 While a model is being pruned iteratively each pruned layer keeps its mask as
 a non-persistent buffer ``dfc_weight_mask`` and a forward pre-hook that
 re-applies it, so fine-tuning between steps cannot revive pruned weights.
@@ -29,6 +35,13 @@ from torch import nn
 
 from dfcompress._summary import FloatReason, mark_float, warn_float
 from dfcompress.errors import DfcompressError
+from dfcompress.prune._caps import (
+    DEFAULT_DEPTHWISE_CAP,
+    DEFAULT_LAYER_CAP,
+    cap_counts,
+    capped_counts,
+    check_cap,
+)
 from dfcompress.prune._targets import AmountSpec, Select, resolve_amounts
 from dfcompress.quant._layers import has_own_forward, reads_own_weight
 
@@ -122,27 +135,29 @@ def make_permanent(model: nn.Module) -> nn.Module:
     return model
 
 
-def _prune_pool(layers: Iterable[nn.Module], amount: float) -> None:
-    """Zero the round(amount * n) smallest |w| over all ``layers`` together."""
+def _prune_pool(
+    layers: Iterable[nn.Module],
+    amount: float,
+    layer_cap: float | None = None,
+    depthwise_cap: float | None = None,
+) -> None:
+    """Zero the round(amount * n) smallest |w| over all ``layers`` together, within the caps."""
     mods = list(layers)
-    flat = torch.cat([_weight(m).detach().abs().flatten().float() for m in mods])
-    k = round(amount * flat.numel())
-    keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-    if k > 0:
-        order = torch.sort(flat, stable=True).indices
-        keep[order[:k]] = False
-    start = 0
-    for m in mods:
+    mags = [_weight(m).detach().abs().flatten().float() for m in mods]
+    k = round(amount * sum(t.numel() for t in mags))
+    counts = capped_counts(mags, k, cap_counts(mods, amount, layer_cap, depthwise_cap))
+    for m, mag, c in zip(mods, mags, counts, strict=True):
         w = _weight(m)
-        n = w.numel()
-        mask = keep[start : start + n].view_as(w)
+        keep = torch.ones(mag.numel(), dtype=torch.bool, device=mag.device)
+        if c > 0:
+            keep[torch.sort(mag, stable=True).indices[:c]] = False
+        mask = keep.view_as(w)
         old = getattr(m, _MASK, None)
         if isinstance(old, torch.Tensor) and bool((~old & mask).any()):
             # A weight pruned earlier has grown back above the threshold during
             # fine-tuning; masks only shrink, so it stays pruned.
             mask = mask & old
         _set_mask(m, mask)
-        start += n
 
 
 def l1_unstructured(
@@ -153,6 +168,8 @@ def l1_unstructured(
     select: Select | None = None,
     keep_masks: bool = False,
     inplace: bool = False,
+    layer_cap: float | None = DEFAULT_LAYER_CAP,
+    depthwise_cap: float | None = DEFAULT_DEPTHWISE_CAP,
 ) -> nn.Module:
     """Zero the smallest-magnitude weights of conv and linear layers.
 
@@ -169,6 +186,14 @@ def l1_unstructured(
         keep_masks: Keep masks and hooks for iterative pruning (see
             :func:`make_permanent`); otherwise the result holds plain weights.
         inplace: Prune ``model`` itself instead of a copy.
+        layer_cap: With ``scope="global"``, the largest fraction of its weights
+            one layer loses (None: no cap); the weights a capped layer keeps are
+            pruned from the others, so the total is still ``amount``. A cap
+            below ``amount`` counts as ``amount``.
+        depthwise_cap: The same for depthwise convolutions, whose few weights per
+            channel each carry a whole path: uncapped, one threshold over a
+            BatchNorm-rescaled network can empty them all (ImageNet MobileNetV2
+            at 50 %: 2 % top-1 agreement with the unpruned model).
 
     Returns:
         The pruned model.
@@ -185,6 +210,8 @@ def l1_unstructured(
     """
     if scope not in ("global", "local"):
         raise DfcompressError(f"scope={scope!r} is not known: use 'global' or 'local'")
+    layer_cap = check_cap(layer_cap, "layer_cap")
+    depthwise_cap = check_cap(depthwise_cap, "depthwise_cap")
     if not inplace:
         import copy
 
@@ -198,7 +225,7 @@ def l1_unstructured(
         if not layers:
             continue
         if scope == "global":
-            _prune_pool(layers.values(), a)
+            _prune_pool(layers.values(), a, layer_cap, depthwise_cap)
         else:
             for m in layers.values():
                 _prune_pool([m], a)

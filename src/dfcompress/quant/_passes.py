@@ -10,6 +10,7 @@ from torch import nn
 
 from dfcompress._data import iter_inputs, sample_count
 from dfcompress._modes import eval_mode
+from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
 from dfcompress.quant.modules import QuantLayer
 
@@ -49,13 +50,36 @@ def run(
     return seen
 
 
+def _float_weight(mod: QuantLayer) -> torch.Tensor:
+    if mod.weight is None:  # pragma: no cover - calibration happens before packing
+        raise DfcompressError("bias correction needs the float weights (before packing)")
+    return mod.weight
+
+
+def _output(mod: QuantLayer, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``mod``'s conv/linear (or own forward) on its smoothed input ``x`` with ``weight``."""
+    xs = mod.smoothed_input(x)
+    if mod.inner is None:
+        return _layers.layer_forward(mod.layer_kind, mod.args, xs, weight, mod.bias)
+    return _layers.call_own_forward(mod.inner, xs, weight, mod.bias)
+
+
 def correct_biases(
     model: nn.Module,
     data: Iterable[Any] | torch.Tensor,
     progress: bool,
     max_samples: int | None,
+    *,
+    activations: bool = True,
 ) -> None:
-    """Empirical bias correction of the weight-quantization error, all layers in one pass."""
+    """Empirical bias correction, all layers in one pass over ``data``.
+
+    Each quantized layer's bias loses the mean, per output channel, of the error
+    its own quantization adds to its output given its input: the weight's
+    rounding, and with ``activations`` the rounding of its input and output
+    where those are quantized. Errors coming from earlier layers are theirs to
+    correct, so one pass serves every layer.
+    """
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     handles = []
@@ -63,25 +87,19 @@ def correct_biases(
         if layer.weight is None:
             continue
 
-        def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-            if not isinstance(mod, QuantLayer) or mod.weight is None:  # pragma: no cover
-                return
-            x = mod.smoothed_input(args[0])
-            if mod.inner is None:
-                diff = _layers.layer_forward(
-                    mod.layer_kind, mod.args, x, mod.quantized_weight() - mod.weight, None
-                )
-            else:  # the layer's own forward need not be linear in its weight
-                qw, b = mod.quantized_weight(), mod.bias
-                diff = _layers.call_own_forward(mod.inner, x, qw, b) - _layers.call_own_forward(
-                    mod.inner, x, mod.weight, b
-                )
+        def hook(mod: nn.Module, args: tuple[Any, ...], out: Any, name: str = name) -> None:
+            if not isinstance(mod, QuantLayer) or not isinstance(out, torch.Tensor):
+                return  # pragma: no cover
+            ref = _output(mod, args[0], _float_weight(mod))
+            if not activations:
+                out = _output(mod, args[0], mod.quantized_weight())
+            diff = out - ref
             dim = -1 if mod.layer_kind == "linear" else 1
             d = diff.movedim(dim, 0).reshape(diff.shape[dim], -1)
             sums[name] = sums.get(name, torch.zeros_like(d[:, 0])) + d.sum(1)
             counts[name] = counts.get(name, 0) + d.shape[1]
 
-        handles.append(layer.register_forward_pre_hook(hook))
+        handles.append(layer.register_forward_hook(hook))
     try:
         run(model, data, progress, max_samples, "bias correction")
     finally:

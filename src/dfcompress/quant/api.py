@@ -51,7 +51,7 @@ def quantize(
     max_samples: int = 256,
     input_shape: Sequence[int] | None = None,
     fold_bn: bool = True,
-    bias_correction: bool = False,
+    bias_correction: bool | None = False,
     bn_reestimation: bool = False,
     pack: bool = False,
     finetune: Callable[[nn.Module, int], None] | None = None,
@@ -77,8 +77,12 @@ def quantize(
             the first conv: ``(C, 224, 224)`` for Conv2d, ``(C, 224)`` for Conv1d,
             ``(C, 8, 112, 112)`` for Conv3d.
         fold_bn: Fold BatchNorm into the integer-quantized convs before them.
-        bias_correction: Correct each layer's bias for the mean error of its
-            quantized weight on the calibration data.
+        bias_correction: Subtract from each quantized layer's bias the mean
+            output error its quantization (weight, and input and output where
+            quantized) causes on the calibration data; one more pass over it.
+            Off by default; None: on when ``calibration`` is given and a layer
+            gets integer weights, off for synthesized inputs. Pretrained
+            depthwise networks gain most (see the quantization docs).
         bn_reestimation: Recompute unfolded BatchNorm statistics through the
             quantized layers on the calibration data (with ``fold_bn=False``).
         pack: Store weights as integers (int8, or two int4 per byte) so the
@@ -109,11 +113,12 @@ def quantize(
         ("inplace", inplace),
         ("progress", progress),
         ("fold_bn", fold_bn),
-        ("bias_correction", bias_correction),
         ("bn_reestimation", bn_reestimation),
         ("pack", pack),
     ):
         check_bool(value, flag)
+    if bias_correction is not None:
+        check_bool(bias_correction, "bias_correction")
     check_int(max_samples, "max_samples", low=1)
     if input_shape is not None:
         input_shape = check_shape(input_shape, "input_shape")
@@ -134,12 +139,16 @@ def quantize(
         rules = list(cast("Sequence[Rule]", config))
     # read once: a generator serves calibration, bias correction and BN re-estimation
     calibration = calibration_inputs(calibration, limit=max_samples)
-    qz = Quantizer(
-        rules, fold_bn=fold_bn, bias_correction=bias_correction, bn_reestimation=bn_reestimation
-    )
+    qz = Quantizer(rules, fold_bn=fold_bn, bn_reestimation=bn_reestimation)
     qz.warn = False  # one warning for the whole call, below
+    plan = qz.plan(model)
+    if bias_correction is None:  # on for integer weights when real data is given
+        bias_correction = calibration is not None and any(
+            isinstance(c, IntQuant) for c in plan.values()
+        )
+    qz.bias_correction = bias_correction
     data: Iterable[Any] | torch.Tensor | None = calibration
-    if calibration is None and any(_quantizes_inputs(c) for c in qz.plan(model).values()):
+    if calibration is None and any(_quantizes_inputs(c) for c in plan.values()):
         # Synthesized from the model as given: shapes and BatchNorm statistics are
         # gone once layers are wrapped and folded (in place, under compress).
         shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
