@@ -60,12 +60,12 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import RESULTS, machine_line, markdown_table, update_section
-from dfcompress._onnx_runtime import int8_kernels
 from dfcompress.data import loader
 from dfcompress.demo import DEMO_SIZE, load_demo_detector
+from dfcompress.deploy._legacy import export_onnx
+from dfcompress.deploy._onnx_runtime import int8_kernels
 from dfcompress.errors import DfcompressError
 from dfcompress.evaluate.metrics import auc
-from dfcompress.export import export_onnx
 from dfcompress.io import load
 from dfcompress.models import BinaryConv2d
 from dfcompress.prune.distill import distill, distill_finetune

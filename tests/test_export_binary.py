@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from dfcompress.deploy._legacy import export_onnx
 from dfcompress.errors import DfcompressError
-from dfcompress.export import export_onnx
 from dfcompress.models import BinaryActivation, BinaryConv2d, BNext, pack_binary
 from dfcompress.models._binary import int8_codes
 from dfcompress.quant import quantize
@@ -22,9 +22,9 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import numpy_helper  # noqa: E402
 
-from dfcompress._onnx_binary import _binary_codes, sign_codes  # noqa: E402
-from dfcompress._onnx_qdq import _Graph  # noqa: E402
-from dfcompress._onnx_runtime import run_session  # noqa: E402
+from dfcompress.deploy._onnx_binary import _binary_codes, sign_codes  # noqa: E402
+from dfcompress.deploy._onnx_qdq import _Graph  # noqa: E402
+from dfcompress.deploy._onnx_runtime import run_session  # noqa: E402
 
 
 def small_bnext(seed: int = 0) -> nn.Module:

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
+from dfcompress.deploy._legacy import ExportResult, export_onnx
 from dfcompress.errors import DfcompressError
-from dfcompress.export import ExportResult, export_onnx
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from dfcompress.deploy._legacy import export_torchscript
 from dfcompress.errors import DfcompressError
-from dfcompress.export import export_torchscript
 from test_export_onnx import resnet_like
 
 

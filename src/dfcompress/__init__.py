@@ -22,12 +22,14 @@ from dfcompress._summary import FloatLayersWarning as FloatLayersWarning
 from dfcompress._summary import ModelSummary as ModelSummary
 from dfcompress._summary import summary as summary
 from dfcompress._version import __version__ as __version__
+from dfcompress.deploy import Artifact as Artifact
+from dfcompress.deploy import export as export
+from dfcompress.deploy._legacy import ExportResult as ExportResult
+from dfcompress.deploy._legacy import export_onnx as export_onnx
+from dfcompress.deploy._legacy import export_torchscript as export_torchscript
 from dfcompress.errors import DfcompressError as DfcompressError
 from dfcompress.evaluate.measure import Measurement as Measurement
 from dfcompress.evaluate.measure import measure as measure
-from dfcompress.export import ExportResult as ExportResult
-from dfcompress.export import export_onnx as export_onnx
-from dfcompress.export import export_torchscript as export_torchscript
 from dfcompress.io import load as load
 from dfcompress.io import register_factory as register_factory
 from dfcompress.io import save as save

@@ -55,6 +55,7 @@ def quantize(
     bn_reestimation: bool = False,
     pack: bool = False,
     finetune: Callable[[nn.Module, int], None] | None = None,
+    target: str | None = None,
 ) -> nn.Module:
     """Quantize a model: prepare, calibrate and convert in one call.
 
@@ -95,6 +96,11 @@ def quantize(
             train_loader, lr=3e-5, alpha=1.0)`` distils from the float model;
             keep the learning rate small, since BatchNorm is folded into the
             weights.
+        target: The runtime the model is made for: ``"xnnpack"`` (ExecuTorch) or
+            ``"onnxruntime"``. The returned eager model computes what that runtime
+            computes, carries the target (``dfcompress.export`` picks it up) and
+            exports to it within the agreement thresholds. None: dfcompress's own
+            fake-quantized modules (see the deployment docs for how they export).
 
     Returns:
         The quantized model, frozen (scales fixed).
@@ -109,6 +115,27 @@ def quantize(
     """
     check_model(model)
     has_layers(model, what="quantize")
+    if target is not None:
+        from dfcompress.deploy._targets import check_target, target_module
+
+        module = target_module(check_target(target))
+        if not hasattr(module, "quantize"):
+            raise DfcompressError(
+                f"target={target!r} has no quantized form; export the float or "
+                "16-bit model to it, or quantize for 'xnnpack' or 'onnxruntime'"
+            )
+        made: nn.Module = module.quantize(
+            model,
+            config,
+            calibration,
+            select=select,
+            progress=progress,
+            max_samples=max_samples,
+            input_shape=input_shape,
+            bias_correction=bias_correction,
+            finetune=finetune,
+        )
+        return made
     for flag, value in (
         ("inplace", inplace),
         ("progress", progress),

@@ -335,7 +335,7 @@ def _insert_output_qdq(g: _Graph, ranges: Ranges) -> None:
     ]
     if not todo:
         return
-    from dfcompress._onnx_chain import insert_output_qdq, share_quantizer
+    from dfcompress.deploy._onnx_chain import insert_output_qdq, share_quantizer
 
     todo = [(op, a) for op, a in todo if not share_quantizer(g, op.output[0])]
     if not todo:
@@ -380,7 +380,7 @@ def prepare_qdq(model: Any, *, output_q: bool = True) -> Any:
 
     ``output_q=False``: convs that will run in float keep their float bias.
     """
-    from dfcompress._onnx_binary import binary_weights, sign_codes
+    from dfcompress.deploy._onnx_binary import binary_weights, sign_codes
 
     g = _Graph(model)
     _materialize_constants(g)
@@ -407,17 +407,17 @@ def to_qdq(
     which may saturate on CPUs without VNNI). ``output_q=False`` inserts no Q/DQ
     after Conv outputs (exact, but those convs then run in float). ``chain=True``
     also quantizes the outputs of the operators between convs (see
-    :mod:`dfcompress._onnx_chain`), so int8 tensors stay int8 there.
+    :mod:`dfcompress.deploy._onnx_chain`), so int8 tensors stay int8 there.
     """
     prepare_qdq(model, output_q=output_q)
     g = _Graph(model)
-    from dfcompress._onnx_chain import drop_requantize
+    from dfcompress.deploy._onnx_chain import drop_requantize
 
     drop_requantize(g)
     if output_q:
         _insert_output_qdq(g, ranges)
     if chain:
-        from dfcompress._onnx_chain import chain_qdq
+        from dfcompress.deploy._onnx_chain import chain_qdq
 
         chain_qdq(g, ranges)
     if weights == "uint8":

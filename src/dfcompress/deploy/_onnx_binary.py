@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dfcompress._onnx_qdq import _INT_TYPES
+from dfcompress.deploy._onnx_qdq import _INT_TYPES
 
 __all__ = ["binary_weights", "sign_codes"]
 

@@ -1,6 +1,6 @@
 """Keep int8 tensors int8 between convolutions: Q/DQ around the cheap operators too.
 
-After :func:`dfcompress._onnx_qdq.to_qdq` every quantized conv reads and writes int8,
+After :func:`dfcompress.deploy._onnx_qdq.to_qdq` every quantized conv reads and writes int8,
 but the operators between two convs (SiLU's Sigmoid and Mul, squeeze-and-excitation
 gates, residual Adds, pooling) still dequantize to float, compute, and quantize
 again. ONNX Runtime has integer kernels for them (QLinearSigmoid, QLinearMul,
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from dfcompress._onnx_qdq import _INT_TYPES
+from dfcompress.deploy._onnx_qdq import _INT_TYPES
 
 __all__ = ["chain_qdq", "drop_requantize", "share_quantizer"]
 

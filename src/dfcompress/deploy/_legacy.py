@@ -26,7 +26,6 @@ from torch import nn
 
 from dfcompress._calibration import calibration_inputs
 from dfcompress._data import input_dtype, iter_inputs, model_float_dtype
-from dfcompress._onnx_torch import to_onnx
 from dfcompress._validate import (
     check_bool,
     check_file_path,
@@ -37,6 +36,7 @@ from dfcompress._validate import (
     refused_input,
     short,
 )
+from dfcompress.deploy._onnx_torch import to_onnx
 from dfcompress.errors import DfcompressError, require
 
 __all__ = ["ExportResult", "export_onnx", "export_torchscript"]
@@ -278,7 +278,7 @@ def export_onnx(
     x = _input_for(work, example.detach().cpu())
     with refused_input("example", example, model):
         _eager(work, x)
-    from dfcompress._onnx_qdq import has_qdq, to_qdq
+    from dfcompress.deploy._onnx_qdq import has_qdq, to_qdq
     from dfcompress.models._binary import int8_codes
 
     axes = (dynamic_batch, dynamic_size)
@@ -290,7 +290,7 @@ def export_onnx(
         blob, used = to_onnx(work, x, opset, axes, exporter)
         proto = onnx.load_from_string(blob)  # type: ignore[attr-defined]
     int8_codes(work, False)
-    from dfcompress._onnx_runtime import int8_kernels, observe_ranges, run_session
+    from dfcompress.deploy._onnx_runtime import int8_kernels, observe_ranges, run_session
 
     kind: Literal["float", "16bit", "int8"] = "float"
     tries: list[str | None] = [None]
