@@ -3,7 +3,9 @@
 Each target lives in its own module of :mod:`dfcompress.deploy`, imported only when
 the target is used (its runtime is an optional dependency), and provides
 
-- ``export_artifact(model, path, example, **options) -> Artifact``, and
+- ``export_artifact(model, path, example, **options) -> Artifact``,
+- ``load_artifact(path) -> Artifact``: an existing file with its runner (no agreement),
+  used to evaluate and measure files in a fresh process, and
 - optionally ``quantize(model, config, calibration, **options) -> nn.Module``, which
   makes an eager model that computes what the runtime computes.
 """
