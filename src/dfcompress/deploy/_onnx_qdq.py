@@ -136,6 +136,26 @@ def _materialize_constants(g: _Graph) -> None:
             changed = True
 
 
+def _fold_constant_minmax(g: _Graph) -> None:
+    """Min/Max of constants (a narrow weight range clipped before its QuantizeLinear) computed once."""
+    ops = {"Min": np.minimum, "Max": np.maximum}
+    changed = True
+    while changed:
+        changed = False
+        for n in list(g.graph.node):
+            if n.op_type not in ops or n.output[0] in g.outputs():
+                continue
+            values = [v for v in (g.const(i) for i in n.input) if v is not None]
+            if len(values) != len(n.input):
+                continue
+            out = values[0]
+            for v in values[1:]:
+                out = ops[n.op_type](out, v)
+            g.graph.initializer.append(g.nh.from_array(np.asarray(out), n.output[0]))
+            g.remove(n)
+            changed = True
+
+
 def _broadcast(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     if v.ndim == 0 or v.size == 1:
         return v.reshape(())
@@ -384,6 +404,7 @@ def prepare_qdq(model: Any, *, output_q: bool = True) -> Any:
 
     g = _Graph(model)
     _materialize_constants(g)
+    _fold_constant_minmax(g)
     _fold_weight_quantize(g)
     sign_codes(g)
     binary_weights(g, _act_dq)

@@ -21,13 +21,17 @@ from torch import nn
 
 from dfcompress.deploy._artifact import Artifact
 from dfcompress.deploy._onnx_export import write_onnx
+from dfcompress.deploy._onnx_quant import quantize as quantize
 from dfcompress.deploy._result import ExportResult, check_paths, to_artifact
 from dfcompress.deploy._targets import TARGET_ATTR
 from dfcompress.errors import DfcompressError, require
 
-__all__ = ["export_artifact", "export_onnx", "load_artifact"]
+__all__ = ["export_artifact", "export_onnx", "load_artifact", "quantize"]
 
 TARGET = "onnxruntime"
+# A model made for this target computes what the file computes: what is left is an
+# input landing on the other side of a rounding boundary now and then.
+_TARGET_ATOL, _TARGET_RTOL, _TARGET_MIN_AGREEMENT = 2e-2, 5e-2, 0.995
 
 
 def export_onnx(
@@ -165,15 +169,21 @@ def export_artifact(
 ) -> Artifact:
     """Write ``model`` as ONNX for ONNX Runtime and check it.
 
-    ``options`` are those of :func:`export_onnx`. A model made by :func:`quantize`
-    for this target is written as it computes: its convolution outputs already carry
-    their uint8 ranges, the operators between convolutions stay float
-    (``quantize_elementwise=False``) and its 7-bit weight codes are stored as int8.
+    ``options`` are those of :func:`export_onnx`, except that the operators between
+    convolutions stay float by default (``quantize_elementwise=False``), as every
+    eager model computes them. A model made by :func:`quantize` for this target is
+    written as it computes: its convolution outputs carry their uint8 ranges, its
+    7-bit weight codes are stored as int8, and the check is tighter by default
+    (``atol=0.02``, ``rtol=0.05``, ``min_agreement=0.995``).
     """
     p = check_paths(model, path, example)
+    # The operators between convolutions stay float: no eager model rounds them.
+    options.setdefault("quantize_elementwise", False)
     if getattr(model, TARGET_ATTR, None) == TARGET:
-        options.setdefault("quantize_elementwise", False)
         options.setdefault("int8_weights", "int8")
+        atol = _TARGET_ATOL if atol is None else atol
+        rtol = _TARGET_RTOL if rtol is None else rtol
+        min_agreement = _TARGET_MIN_AGREEMENT if min_agreement is None else min_agreement
     result, agreement = write_onnx(
         model, p, example, check=check, atol=atol, rtol=rtol, min_agreement=min_agreement, **options
     )
