@@ -137,7 +137,7 @@ def _materialize_constants(g: _Graph) -> None:
 
 
 def _fold_constant_minmax(g: _Graph) -> None:
-    """Min/Max of constants (a narrow weight range clipped before its QuantizeLinear) computed once."""
+    """Min/Max of constants (a narrow weight range clipped before quantizing) computed once."""
     ops = {"Min": np.minimum, "Max": np.maximum}
     changed = True
     while changed:
