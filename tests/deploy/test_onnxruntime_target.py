@@ -67,15 +67,30 @@ def test_every_quantized_conv_rounds_its_output_as_qlinearconv_does() -> None:
     assert all(m.input_smoothing is None for m in layers)
 
 
-def test_a_conv_read_directly_by_the_next_layer_rounds_once() -> None:
+def test_a_conv_read_directly_by_the_next_layer_rounds_once(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 4, 1))
-    x = torch.randn(16, 3, 10, 10)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.Conv2d(8, 8, 1),  # read directly: tied
+        nn.ReLU6(),
+        nn.Conv2d(8, 8, 1),  # through ReLU6: tied, the QuantizeLinear clamps as ReLU6 does
+        nn.SiLU(),
+        nn.Conv2d(8, 4, 1),  # through SiLU: rounded twice, in eager and in the file
+    )
+    x = torch.randn(32, 3, 10, 10)
     q = dfc.quantize(net, "int8", calibration=x, progress=False, target="onnxruntime")
-    first, second, third = q[0], q[1], q[3]
-    assert torch.equal(first.output_scale, second.input_scale)  # tied: one rounding
-    assert not torch.equal(second.output_scale, third.input_scale)  # a ReLU in between
-    assert tie_requantization(q, x[:1]) == 1
+    assert torch.equal(q[0].output_scale, q[1].input_scale)
+    assert torch.equal(q[1].output_scale, q[3].input_scale)
+    assert not torch.equal(q[3].output_scale, q[5].input_scale)
+    assert tie_requantization(q, x[:1]) == 2
+    art = dfc.export(q, tmp_path / "q.onnx", x)
+    ops = [n.op_type for n in onnx.load(str(art.path)).graph.node]
+    assert "Clip" not in ops  # ReLU6 became the clamp of the next QuantizeLinear
+    # each conv input and the last two outputs; the first two outputs are their readers' inputs
+    assert ops.count("QuantizeLinear") == 6
+    with torch.no_grad():
+        y = q(x)
+    assert float((y - art.run(x)).abs().max()) <= 0.02 * float(y.abs().max())
 
 
 def test_export_to_another_target_is_refused(tmp_path: Path) -> None:

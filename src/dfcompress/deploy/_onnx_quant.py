@@ -131,13 +131,23 @@ def quantize(
     return made
 
 
+def _clamps_low(m: nn.Module) -> bool:
+    """ReLU, ReLU6 and Hardtanh(0, ...) modules: the next uint8 quantizer makes them exact."""
+    if isinstance(m, nn.Hardtanh):  # ReLU6 is one
+        return float(m.min_val) == 0.0
+    return isinstance(m, nn.ReLU)
+
+
 def tie_requantization(model: nn.Module, probe: torch.Tensor) -> int:
     """Give each conv output read directly by a quantized layer that layer's input range.
 
-    The exported graph then holds ``Conv -> Q(s2) -> DQ -> Q(s2)``, which the exporter
-    and ONNX Runtime reduce to one rounding; the eager model's two roundings with one
-    scale are that same rounding. Layers are found by running ``probe`` (one input)
-    and matching the tensor one layer returns with the one the next receives.
+    "Directly" allows a ReLU, ReLU6 or Hardtanh(0, ...) module in between. The
+    exported graph then holds ``Conv -> Q(s2) -> DQ [-> Relu/Clip] -> Q(s2)``, which
+    the exporter reduces to ``Conv -> Q(s2)``: one rounding, and the activation is the
+    clamp of that QuantizeLinear (its range, calibrated on the activation's output,
+    lies inside the activation's). The eager model's two roundings with one scale
+    are that same rounding. Layers are found by running ``probe`` (one input) and
+    matching the tensor one layer returns with the one the next receives.
     Returns the number of outputs tied.
     """
     from dfcompress.quant.modules import QuantLayer
@@ -155,9 +165,16 @@ def tie_requantization(model: nn.Module, probe: torch.Tensor) -> int:
         if src is not None and src[1] is x and isinstance(mod, QuantLayer):
             pairs.append((src[0], mod))
 
+    def pass_through(mod: nn.Module, args: Any, out: Any) -> None:
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        src = made_by.get(id(x)) if x is not None else None
+        if src is not None and src[1] is x and isinstance(out, torch.Tensor):
+            made_by[id(out)] = (src[0], out)
+
     layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
     hooks = [m.register_forward_hook(record_output) for m in layers]
     hooks += [m.register_forward_pre_hook(record_input) for m in layers]
+    hooks += [m.register_forward_hook(pass_through) for m in model.modules() if _clamps_low(m)]
     try:
         with torch.no_grad():
             model(probe.to(next(iter(model.parameters()), probe).device))
