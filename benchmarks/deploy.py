@@ -62,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _results import RESULTS, machine_line, markdown_table, update_section
 from dfcompress.data import loader
 from dfcompress.demo import DEMO_SIZE, load_demo_detector
-from dfcompress.deploy._legacy import export_onnx
+from dfcompress.deploy import export_onnx
 from dfcompress.deploy._onnx_runtime import int8_kernels
 from dfcompress.errors import DfcompressError
 from dfcompress.evaluate.metrics import auc

@@ -232,7 +232,7 @@ def _setup(spec: ZooModel) -> dict[str, Callable[[], str]]:
     import torch
 
     import dfcompress as dfc
-    from dfcompress.deploy._legacy import export_onnx
+    from dfcompress.deploy import export_onnx
     from dfcompress.prune import prune, sparsity
     from dfcompress.quant import QuantLayer, quantize
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dfcompress.deploy._legacy import export_onnx, export_torchscript
+from dfcompress.deploy import export_onnx, export_torchscript
 from dfcompress.features import NPR, FeatureStack, MagnitudeSpectrum, PhaseSpectrum
 from dfcompress.models import BNext
 from dfcompress.quant import quantize

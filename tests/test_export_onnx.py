@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dfcompress.deploy._legacy import ExportResult, export_onnx
+from dfcompress.deploy import ExportResult, export_onnx
 from dfcompress.errors import DfcompressError
 
 onnx = pytest.importorskip("onnx")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from dfcompress.deploy._legacy import export_onnx
+from dfcompress.deploy import export_onnx
 from dfcompress.quant import QuantLayer, quantize
 
 onnx = pytest.importorskip("onnx")

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dfcompress.deploy._legacy import export_torchscript
+from dfcompress.deploy import export_torchscript
 from dfcompress.errors import DfcompressError
 from test_export_onnx import resnet_like
 

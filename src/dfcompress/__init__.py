@@ -6,7 +6,7 @@ The top level reads as verbs::
     small = dfc.compress(model, "q8-p50", calibration=loader)
     report = dfc.compare({"baseline": model, "q8-p50": small}, test_loader)
     report.save("report/")
-    dfc.export_onnx(small, "detector.onnx", example=x)
+    dfc.export(small, "detector.onnx", example=x)
 
 Subpackages: :mod:`dfcompress.quant`, :mod:`dfcompress.prune`,
 :mod:`dfcompress.features`, :mod:`dfcompress.models`,
@@ -23,10 +23,10 @@ from dfcompress._summary import ModelSummary as ModelSummary
 from dfcompress._summary import summary as summary
 from dfcompress._version import __version__ as __version__
 from dfcompress.deploy import Artifact as Artifact
+from dfcompress.deploy import ExportResult as ExportResult
 from dfcompress.deploy import export as export
-from dfcompress.deploy._legacy import ExportResult as ExportResult
-from dfcompress.deploy._legacy import export_onnx as export_onnx
-from dfcompress.deploy._legacy import export_torchscript as export_torchscript
+from dfcompress.deploy import export_onnx as export_onnx
+from dfcompress.deploy import export_torchscript as export_torchscript
 from dfcompress.errors import DfcompressError as DfcompressError
 from dfcompress.evaluate.measure import Measurement as Measurement
 from dfcompress.evaluate.measure import measure as measure

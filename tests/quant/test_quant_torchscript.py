@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from _quant_nets import resnet34_like
 
-from dfcompress.deploy._legacy import export_torchscript
+from dfcompress.deploy import export_torchscript
 from dfcompress.quant import quantize
 
 

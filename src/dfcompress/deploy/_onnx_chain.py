@@ -158,6 +158,62 @@ def insert_output_qdq(
     g.graph.node.insert(at, q)
 
 
+def _same_quantizer(g: Any, a: Any, b: Any) -> bool:
+    sa, za, sb, zb = (g.const(n.input[k]) for n in (a, b) for k in (1, 2))
+    return (
+        sa is not None
+        and sb is not None
+        and za is not None
+        and zb is not None
+        and za.dtype == zb.dtype
+        and np.array_equal(sa, sb)
+        and np.array_equal(za, zb)
+    )
+
+
+def _clamp_inside(g: Any, act: Any, q: Any) -> bool:
+    """Whether Relu/Clip ``act`` changes nothing that QuantizeLinear ``q`` keeps.
+
+    True when the values ``q`` can represent, ``[(qmin - z) s, (qmax - z) s]``, lie
+    inside the activation's range: ``q`` then clamps at least as much.
+    """
+    s, z = g.const(q.input[1]), g.const(q.input[2])
+    if s is None or z is None or z.dtype not in _INT_TYPES:
+        return False
+    qmin, qmax = _INT_TYPES[z.dtype]
+    lo = (qmin - float(z.reshape(-1)[0])) * float(s.reshape(-1)[0])
+    hi = (qmax - float(z.reshape(-1)[0])) * float(s.reshape(-1)[0])
+    if act.op_type == "Relu":
+        return lo >= 0.0
+    if act.op_type != "Clip":
+        return False
+    bounds = [g.const(i) if i else None for i in list(act.input[1:3]) + [""] * 2][:2]
+    a_lo = -np.inf if bounds[0] is None else float(bounds[0].reshape(-1)[0])
+    a_hi = np.inf if bounds[1] is None else float(bounds[1].reshape(-1)[0])
+    return a_lo <= lo and hi <= a_hi + 1e-6 * max(1.0, abs(a_hi))
+
+
+def _drop_clamped(g: Any, q2: Any, outputs: set[str], cons: dict[str, Any], prod: Any) -> bool:
+    """``Q1 -> DQ1 -> Relu/Clip -> Q2`` with Q1 == Q2 and a clamp Q2 makes: ``Q2`` alone."""
+    act = prod.get(q2.input[0])
+    if act is None or act.op_type not in ("Relu", "Clip") or act.output[0] in outputs:
+        return False
+    dq1 = prod.get(act.input[0])
+    if dq1 is None or dq1.op_type != "DequantizeLinear" or dq1.output[0] in outputs:
+        return False
+    q1 = prod.get(dq1.input[0])
+    if q1 is None or not _act_quantizer(g, q1) or q1.output[0] in outputs:
+        return False
+    if any(len(cons.get(n.output[0], [])) != 1 for n in (q1, dq1, act)):
+        return False
+    if not (_same_quantizer(g, q1, q2) and _clamp_inside(g, act, q2)):
+        return False
+    q2.input[0] = q1.input[0]
+    for n in (act, dq1, q1):
+        g.remove(n)
+    return True
+
+
 def drop_requantize(g: Any) -> int:
     """Quantize once where a tensor is quantized, dequantized and quantized again.
 
@@ -166,12 +222,18 @@ def drop_requantize(g: Any) -> int:
     ``Q1 -> DQ1 -> Q2``. ONNX Runtime then neither fuses the first convolution's
     output nor the second convolution into int8 kernels. Removing ``Q1 -> DQ1``
     (when ``DQ1`` is read by ``Q2`` alone) lets the convolution write ``Q2``'s
-    codes directly: one rounding instead of two. Returns the number of pairs removed.
+    codes directly: one rounding instead of two. The same holds through a Relu or
+    Clip when ``Q1`` and ``Q2`` are the same quantizer and ``Q2``'s range lies inside
+    the activation's (it then clamps as the activation would, and rounding twice with
+    one scale is rounding once). Returns the number of pairs removed.
     """
     outputs, cons, prod = g.outputs(), g.consumers(), g.producers()
     removed = 0
     for q2 in list(g.graph.node):
         if not _act_quantizer(g, q2):
+            continue
+        if _drop_clamped(g, q2, outputs, cons, prod):
+            removed += 1
             continue
         dq1 = prod.get(q2.input[0])
         if dq1 is None or dq1.op_type != "DequantizeLinear" or _act_type(g, dq1) is None:

@@ -110,63 +110,6 @@ class _Graph:
         return default
 
 
-def _materialize_constants(g: _Graph) -> None:
-    """Constant nodes become initializers; Identity-of-initializer is bypassed."""
-    changed = True
-    while changed:
-        changed = False
-        inits = g.inits()
-        outputs = g.outputs()
-        for n in list(g.graph.node):
-            if n.op_type == "Constant" and n.output[0] not in outputs:
-                value = g.attr(n, "value", None)
-                if value is None:
-                    continue
-                arr = np.asarray(g.nh.to_array(value))
-                g.graph.initializer.append(g.nh.from_array(arr, n.output[0]))
-            elif n.op_type == "Identity" and n.input[0] in inits and n.output[0] not in outputs:
-                # PyTorch shares equal constants through Identity: read the source instead
-                for user in g.graph.node:
-                    for k, name in enumerate(user.input):
-                        if name == n.output[0]:
-                            user.input[k] = n.input[0]
-            else:
-                continue
-            g.remove(n)
-            changed = True
-
-
-def _broadcast(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
-    if v.ndim == 0 or v.size == 1:
-        return v.reshape(())
-    shape = [1] * ndim
-    shape[axis % ndim] = v.size
-    return v.reshape(shape)
-
-
-def _fold_weight_quantize(g: _Graph) -> None:
-    """QuantizeLinear over constant floats is computed once, as PyTorch rounds it."""
-    for n in list(g.graph.node):
-        if n.op_type != "QuantizeLinear":
-            continue
-        x = g.const(n.input[0])
-        s = g.const(n.input[1])
-        z = g.const(n.input[2]) if len(n.input) > 2 and n.input[2] else np.zeros((), np.uint8)
-        if x is None or s is None or z is None or x.dtype != np.float32:
-            continue
-        lo, hi = _INT_TYPES.get(z.dtype, (None, None))
-        if lo is None:
-            continue
-        axis = int(g.attr(n, "axis", 1))
-        inv = (np.float32(1.0) / s.astype(np.float32)).astype(np.float32)
-        q = np.rint(x * _broadcast(inv, x.ndim, axis)) + _broadcast(
-            z.astype(np.float32), x.ndim, axis
-        )
-        q = np.clip(q, lo, hi).astype(z.dtype)
-        g.graph.initializer.append(g.nh.from_array(q, n.output[0]))
-        g.remove(n)
-
-
 def _weight_dq(g: _Graph, name: str, prod: dict[str, Any]) -> Any | None:
     """The DequantizeLinear producing ``name`` from an int8/uint8 initializer, if any."""
     dq = prod.get(name)
@@ -381,10 +324,16 @@ def prepare_qdq(model: Any, *, output_q: bool = True) -> Any:
     ``output_q=False``: convs that will run in float keep their float bias.
     """
     from dfcompress.deploy._onnx_binary import binary_weights, sign_codes
+    from dfcompress.deploy._onnx_constants import (
+        fold_constant_minmax,
+        fold_weight_quantize,
+        materialize_constants,
+    )
 
     g = _Graph(model)
-    _materialize_constants(g)
-    _fold_weight_quantize(g)
+    materialize_constants(g)
+    fold_constant_minmax(g)
+    fold_weight_quantize(g)
     sign_codes(g)
     binary_weights(g, _act_dq)
     _fold_batchnorm(g)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from dfcompress.errors import require
 
-__all__ = ["INT8_OPS", "int8_kernels", "observe_ranges", "run_session"]
+__all__ = ["INT8_OPS", "int8_kernels", "observe_ranges", "run_session", "session_runner"]
 
 INT8_OPS = frozenset(
     {
@@ -57,6 +57,22 @@ def run_session(model: bytes | str, inputs: Sequence[np.ndarray]) -> list[np.nda
     dtype = np.float16 if sess.get_inputs()[0].type == "tensor(float16)" else None
     runs = [sess.run(None, {name: x if dtype is None else x.astype(dtype)}) for x in inputs]
     return [np.concatenate([r[i] for r in runs]).astype(np.float32) for i in range(len(runs[0]))]
+
+
+def session_runner(path: str | Path, *, threads: int = 1) -> Callable[[Any], Any]:
+    """A function running the ONNX file on a torch batch (any batch size); first output."""
+    import torch
+
+    sess = _session(str(path), threads=threads)
+    inp = sess.get_inputs()[0]
+    dtype = np.float16 if inp.type == "tensor(float16)" else np.float32
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        x = batch.detach().cpu().numpy().astype(dtype, copy=False)
+        out = sess.run(None, {inp.name: x})[0]
+        return torch.from_numpy(np.asarray(out, np.float32))
+
+    return run
 
 
 def _observed(

@@ -75,6 +75,7 @@ def _fast_fake_quantize(
 
 
 _MAGIC = 12582912.0  # 1.5 * 2**23
+_ONNX_RANGES = ((0, 255), (-128, 127), (0, 127))
 
 
 def _inference_only(x: torch.Tensor) -> bool:
@@ -209,14 +210,34 @@ class FakeQuantizer(nn.Module):
                 return _fast_fake_quantize(
                     x, scale.reshape(shape), zp.reshape(shape), self.qmin, self.qmax
                 )
+            qmin, qmax = self.qmin, self.qmax
+            if exporting() and (qmin, qmax) not in _ONNX_RANGES:
+                x, qmin, qmax = self._widened(x, scale, zp)
             if self.axis is None:
                 return torch.fake_quantize_per_tensor_affine(
-                    x, scale.reshape(()), zp.reshape(()), self.qmin, self.qmax
+                    x, scale.reshape(()), zp.reshape(()), qmin, qmax
                 )
             return torch.fake_quantize_per_channel_affine(
-                x, scale.reshape(-1), zp.reshape(-1), self.axis % x.dim(), self.qmin, self.qmax
+                x, scale.reshape(-1), zp.reshape(-1), self.axis % x.dim(), qmin, qmax
             )
         return fake_quantize(x, scale, zp, self.qmin, self.qmax, self.axis, self.group_size)
+
+    def _widened(
+        self, x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor
+    ) -> tuple[torch.Tensor, int, int]:
+        """``x`` clipped to this quantizer's range, and the 8-bit range holding it.
+
+        ONNX quantizes to full 8-bit ranges only; the codes of a narrower one (7-bit
+        weights) are the same codes in the 8-bit range once ``x`` is clipped to it.
+        """
+        wide = (-128, 127) if self.qmin < 0 else (0, 255)
+        if not (wide[0] <= self.qmin and self.qmax <= wide[1]):
+            return x, self.qmin, self.qmax  # ONNX's exporter names the range it refuses
+        shape = [1] * x.dim()
+        if self.axis is not None:
+            shape[self.axis % x.dim()] = -1
+        s, z = scale.reshape(shape), zp.to(torch.float32).reshape(shape)
+        return torch.clamp(x, (self.qmin - z) * s, (self.qmax - z) * s), wide[0], wide[1]
 
     def quantize_divided(self, x: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
         """``self(x / divisor)``; frozen per-tensor inference does it in one fused pass.

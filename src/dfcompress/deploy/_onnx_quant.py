@@ -1,0 +1,195 @@
+"""The eager form of ONNX Runtime's int8 arithmetic: the config and the quantize step.
+
+ONNX Runtime (CPU) runs a QDQ file as follows, and the eager model computes the same:
+
+* activations: uint8 per tensor (asymmetric), calibrated min/max at every
+  quantized layer's input;
+* weights: symmetric per output channel, **7-bit codes** (-64..63) stored as int8:
+  ONNX Runtime's fastest x86 kernels (U8S8) add pairs of uint8 x int8 products in
+  16-bit registers on CPUs without VNNI and saturate when full-range weights meet
+  large activations; 255 * 64 * 2 < 32767, so 7-bit weights never saturate and
+  compute the same on every CPU (uint8 weights would too, at 1.15-1.5x the time);
+* every int8 convolution (QLinearConv) rounds its output to uint8 with a
+  calibrated range (``IntQuant(outputs=...)``), before any activation;
+* the operators between convolutions (SiLU, squeeze-excitation Sigmoid/Mul,
+  residual Add, pooling) stay float, in the file and in the eager model;
+* linear layers (QGemm / MatMulIntegerToFloat) return float;
+* a convolution whose output goes straight into the next quantized layer writes
+  that layer's input codes (the exporter drops the output's own Q/DQ pair, so
+  the tensor is rounded once): its output range is the next layer's input range.
+
+No activation equalization: its factors would be float ``Div`` nodes in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dfcompress.deploy._targets import TARGET_ATTR
+from dfcompress.errors import DfcompressError
+from dfcompress.quant.config import (
+    UINT8_ACTIVATIONS,
+    UINT8_OUTPUTS,
+    IntQuant,
+    PerChannel,
+    resolve_config,
+)
+from dfcompress.select import SelectorLike
+
+__all__ = ["WEIGHT_BITS", "onnx_config", "quantize"]
+
+TARGET = "onnxruntime"
+
+WEIGHT_BITS = 7
+"""Weight code width: 7-bit codes cannot saturate ONNX Runtime's U8S8 kernels."""
+
+
+def onnx_config(config: Any) -> IntQuant:
+    """The target's config from ``"int8"``, ``"int8-onnx"`` or an 8-bit :class:`IntQuant`.
+
+    Weights become 7-bit symmetric per output channel, activations uint8 per tensor,
+    convolution outputs rounded as QLinearConv rounds them, without equalization.
+    The activation and output observers of a given :class:`IntQuant` are kept.
+    """
+    if isinstance(config, str) and config.lower() not in ("int8", "int8-onnx"):
+        raise DfcompressError(
+            f"config={config!r} has no ONNX Runtime int8 form: use 'int8', 'int8-onnx' "
+            "or an 8-bit IntQuant (export 16-bit models to 'onnxruntime' without a target)"
+        )
+    cfg = resolve_config(config) if isinstance(config, (str, IntQuant)) else None
+    if not isinstance(cfg, IntQuant) or cfg.bits != 8:
+        raise DfcompressError(
+            f"config={config!r} has no ONNX Runtime int8 form: use 'int8', 'int8-onnx' "
+            "or IntQuant(bits=8, ...)"
+        )
+    acts = cfg.activations or UINT8_ACTIVATIONS
+    acts = dataclasses.replace(acts, bits=8, symmetric=False)
+    outs = cfg.outputs or UINT8_OUTPUTS
+    outs = dataclasses.replace(outs, bits=8, symmetric=False)
+    return IntQuant(
+        WEIGHT_BITS,
+        PerChannel(0),
+        True,
+        cfg.observer,
+        acts,
+        cfg.percentile,
+        smoothing=None,
+        outputs=outs,
+    )
+
+
+def quantize(
+    model: nn.Module,
+    config: Any,
+    calibration: Iterable[Any] | torch.Tensor | None,
+    *,
+    select: SelectorLike | None = None,
+    progress: bool = True,
+    max_samples: int = 256,
+    input_shape: Sequence[int] | None = None,
+    bias_correction: bool | None = False,
+    finetune: Callable[[nn.Module, int], None] | None = None,
+) -> nn.Module:
+    """An eager model computing what ONNX Runtime computes from its exported file.
+
+    See the module docstring for the arithmetic; the other arguments are those of
+    :func:`dfcompress.quantize`. The model carries ``dfc_target = "onnxruntime"``,
+    so :func:`dfcompress.export` writes it for ONNX Runtime with the matching options.
+    """
+    from dfcompress._calibration import calibration_inputs
+    from dfcompress._datafree import default_input_shape
+    from dfcompress._validate import check_int, check_model, check_shape
+    from dfcompress.quant.api import quantize as quantize_eager
+
+    check_model(model)
+    cfg = onnx_config(config)
+    check_int(max_samples, "max_samples", low=1)
+    data = calibration_inputs(calibration, limit=max_samples)  # read once, used twice
+    if data:
+        probe = data[0][:1]
+    else:
+        shape = default_input_shape(model) if input_shape is None else input_shape
+        probe = torch.zeros(1, *check_shape(shape, "input_shape"))
+    made = quantize_eager(
+        model,
+        cfg,
+        data,
+        select,
+        progress=progress,
+        max_samples=max_samples,
+        input_shape=input_shape,
+        bias_correction=bias_correction,
+        finetune=finetune,
+    )
+    tie_requantization(made, probe)
+    setattr(made, TARGET_ATTR, TARGET)
+    return made
+
+
+def _clamps_low(m: nn.Module) -> bool:
+    """ReLU, ReLU6 and Hardtanh(0, ...) modules: the next uint8 quantizer makes them exact."""
+    if isinstance(m, nn.Hardtanh):  # ReLU6 is one
+        return float(m.min_val) == 0.0
+    return isinstance(m, nn.ReLU)
+
+
+def tie_requantization(model: nn.Module, probe: torch.Tensor) -> int:
+    """Give each conv output read directly by a quantized layer that layer's input range.
+
+    "Directly" allows a ReLU, ReLU6 or Hardtanh(0, ...) module in between. The
+    exported graph then holds ``Conv -> Q(s2) -> DQ [-> Relu/Clip] -> Q(s2)``, which
+    the exporter reduces to ``Conv -> Q(s2)``: one rounding, and the activation is the
+    clamp of that QuantizeLinear (its range, calibrated on the activation's output,
+    lies inside the activation's). The eager model's two roundings with one scale
+    are that same rounding. Layers are found by running ``probe`` (one input) and
+    matching the tensor one layer returns with the one the next receives.
+    Returns the number of outputs tied.
+    """
+    from dfcompress.quant.modules import QuantLayer
+
+    made_by: dict[int, tuple[QuantLayer, torch.Tensor]] = {}
+    pairs: list[tuple[QuantLayer, QuantLayer]] = []
+
+    def record_output(mod: nn.Module, args: Any, out: Any) -> None:
+        if isinstance(mod, QuantLayer) and isinstance(out, torch.Tensor):
+            made_by[id(out)] = (mod, out)  # the tensor kept alive: ids are reused
+
+    def record_input(mod: nn.Module, args: Any) -> None:
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        src = made_by.get(id(x)) if x is not None else None
+        if src is not None and src[1] is x and isinstance(mod, QuantLayer):
+            pairs.append((src[0], mod))
+
+    def pass_through(mod: nn.Module, args: Any, out: Any) -> None:
+        x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+        src = made_by.get(id(x)) if x is not None else None
+        if src is not None and src[1] is x and isinstance(out, torch.Tensor):
+            made_by[id(out)] = (src[0], out)
+
+    layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
+    hooks = [m.register_forward_hook(record_output) for m in layers]
+    hooks += [m.register_forward_pre_hook(record_input) for m in layers]
+    hooks += [m.register_forward_hook(pass_through) for m in model.modules() if _clamps_low(m)]
+    try:
+        with torch.no_grad():
+            model(probe.to(next(iter(model.parameters()), probe).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    tied = 0
+    for src, dst in pairs:
+        out_q, in_q = src.output_quant, dst.input_quant
+        if out_q is None or in_q is None or dst.input_smoothing is not None:
+            continue
+        if out_q.zero_point is None or in_q.zero_point is None:
+            continue
+        with torch.no_grad():
+            out_q.scale.copy_(in_q.scale.reshape(out_q.scale.shape))
+            out_q.zero_point.copy_(in_q.zero_point.reshape(out_q.zero_point.shape))
+        tied += 1
+    return tied

@@ -1,0 +1,120 @@
+"""quantize(target="onnxruntime"): the eager model computes what ONNX Runtime computes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _deploy_nets import NETS, inputs, se_silu_net
+from torch import nn
+
+import dfcompress as dfc
+from dfcompress.deploy._onnx_quant import WEIGHT_BITS, tie_requantization
+from dfcompress.errors import DfcompressError
+from dfcompress.quant import QuantLayer
+
+onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+from onnx import numpy_helper  # noqa: E402
+
+
+def _decisions(y: torch.Tensor) -> torch.Tensor:
+    return y[:, 0] > 0 if y.shape[1] == 1 else y.argmax(1)
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_eager_and_onnx_runtime_agree(tmp_path: Path, name: str) -> None:
+    build, size = NETS[name]
+    net = build()
+    calib, test = inputs(64, size, 0), inputs(200, size, 1)
+    q = dfc.quantize(net, "int8", calibration=calib, progress=False, target="onnxruntime")
+    assert q.dfc_target == "onnxruntime"
+    art = dfc.export(q, tmp_path / "q.onnx", test[:16])  # the target's own check passes
+    assert art.target == "onnxruntime" and art.details["kind"] == "int8"
+    assert art.details["int8_kernels"].get("QLinearConv", 0) >= 1
+    with torch.no_grad():
+        eager = q(test)
+    deployed = art.run(test)
+    agree = float((_decisions(eager) == _decisions(deployed)).float().mean())
+    assert agree >= 0.995
+    # What is left: an input on the other side of a rounding boundary now and then.
+    assert float((eager - deployed).abs().max()) <= 0.02 + 0.05 * float(eager.abs().max())
+
+
+def test_the_file_has_no_division_and_weights_that_cannot_saturate(tmp_path: Path) -> None:
+    net, x = se_silu_net(), inputs(32, 16, 0)
+    q = dfc.quantize(net, "int8", calibration=x, progress=False, target="onnxruntime")
+    art = dfc.export(q, tmp_path / "q.onnx", x[:8])
+    graph = onnx.load(str(art.path)).graph
+    ops = {n.op_type for n in graph.node}
+    assert "Div" not in ops  # no activation equalization left in the graph
+    assert {"Sigmoid", "Mul"} <= ops  # squeeze-excitation and SiLU stay float, as in eager
+    weights = [numpy_helper.to_array(t) for t in graph.initializer]
+    codes = [w for w in weights if w.dtype == np.int8 and w.ndim >= 2]
+    assert codes and all(w.min() >= -64 and w.max() <= 63 for w in codes)
+    assert max(int(np.abs(w).max()) for w in codes) >= 60  # 7-bit, not fewer
+    assert WEIGHT_BITS == 7
+
+
+def test_every_quantized_conv_rounds_its_output_as_qlinearconv_does() -> None:
+    x = inputs(16, 16, 0)
+    q = dfc.quantize(se_silu_net(), "int8", calibration=x, progress=False, target="onnxruntime")
+    layers = [m for m in q.modules() if isinstance(m, QuantLayer)]
+    convs = [m for m in layers if m.layer_kind == "conv2d"]
+    assert convs and all(m.output_scale is not None for m in convs)
+    assert all(m.input_smoothing is None for m in layers)
+
+
+def test_a_conv_read_directly_by_the_next_layer_rounds_once(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3),
+        nn.Conv2d(8, 8, 1),  # read directly: tied
+        nn.ReLU6(),
+        nn.Conv2d(8, 8, 1),  # through ReLU6: tied, the QuantizeLinear clamps as ReLU6 does
+        nn.SiLU(),
+        nn.Conv2d(8, 4, 1),  # through SiLU: rounded twice, in eager and in the file
+    )
+    x = torch.randn(32, 3, 10, 10)
+    q = dfc.quantize(net, "int8", calibration=x, progress=False, target="onnxruntime")
+    assert torch.equal(q[0].output_scale, q[1].input_scale)
+    assert torch.equal(q[1].output_scale, q[3].input_scale)
+    assert not torch.equal(q[3].output_scale, q[5].input_scale)
+    assert tie_requantization(q, x[:1]) == 2
+    art = dfc.export(q, tmp_path / "q.onnx", x)
+    ops = [n.op_type for n in onnx.load(str(art.path)).graph.node]
+    assert "Clip" not in ops  # ReLU6 became the clamp of the next QuantizeLinear
+    # each conv input and the last two outputs; the first two outputs are their readers' inputs
+    assert ops.count("QuantizeLinear") == 6
+    with torch.no_grad():
+        y = q(x)
+    assert float((y - art.run(x)).abs().max()) <= 0.02 * float(y.abs().max())
+
+
+def test_export_to_another_target_is_refused(tmp_path: Path) -> None:
+    x = inputs(8, 16, 0)
+    q = dfc.quantize(se_silu_net(), "int8", calibration=x, progress=False, target="onnxruntime")
+    with pytest.raises(DfcompressError, match="quantized for 'onnxruntime'"):
+        dfc.export(q, tmp_path / "q.pt", x, target="torchscript")
+
+
+@pytest.mark.parametrize("config", ["int4", "fp16", "int8-weight"])
+def test_configs_without_an_int8_form_are_refused(config: str) -> None:
+    with pytest.raises(DfcompressError, match=f"config='{config}' has no ONNX Runtime int8"):
+        dfc.quantize(se_silu_net(), config, calibration=inputs(4, 16, 0), target="onnxruntime")
+
+
+@pytest.mark.parametrize("name", ["se_silu", "bnext"])
+def test_default_int8_exports_within_the_default_check(tmp_path: Path, name: str) -> None:
+    build, size = NETS[name]
+    net, calib = build(), inputs(64, size, 0)
+    q = dfc.quantize(net, "int8", calibration=calib, progress=False)
+    example = inputs(32, size, 1)
+    art = dfc.export(q, tmp_path / "q.onnx", example, target="onnxruntime", calibration=calib)
+    assert art.agreement is not None and art.agreement.passed
+    assert art.agreement.max_abs_diff <= art.agreement.bound
+    kernels = art.details["int8_kernels"]
+    assert kernels["QLinearConv"] >= 1
+    assert "QLinearSigmoid" not in kernels and "QLinearMul" not in kernels  # float, as in eager
