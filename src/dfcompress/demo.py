@@ -222,8 +222,10 @@ def run_demo(
     Returns:
         The :class:`~dfcompress.report.Report` (also written to ``out``).
     """
+    from dfcompress._extras import require_extras
     from dfcompress.recipe import parse_recipe
 
+    require_extras("report", "demo", what="dfcompress demo")
     for r in recipes:
         parse_recipe(r)  # fail on a typo before any work
     if threads is not None and threads < 1:
