@@ -53,6 +53,7 @@ def docs(session: nox.Session) -> None:
     """Build the Sphinx site with warnings as errors."""
     _install(session, ".[docs,report,onnx,demo]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+    session.run("python", "docs/check_anchors.py", "docs/_build/html")
 
 
 @nox.session
