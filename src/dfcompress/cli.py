@@ -301,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="compress the shipped BNext NPR detector and write a comparison report",
-        description="Load (or train) a BNext NPR detector for the built-in proxy task, build "
+        help="compress the shipped NPR + SE-ResNet detector and write a comparison report",
+        description="Load (or train) an NPR + SE-ResNet detector (1.24M parameters) for the "
+        "built-in proxy task, build "
         "the variants baseline, q16, q8, q4, p50, s50, q16-p50, q8-p50, ise8-4-8 and write "
         "report.md, report.html, report.json and plots into --out.",
     )
