@@ -53,6 +53,7 @@ def docs(session: nox.Session) -> None:
     """Build the Sphinx site with warnings as errors."""
     _install(session, ".[docs,report,onnx,demo]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+    session.run("python", "docs/check_anchors.py", "docs/_build/html")
 
 
 @nox.session
@@ -111,7 +112,8 @@ def report(session: nox.Session) -> None:
     """Run the demo and screenshot its HTML report in headless Chromium.
 
     Needs Debian's chromium (``apt-get install chromium``); writes
-    ``report/screenshot.png`` next to the report.
+    ``report/screenshot.png`` next to the report and copies it to
+    ``docs/_static/demo-report.png``, the picture in the docs.
     """
     import shutil
 
@@ -139,6 +141,8 @@ def report(session: nox.Session) -> None:
     )
     if not Path("report/screenshot.png").is_file():
         session.error("chromium wrote no screenshot")
+    # The docs show it (docs/report.rst, "The demo").
+    shutil.copyfile("report/screenshot.png", "docs/_static/demo-report.png")
 
 
 @nox.session

@@ -61,7 +61,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).parent))
 from _results import RESULTS, machine_line, markdown_table, update_section
 from dfcompress.data import loader
-from dfcompress.demo import DEMO_SIZE, load_demo_detector
+from dfcompress.demo import DEMO_BNEXT_SIZE, load_demo_bnext
 from dfcompress.deploy import export_onnx
 from dfcompress.deploy._onnx_runtime import int8_kernels
 from dfcompress.errors import DfcompressError
@@ -119,9 +119,9 @@ def baselines(quick: bool, only: list[str]) -> tuple[dict[str, Baseline], list[s
         except DfcompressError as e:  # e.g. the zoo extra (timm) is not installed
             skipped.append(f"{f.stem}: {str(e).splitlines()[0][:120]}")
             continue
-        out[f.stem] = (model, int(meta.get(f.stem, {}).get("size", DEMO_SIZE)), True)
+        out[f.stem] = (model, int(meta.get(f.stem, {}).get("size", DEMO_BNEXT_SIZE)), True)
     if not out and not only:
-        out["demo NPR+BNext"] = (load_demo_detector().eval(), DEMO_SIZE, True)
+        out["demo NPR+BNext"] = (load_demo_bnext().eval(), DEMO_BNEXT_SIZE, True)
     if quick:
         out = dict(list(out.items())[:1])
     return out, skipped

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "_ext"))
 
 from dfcompress._version import __version__
 
@@ -19,6 +20,7 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
+    "backlinks",
     "sphinx.ext.mathjax",
     "myst_nb",
 ]
@@ -27,6 +29,9 @@ source_suffix = {".rst": "restructuredtext", ".md": "myst-nb", ".ipynb": "myst-n
 # `python examples/_make_notebooks.py --execute`) and re-executed by
 # `nox -s examples`; the site renders the stored outputs.
 nb_execution_mode = "off"
+# Markdown outputs (the report's tables) go through the MyST parser, which has
+# tables; myst-nb's default, plain CommonMark, prints them as raw "|---|" text.
+nb_render_markdown_format = "myst"
 myst_heading_anchors = 3
 autodoc_typehints = "description"
 autodoc_member_order = "bysource"
@@ -42,6 +47,10 @@ exclude_patterns = ["_build"]
 html_theme = "furo"
 html_title = f"dfcompress {release}"
 html_static_path = ["_static"]
+# MathJax 3.2.2 (tex-svg.js, Apache-2.0, from the "mathjax" npm package) ships in
+# _static, so formulas render offline and without a CDN; the SVG output needs
+# no font files.
+mathjax_path = "mathjax/tex-svg.js"
 
 
 def _copy_notebooks() -> None:

@@ -34,7 +34,7 @@ torch.set_num_threads(2)"""
 DATA = """\
 from dfcompress.data import loader
 
-SIZE = 32  # the demo detector's input side, in pixels
+SIZE = 32  # the BNext detector's input side, in pixels
 calib = loader("train", size=SIZE, n=128, batch_size=32)
 test = loader("test", size=SIZE, n=192, batch_size=64)"""
 
@@ -60,16 +60,16 @@ This notebook takes a trained deepfake detector, shrinks it with a *recipe*
 what that cost: file size and AUC on held-out data. Everything runs on a CPU in
 seconds because the detector is small and the images are 32 x 32.
 
-The detector is the one `dfcompress demo` uses: a small BNext (binary
+The detector is a small BNext shipped with dfcompress (binary
 convolutions with float stem, squeeze-and-excitation branches and head) reading
 NPR features, trained on the built-in *proxy task* (real photos against copies
 that went through a generator-like up-sampling pipeline)."""),
     py(SETUP),
     py("""
 import dfcompress as dfc
-from dfcompress.demo import load_demo_detector
+from dfcompress.demo import load_demo_bnext
 
-model = load_demo_detector()
+model = load_demo_bnext()
 sum(p.numel() for p in model.parameters())"""),
     md("""
 The proxy data come from `dfcompress.data`. Calibration data only need
@@ -141,9 +141,9 @@ structurally."""),
     py(SETUP),
     py("""
 import dfcompress as dfc
-from dfcompress.demo import load_demo_detector
+from dfcompress.demo import load_demo_bnext
 
-model = load_demo_detector()
+model = load_demo_bnext()
 sorted(dfc.select(model, "se"))[:4]"""),
     md("The rules are plain `(selector, config)` pairs; every other layer stays float."),
     py("""
@@ -204,9 +204,9 @@ target with the least total score drop."""),
     py(SETUP),
     py("""
 import dfcompress as dfc
-from dfcompress.demo import load_demo_detector
+from dfcompress.demo import load_demo_bnext
 
-model = load_demo_detector()"""),
+model = load_demo_bnext()"""),
     py(DATA),
     py("""
 from dfcompress.prune import allocate, scan
@@ -264,16 +264,16 @@ size and latency really drop. It works on BNext too: a binary convolution loses
 channels like a float one, and the SE branches, BatchNorms and PReLUs coupled
 to it follow.
 
-We prune the demo detector (a trained BNext reading NPR features) by 50 % of
+We prune the shipped BNext detector (trained, reading NPR features) by 50 % of
 its channels three ways: in one shot, in one shot followed by re-estimating the
 BatchNorm statistics, and in two steps with a short fine-tune after each."""),
     py(SETUP),
     py("""
 from dfcompress.data import loader, predict, train_detector
-from dfcompress.demo import load_demo_detector
+from dfcompress.demo import load_demo_bnext
 from dfcompress.evaluate.metrics import auc
 
-model = load_demo_detector()
+model = load_demo_bnext()
 train = loader("train", size=32, n=512, batch_size=64)
 test = loader("test", size=32, n=192, batch_size=64)
 
@@ -403,9 +403,9 @@ Variants can be models or recipe strings (applied to the baseline by
     py(SETUP),
     py("""
 import dfcompress as dfc
-from dfcompress.demo import load_demo_detector
+from dfcompress.demo import load_demo_bnext
 
-model = load_demo_detector()"""),
+model = load_demo_bnext()"""),
     py(DATA),
     py("""
 # Models and recipe strings mix: "q8" is applied to the baseline by

@@ -125,8 +125,21 @@ def load_data(ref: str, split: str, n: int, size: int, batch_size: int = 64) -> 
     return _factory(ref)
 
 
+def _require(what: str, *extras: str, data: Sequence[str | None] = ()) -> None:
+    """Fail before any work when an extra the command needs is missing.
+
+    ``data`` are the command's data arguments: ``proxy`` needs the ``demo`` extra.
+    """
+    from dfcompress._extras import require_extras
+
+    proxy = ("demo",) if "proxy" in data else ()
+    require_extras(*extras, *proxy, what=what)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from dfcompress.demo import DEMO_RECIPES, run_demo
+
+    _require("dfcompress demo", "report", "demo")
 
     recipes = args.recipes.split(",") if args.recipes else list(DEMO_RECIPES)
     report = run_demo(
@@ -147,6 +160,7 @@ def _compress(args: argparse.Namespace) -> int:
     from dfcompress.io import save
     from dfcompress.recipe import compress, parse_recipe
 
+    _require("dfcompress compress", data=[args.calibration])
     recipe = parse_recipe(args.recipe)
     model = load_model(args.model, args.allow, args.factory)
     calib = None
@@ -172,6 +186,7 @@ def _compress(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    _require("dfcompress report", "report", data=[args.data, args.calibration])
     from dfcompress.report import compare
 
     variants: dict[str, Any] = {"baseline": load_model(args.model, args.allow, args.factory)}
@@ -207,6 +222,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _sensitivity(args: argparse.Namespace) -> int:
+    extras = ("report",) if args.plot else ()
+    _require("dfcompress sensitivity", *extras, data=[args.data])
     from dfcompress.prune.sensitivity import allocate, scan
 
     model = load_model(args.model, args.allow, args.factory)
@@ -284,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser(
         "demo",
-        help="compress the shipped BNext NPR detector and write a comparison report",
-        description="Load (or train) a BNext NPR detector for the built-in proxy task, build "
+        help="compress the shipped NPR + SE-ResNet detector and write a comparison report",
+        description="Load (or train) an NPR + SE-ResNet detector (1.24M parameters) for the "
+        "built-in proxy task, build "
         "the variants baseline, q16, q8, q4, p50, s50, q16-p50, q8-p50, ise8-4-8 and write "
         "report.md, report.html, report.json and plots into --out.",
     )

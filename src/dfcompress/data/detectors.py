@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import nn
@@ -11,8 +12,9 @@ from dfcompress.errors import require
 from dfcompress.features import NPR
 from dfcompress.io._registry import register_factory
 from dfcompress.models import Variant, bnext
+from dfcompress.models.resnet import WIDTHS, se_resnet
 
-__all__ = ["npr_bnext", "npr_timm"]
+__all__ = ["npr_bnext", "npr_resnet", "npr_timm"]
 
 
 @register_factory
@@ -36,6 +38,32 @@ def npr_bnext(variant: Variant = "tiny", num_classes: int = 1) -> nn.Sequential:
     model = nn.Sequential(NPR(scale=2 / 3), bnext(variant, num_classes=num_classes))
     set_constructor(
         model, "dfcompress.data.detectors:npr_bnext", variant=variant, num_classes=num_classes
+    )
+    return model
+
+
+@register_factory
+def npr_resnet(widths: Sequence[int] = WIDTHS, num_classes: int = 1) -> nn.Sequential:
+    """A float SE-ResNet fed with neighbouring-pixel relationships: ``Sequential(NPR, net)``.
+
+    The same NPR front end as :func:`npr_bnext`, in front of
+    :func:`dfcompress.models.resnet.se_resnet` (dense 3x3/1x1 convs, BatchNorm,
+    ReLU: every layer has an int8 kernel on CPU). With the default widths it
+    has 1.24M parameters; it is the demo's detector. The model records its
+    constructor for :func:`dfcompress.save` / :func:`dfcompress.load`.
+
+    Args:
+        widths: Stage widths of the SE-ResNet.
+        num_classes: 1 (a fake-vs-real logit) or 2 (real, fake logits).
+
+    >>> import torch
+    >>> npr_resnet((8, 16)).eval()(torch.rand(2, 3, 32, 32)).shape
+    torch.Size([2, 1])
+    """
+    ws = [int(w) for w in widths]
+    model = nn.Sequential(NPR(scale=2 / 3), se_resnet(ws, num_classes=num_classes))
+    set_constructor(
+        model, "dfcompress.data.detectors:npr_resnet", widths=ws, num_classes=num_classes
     )
     return model
 

@@ -23,6 +23,8 @@ from dfcompress.models.mobilenet_v2 import mobilenet_v2 as mobilenet_v2
 from dfcompress.models.pretrained import find_weights as find_weights
 from dfcompress.models.pretrained import load_weights as load_weights
 from dfcompress.models.pretrained import pretrained_mobilenet_v2 as pretrained_mobilenet_v2
+from dfcompress.models.resnet import SEResNet as SEResNet
+from dfcompress.models.resnet import se_resnet as se_resnet
 
 __all__ = [
     "STAGE_CHANNELS",
@@ -33,6 +35,7 @@ __all__ = [
     "BinaryProcessor",
     "InvertedResidual",
     "MobileNetV2",
+    "SEResNet",
     "Variant",
     "binary_sign",
     "bnext",
@@ -46,4 +49,5 @@ __all__ = [
     "mobilenet_v2",
     "pack_binary",
     "pretrained_mobilenet_v2",
+    "se_resnet",
 ]

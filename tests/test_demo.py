@@ -1,0 +1,56 @@
+"""The demo's shipped detectors and the checkpoint files they come from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dfcompress.data import loader, predict
+from dfcompress.demo import (
+    DEMO_BNEXT_SIZE,
+    DEMO_SIZE,
+    checkpoint_path,
+    load_demo_bnext,
+    load_demo_detector,
+)
+from dfcompress.errors import DfcompressError
+from dfcompress.evaluate.metrics import auc
+from dfcompress.io import read_manifest
+from dfcompress.models import BinaryConv2d
+
+
+def test_the_demo_detector_is_real_sized_float_and_ready() -> None:
+    net = load_demo_detector()
+    assert sum(p.numel() for p in net.parameters()) >= 1_000_000
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert not net.training
+    assert not any(isinstance(m, BinaryConv2d) for m in net.modules())
+
+
+def test_the_shipped_checkpoint_records_how_it_was_made() -> None:
+    path = checkpoint_path()
+    assert path.stat().st_size < 3_000_000  # float16 storage: about 2.5 MB
+    meta = read_manifest(path)["metadata"]
+    assert meta["size"] == DEMO_SIZE == 64
+    assert 0.90 <= meta["test_auc"] <= 0.99  # useful, not saturated
+
+
+def test_the_demo_detector_separates_the_proxy_task() -> None:
+    net = load_demo_detector()
+    p = predict(net, loader("val", size=DEMO_SIZE, n=200, batch_size=100), progress=False)
+    assert auc(p.labels, p.scores) > 0.85
+
+
+def test_the_bnext_checkpoint_still_ships_packed() -> None:
+    packed = load_demo_bnext(unpack=False)
+    assert any(isinstance(m, BinaryConv2d) and m.weight is None for m in packed.modules())
+    x = torch.rand(2, 3, DEMO_BNEXT_SIZE, DEMO_BNEXT_SIZE)
+    with torch.no_grad():
+        assert torch.allclose(load_demo_bnext()(x), packed(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_missing_checkpoint_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(DfcompressError, match=r"run scripts/train_demo_detector\.py"):
+        load_demo_detector(tmp_path / "none.safetensors")
