@@ -16,7 +16,7 @@ nox.options.reuse_existing_virtualenvs = True
 TORCH = "torch==2.13.0"
 # timm needs torchvision, which only works with this torch pair.
 ZOO_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
-TEST_EXTRAS = ".[dev,report,onnx,demo,distributed]"
+TEST_EXTRAS = ".[dev,report,onnx,demo,distributed,video]"
 
 
 def _install(

@@ -1,8 +1,9 @@
 """What torch-pruning needs to know about layers and graphs it does not handle alone.
 
 - Pruners for BNext's ``BinaryConv2d`` and ``BinaryActivation`` (not torch layers).
-- Attention bookkeeping: the ``qkv`` layers and their head counts, and the timm
-  attention blocks whose width is frozen.
+- Attention bookkeeping: the ``qkv`` layers (or Hugging Face style separate
+  ``query``/``key``/``value`` layers) and their head counts, the head sizes
+  stored next to them, and the timm attention blocks whose width is frozen.
 - A guard around the importance: a channel group that torch-pruning cannot score
   (its index mapping through a reshape or a concatenation is wrong) or that
   crosses an operation whose sizes are hard-coded in the model's code (a
@@ -97,11 +98,30 @@ def _frozen_width_attention(module: nn.Module) -> bool:
     )
 
 
+def _separate_qkv(module: nn.Module) -> list[nn.Linear] | None:
+    """The ``query``/``key``/``value`` layers of a Hugging Face style attention, if any."""
+    layers = [getattr(module, n, None) for n in ("query", "key", "value")]
+    if all(isinstance(q, nn.Linear) for q in layers) and isinstance(
+        getattr(module, "num_attention_heads", None), int
+    ):
+        return [q for q in layers if isinstance(q, nn.Linear)]
+    return None
+
+
 def attention_heads(model: nn.Module) -> tuple[dict[nn.Module, int], list[nn.Module]]:
-    """``{qkv layer: num_heads}`` for prunable attention, and the layers to keep whole."""
+    """``{qkv layer: num_heads}`` for prunable attention, and the layers to keep whole.
+
+    Attention with one ``qkv`` layer and ``num_heads`` (timm's, and alike), and
+    Hugging Face style attention with separate ``query``/``key``/``value``
+    layers and ``num_attention_heads``, are pruned along head dimensions.
+    """
     heads: dict[nn.Module, int] = {}
     frozen: list[nn.Module] = []
     for m in model.modules():
+        separate = _separate_qkv(m)
+        if separate is not None:
+            heads.update({q: int(getattr(m, "num_attention_heads")) for q in separate})  # noqa: B009
+            continue
         qkv, n = getattr(m, "qkv", None), getattr(m, "num_heads", None)
         if isinstance(qkv, nn.Linear) and isinstance(n, int):
             proj = getattr(m, "proj", None)
@@ -165,6 +185,17 @@ class GuardedImportance:
 def fix_after_pruning(model: nn.Module) -> None:
     """Update the sizes that modules store next to pruned parameters."""
     for m in model.modules():
+        separate = _separate_qkv(m)
+        if separate is not None:
+            width = separate[0].out_features
+            n_heads = int(getattr(m, "num_attention_heads"))  # noqa: B009
+            # the forward reshapes to (heads, attention_head_size) and back to all_head_size
+            for name, value in (
+                ("attention_head_size", width // n_heads),
+                ("all_head_size", width),
+            ):
+                if isinstance(getattr(m, name, None), int):
+                    setattr(m, name, value)
         qkv, n = getattr(m, "qkv", None), getattr(m, "num_heads", None)
         if isinstance(qkv, nn.Linear) and isinstance(n, int) and hasattr(m, "head_dim"):
             setattr(m, "head_dim", qkv.out_features // (3 * n))  # noqa: B010 - typed as Module

@@ -95,9 +95,9 @@ def _self_supervised_loss(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
 class _BrokenGraph(DfcompressError):
     """The pruned graph no longer runs (or changed its output); ``module`` names where."""
 
-    def __init__(self, message: str, module: str | None = None) -> None:
+    def __init__(self, message: str, *modules: str | None) -> None:
         super().__init__(message)
-        self.module = module
+        self.modules = {m for m in modules if m}
 
 
 def _forward_naming_failure(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -127,6 +127,9 @@ def _forward_naming_failure(model: nn.Module, x: torch.Tensor) -> list[torch.Ten
             "cannot be pruned there: keep the layers feeding it whole "
             f"(ignore=dfcompress.by_name({feeding}, ...) naming them)",
             stack[-1] if stack else None,
+            # a container that fails (an embedding adding a fixed table) names no
+            # layer: the leaf that ran last wrote the channels it could not take
+            done[-1] if done else None,
         ) from e
     finally:
         for h in handles:
@@ -323,6 +326,7 @@ def prune_channels(
         reference = _forward_naming_failure(model, example_inputs)
     original = copy.deepcopy(model)
     avoid: set[str] = set()
+    failures: list[str] = []
     skipped = 0
     work = model
     for attempt in range(_PASSES):
@@ -341,13 +345,15 @@ def prune_channels(
         except _BrokenGraph as e:
             if attempt == _PASSES - 1:
                 raise DfcompressError(str(e)) from e
-            if e.module:
-                avoid.add(e.module)
+            avoid |= e.modules
+            failures.append(str(e))
     if skipped and _n_params(work) == _n_params(original):
+        first = f" (the first pass: {failures[0]})" if failures else ""
         raise DfcompressError(
             f"no channel of {type(model).__name__} could be pruned: torch-pruning cannot "
             f"follow the {skipped} channel groups it found (splits, reshapes or couplings "
-            "it maps wrongly); prune another way (method='l1') or name layers in amount="
+            f"it maps wrongly){first}; prune another way (method='l1') or name layers in "
+            "amount="
         )
     if work is not model:
         # a later pass pruned a copy: move its state into the model returned
