@@ -5,7 +5,8 @@
   ``query``/``key``/``value`` layers) and their head counts, the head sizes
   stored next to them, and the timm attention blocks whose width is frozen.
 - A guard around the importance: a channel group that torch-pruning cannot score
-  (its index mapping through a reshape or a concatenation is wrong) or that
+  (its index mapping through a reshape or a concatenation is wrong), that
+  flattens channels a permute moved (channels-last tokens into a Linear), or that
   crosses an operation whose sizes are hard-coded in the model's code (a
   ``torch.split`` with fixed sizes) is kept whole instead of failing the model.
 - Layer-scale modules that reshape their parameter to a stored shape
@@ -31,6 +32,39 @@ __all__ = [
 # Operations whose output sizes the model's own code may fix (``torch.split(x,
 # self.splits)``, ``x.unbind``): torch-pruning updates its graph, not that code.
 _TIED_OPS: tuple[type, ...] = (tp.ops._SplitOp, tp.ops._UnbindOp)
+_REORDERS = ("PermuteBackward", "TransposeBackward")
+
+
+def _reorders(node: Any) -> bool:
+    fn = getattr(node, "grad_fn", None)
+    return fn is not None and type(fn).__name__.startswith(_REORDERS)
+
+
+def flattens_reordered_channels(group: Any) -> bool:
+    """Whether a channel reaches a flatten after an odd number of permutes on its way.
+
+    torch-pruning maps channel ``c`` of a ``(N, C, H, W)`` tensor flattened into
+    a Linear to the inputs ``c * H * W ...``: right for channels-first, wrong
+    once a permute put the channel last (``x.permute(0, 2, 3, 1).flatten(1)``),
+    where the wrong columns would be removed silently. An even count is a
+    permute undone before the flatten (attention's head transposes).
+    """
+    parent: dict[Any, Any] = {}
+    for dep, _ in group:
+        if dep.target is not dep.source:
+            parent.setdefault(dep.target, dep.source)
+    for dep, _ in group:
+        mappings = getattr(dep, "index_mapping", None) or []
+        if not any(type(m).__name__ == "_FlattenIndexMapping" for m in mappings):
+            continue
+        node, seen, count = dep.source, set(), 0
+        while node is not None and node not in seen:
+            seen.add(node)
+            count += _reorders(node)
+            node = parent.get(node)
+        if count % 2:
+            return True
+    return False
 
 
 class _BinaryConvPruner(tp.pruner.BasePruningFunc):  # type: ignore[misc]
@@ -138,9 +172,11 @@ class GuardedImportance:
     Returning ``None`` tells torch-pruning to skip a group. A group is skipped
     when scoring it fails, when its scores are not one finite entry per
     channel, when it crosses a split with a list of sizes (``torch.split(x,
-    [a, b])``: the list lives in the model's code and would not follow), when it
-    crosses any split or unbind (in cautious mode), or when it touches a module
-    of ``avoid`` (layers an earlier pass broke).
+    [a, b])``: the list lives in the model's code and would not follow), when
+    it flattens channels after a permute moved them (torch-pruning would remove
+    the wrong inputs of the next Linear), when it crosses any split or unbind
+    (in cautious mode), or when it touches a module of ``avoid`` (layers an
+    earlier pass broke).
 
     Args:
         inner: The importance to wrap (a group in, a 1-D score out).
@@ -153,8 +189,12 @@ class GuardedImportance:
         self.cautious = cautious
         self.avoid = avoid
         self.skipped = 0
+        self.reordered: list[nn.Module] = []  # layers whose channels a permute moved
 
     def _blocked(self, group: Any) -> bool:
+        if flattens_reordered_channels(group):
+            self.reordered.append(group[0].dep.target.module)
+            return True
         for dep, _ in group:
             for node in (dep.source, dep.target):
                 m = node.module

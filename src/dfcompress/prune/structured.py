@@ -187,11 +187,12 @@ def _prune_once(
     *,
     cautious: bool,
     avoid: set[str],
-) -> int:
+) -> tuple[int, set[str]]:
     """Prune ``model`` in place once; groups touching ``avoid`` stay whole.
 
     Returns:
-        The number of channel groups kept whole.
+        The number of channel groups kept whole, and the layers among them whose
+        channels a permute moved before a flatten.
     """
     by_name = dict(model.named_modules())
     imp = GuardedImportance(
@@ -235,7 +236,7 @@ def _prune_once(
             ) from e
     model.zero_grad(set_to_none=True)
     fix_after_pruning(model)
-    return imp.skipped
+    return imp.skipped, {names.get(m, type(m).__name__) for m in imp.reordered}
 
 
 def _n_params(model: nn.Module) -> int:
@@ -328,12 +329,13 @@ def prune_channels(
     avoid: set[str] = set()
     failures: list[str] = []
     skipped = 0
+    reordered: set[str] = set()
     work = model
     for attempt in range(_PASSES):
         if attempt:
             work = copy.deepcopy(original)
         try:
-            skipped = _prune_once(
+            skipped, reordered = _prune_once(
                 work, example_inputs, calibration, plan, cautious=attempt > 0, avoid=avoid
             )
             with torch.no_grad():
@@ -349,6 +351,12 @@ def prune_channels(
             failures.append(str(e))
     if skipped and _n_params(work) == _n_params(original):
         first = f" (the first pass: {failures[0]})" if failures else ""
+        if reordered:
+            first += (
+                f"; the channels of {', '.join(repr(n) for n in sorted(reordered))} are "
+                "permuted before a flatten (channels-last), which torch-pruning maps to "
+                "the wrong inputs of the next layer"
+            )
         raise DfcompressError(
             f"no channel of {type(model).__name__} could be pruned: torch-pruning cannot "
             f"follow the {skipped} channel groups it found (splits, reshapes or couplings "
