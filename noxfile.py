@@ -99,8 +99,8 @@ def real(session: nox.Session) -> None:
 
 @nox.session
 def zoo(session: nox.Session) -> None:
-    """timm models (the zoo extra): zoo-marked tests and the coverage benchmark."""
-    _install(session, ".[dev,zoo,onnx,report]", torch=ZOO_TORCH)
+    """timm, efficientnet_pytorch, torchvision and VideoMAE models: zoo tests and the benchmark."""
+    _install(session, ".[dev,zoo,video,onnx,report]", torch=ZOO_TORCH)
     session.run("python", "-m", "pytest", "-m", "zoo", "-p", "no:cacheprovider", "tests")
     if Path("benchmarks/zoo.py").exists():
         session.run("python", "benchmarks/zoo.py", *session.posargs)
