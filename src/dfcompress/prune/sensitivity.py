@@ -19,7 +19,11 @@ the model cannot be traced every pass is a full forward. ``forward_passes``
 counts the passes and ``full_pass_equivalent`` their cost in full forwards.
 With ``stop_below``, a layer's larger amounts are not scanned once its score
 falls below that value (the allocation then never gives it more than the last
-amount measured).
+amount measured). By default (``quick=True``) BatchNorm is folded into the
+scanned convs for the passes, and a layer that is clearly free (no change at
+the largest amount: one pass) or clearly harmful (its score halved: the
+amounts from there to the largest interpolated) is cut short; the allocation
+is that of the full scan (see ``_curve.py``).
 
 A layer whose pruning at the largest amount changes the score by less than
 ``1e-6`` is flagged ``"no effect"`` and named in a warning: it is usually not
