@@ -13,8 +13,10 @@ consistent.
   pruner for each is registered with torch-pruning, so BNext's float and
   binary parts shrink together along the coupled channels (a removed channel
   of a binary conv takes its latent weights, and so its signs, with it).
-- Attention blocks that expose ``qkv`` (``nn.Linear``) and ``num_heads`` are
-  pruned along head dimensions, with ``head_dim`` updated. timm's attention
+- Attention blocks that expose ``qkv`` (``nn.Linear``) and ``num_heads``, or
+  separate ``query``/``key``/``value`` layers and ``num_attention_heads``
+  (Hugging Face's ViT, VideoMAE, BERT), are pruned along head dimensions, with
+  ``head_dim`` (``attention_head_size``, ``all_head_size``) updated. timm's attention
   reshapes its output to its input width, so in timm ViTs the attention and
   the residual width are kept and the MLP hidden channels are pruned (most of
   a ViT's parameters).
@@ -24,9 +26,12 @@ consistent.
   list of sizes is in the model's code (MixNet's mixed kernels, MobileViT v2's
   query/key/value split) and would not follow. Layer scales that reshape their
   vector to a stored shape (timm's ``Scale``) get the shape updated.
+- Channels a permute moves before a flatten (channels-last tokens into a
+  Linear) are kept whole: torch-pruning would remove the wrong Linear inputs.
 - When the pruned graph still no longer runs, the model is pruned again from
   its original weights with the groups that cross any split, and those of the
-  layer that failed, kept whole (up to three passes).
+  layer that failed (or, when a container fails, of the layer that ran last
+  before it), kept whole (up to three passes).
 - A graph that still cannot be pruned (one torch-pruning cannot trace, or one
   that fails after every pass) raises :class:`~dfcompress.DfcompressError`
   naming the layer that failed.
