@@ -16,7 +16,7 @@ nox.options.reuse_existing_virtualenvs = True
 TORCH = "torch==2.13.0"
 # timm needs torchvision, which only works with this torch pair.
 ZOO_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
-TEST_EXTRAS = ".[dev,report,onnx,demo,distributed]"
+TEST_EXTRAS = ".[dev,report,onnx,demo,distributed,video]"
 
 
 def _install(
@@ -100,8 +100,8 @@ def real(session: nox.Session) -> None:
 
 @nox.session
 def zoo(session: nox.Session) -> None:
-    """timm models (the zoo extra): zoo-marked tests and the coverage benchmark."""
-    _install(session, ".[dev,zoo,onnx,report]", torch=ZOO_TORCH)
+    """timm, efficientnet_pytorch, torchvision and VideoMAE models: zoo tests and the benchmark."""
+    _install(session, ".[dev,zoo,video,onnx,report]", torch=ZOO_TORCH)
     session.run("python", "-m", "pytest", "-m", "zoo", "-p", "no:cacheprovider", "tests")
     if Path("benchmarks/zoo.py").exists():
         session.run("python", "benchmarks/zoo.py", *session.posargs)

@@ -119,9 +119,7 @@ def test_plain_torch_nn_model_travels_without_a_recorded_constructor() -> None:
 
 
 def test_metrics_travel_by_import_name() -> None:
-    assert function_ref(cosine_agreement, "metric") == (
-        "dfcompress.prune.sensitivity:cosine_agreement"
-    )
+    assert function_ref(cosine_agreement, "metric") == ("dfcompress.prune._scores:cosine_agreement")
     with pytest.raises(DfcompressError, match=r"metric=<function .*<lambda>.*not a lambda"):
         function_ref(lambda a, b: 1.0, "metric")
 

@@ -20,7 +20,7 @@ def test_timm_scan_equals_full_forwards(name: str) -> None:
     torch.manual_seed(0)
     net = timm.create_model(name, pretrained=False, num_classes=1).eval()
     x = torch.randn(2, 3, 32, 32)
-    res = scan(net, calibration=x, amounts=(0.5,), n_samples=2, progress=False)
+    res = scan(net, calibration=x, amounts=(0.5,), n_samples=2, progress=False, quick=False)
     assert res.full_pass_equivalent < 0.8 * res.forward_passes
     with torch.no_grad():
         ref = net(x)

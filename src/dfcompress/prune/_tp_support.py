@@ -1,10 +1,12 @@
 """What torch-pruning needs to know about layers and graphs it does not handle alone.
 
 - Pruners for BNext's ``BinaryConv2d`` and ``BinaryActivation`` (not torch layers).
-- Attention bookkeeping: the ``qkv`` layers and their head counts, and the timm
-  attention blocks whose width is frozen.
+- Attention bookkeeping: the ``qkv`` layers (or Hugging Face style separate
+  ``query``/``key``/``value`` layers) and their head counts, the head sizes
+  stored next to them, and the timm attention blocks whose width is frozen.
 - A guard around the importance: a channel group that torch-pruning cannot score
-  (its index mapping through a reshape or a concatenation is wrong) or that
+  (its index mapping through a reshape or a concatenation is wrong), that
+  flattens channels a permute moved (channels-last tokens into a Linear), or that
   crosses an operation whose sizes are hard-coded in the model's code (a
   ``torch.split`` with fixed sizes) is kept whole instead of failing the model.
 - Layer-scale modules that reshape their parameter to a stored shape
@@ -30,6 +32,39 @@ __all__ = [
 # Operations whose output sizes the model's own code may fix (``torch.split(x,
 # self.splits)``, ``x.unbind``): torch-pruning updates its graph, not that code.
 _TIED_OPS: tuple[type, ...] = (tp.ops._SplitOp, tp.ops._UnbindOp)
+_REORDERS = ("PermuteBackward", "TransposeBackward")
+
+
+def _reorders(node: Any) -> bool:
+    fn = getattr(node, "grad_fn", None)
+    return fn is not None and type(fn).__name__.startswith(_REORDERS)
+
+
+def flattens_reordered_channels(group: Any) -> bool:
+    """Whether a channel reaches a flatten after an odd number of permutes on its way.
+
+    torch-pruning maps channel ``c`` of a ``(N, C, H, W)`` tensor flattened into
+    a Linear to the inputs ``c * H * W ...``: right for channels-first, wrong
+    once a permute put the channel last (``x.permute(0, 2, 3, 1).flatten(1)``),
+    where the wrong columns would be removed silently. An even count is a
+    permute undone before the flatten (attention's head transposes).
+    """
+    parent: dict[Any, Any] = {}
+    for dep, _ in group:
+        if dep.target is not dep.source:
+            parent.setdefault(dep.target, dep.source)
+    for dep, _ in group:
+        mappings = getattr(dep, "index_mapping", None) or []
+        if not any(type(m).__name__ == "_FlattenIndexMapping" for m in mappings):
+            continue
+        node, seen, count = dep.source, set(), 0
+        while node is not None and node not in seen:
+            seen.add(node)
+            count += _reorders(node)
+            node = parent.get(node)
+        if count % 2:
+            return True
+    return False
 
 
 class _BinaryConvPruner(tp.pruner.BasePruningFunc):  # type: ignore[misc]
@@ -97,11 +132,30 @@ def _frozen_width_attention(module: nn.Module) -> bool:
     )
 
 
+def _separate_qkv(module: nn.Module) -> list[nn.Linear] | None:
+    """The ``query``/``key``/``value`` layers of a Hugging Face style attention, if any."""
+    layers = [getattr(module, n, None) for n in ("query", "key", "value")]
+    if all(isinstance(q, nn.Linear) for q in layers) and isinstance(
+        getattr(module, "num_attention_heads", None), int
+    ):
+        return [q for q in layers if isinstance(q, nn.Linear)]
+    return None
+
+
 def attention_heads(model: nn.Module) -> tuple[dict[nn.Module, int], list[nn.Module]]:
-    """``{qkv layer: num_heads}`` for prunable attention, and the layers to keep whole."""
+    """``{qkv layer: num_heads}`` for prunable attention, and the layers to keep whole.
+
+    Attention with one ``qkv`` layer and ``num_heads`` (timm's, and alike), and
+    Hugging Face style attention with separate ``query``/``key``/``value``
+    layers and ``num_attention_heads``, are pruned along head dimensions.
+    """
     heads: dict[nn.Module, int] = {}
     frozen: list[nn.Module] = []
     for m in model.modules():
+        separate = _separate_qkv(m)
+        if separate is not None:
+            heads.update({q: int(getattr(m, "num_attention_heads")) for q in separate})  # noqa: B009
+            continue
         qkv, n = getattr(m, "qkv", None), getattr(m, "num_heads", None)
         if isinstance(qkv, nn.Linear) and isinstance(n, int):
             proj = getattr(m, "proj", None)
@@ -118,9 +172,11 @@ class GuardedImportance:
     Returning ``None`` tells torch-pruning to skip a group. A group is skipped
     when scoring it fails, when its scores are not one finite entry per
     channel, when it crosses a split with a list of sizes (``torch.split(x,
-    [a, b])``: the list lives in the model's code and would not follow), when it
-    crosses any split or unbind (in cautious mode), or when it touches a module
-    of ``avoid`` (layers an earlier pass broke).
+    [a, b])``: the list lives in the model's code and would not follow), when
+    it flattens channels after a permute moved them (torch-pruning would remove
+    the wrong inputs of the next Linear), when it crosses any split or unbind
+    (in cautious mode), or when it touches a module of ``avoid`` (layers an
+    earlier pass broke).
 
     Args:
         inner: The importance to wrap (a group in, a 1-D score out).
@@ -133,8 +189,12 @@ class GuardedImportance:
         self.cautious = cautious
         self.avoid = avoid
         self.skipped = 0
+        self.reordered: list[nn.Module] = []  # layers whose channels a permute moved
 
     def _blocked(self, group: Any) -> bool:
+        if flattens_reordered_channels(group):
+            self.reordered.append(group[0].dep.target.module)
+            return True
         for dep, _ in group:
             for node in (dep.source, dep.target):
                 m = node.module
@@ -165,6 +225,17 @@ class GuardedImportance:
 def fix_after_pruning(model: nn.Module) -> None:
     """Update the sizes that modules store next to pruned parameters."""
     for m in model.modules():
+        separate = _separate_qkv(m)
+        if separate is not None:
+            width = separate[0].out_features
+            n_heads = int(getattr(m, "num_attention_heads"))  # noqa: B009
+            # the forward reshapes to (heads, attention_head_size) and back to all_head_size
+            for name, value in (
+                ("attention_head_size", width // n_heads),
+                ("all_head_size", width),
+            ):
+                if isinstance(getattr(m, name, None), int):
+                    setattr(m, name, value)
         qkv, n = getattr(m, "qkv", None), getattr(m, "num_heads", None)
         if isinstance(qkv, nn.Linear) and isinstance(n, int) and hasattr(m, "head_dim"):
             setattr(m, "head_dim", qkv.out_features // (3 * n))  # noqa: B010 - typed as Module

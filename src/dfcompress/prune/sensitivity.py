@@ -19,7 +19,11 @@ the model cannot be traced every pass is a full forward. ``forward_passes``
 counts the passes and ``full_pass_equivalent`` their cost in full forwards.
 With ``stop_below``, a layer's larger amounts are not scanned once its score
 falls below that value (the allocation then never gives it more than the last
-amount measured).
+amount measured). By default (``quick=True``) BatchNorm is folded into the
+scanned convs for the passes, and a layer that is clearly free (no change at
+the largest amount: one pass) or clearly harmful (its score halved: the
+amounts from there to the largest interpolated) is cut short; the allocation
+is that of the full scan (see ``_curve.py``).
 
 A layer whose pruning at the largest amount changes the score by less than
 ``1e-6`` is flagged ``"no effect"`` and named in a warning: it is usually not
@@ -30,10 +34,9 @@ calibration data never exercises). Its curve is used as measured.
 from __future__ import annotations
 
 import copy
-import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -46,6 +49,13 @@ from dfcompress.distributed.executor import Executor, resolve_executor
 from dfcompress.errors import DfcompressError, require
 from dfcompress.prune._allocate import allocate_budget, allocate_threshold, monotone_losses
 from dfcompress.prune._calib import calibration_batch
+from dfcompress.prune._curve import NO_EFFECT, fold_for_scan, quick_curve
+from dfcompress.prune._curve import layer_curve as layer_curve
+from dfcompress.prune._scores import Metric as Metric
+from dfcompress.prune._scores import cosine_agreement as cosine_agreement
+from dfcompress.prune._scores import output_tensors as output_tensors
+from dfcompress.prune._scores import score_outputs as score_outputs
+from dfcompress.prune._scores import sign_agreement as sign_agreement
 from dfcompress.prune._suffix import SuffixRunner
 from dfcompress.prune._targets import Select, check_amount, prunable_layers
 
@@ -62,105 +72,8 @@ __all__ = [
     "sign_agreement",
 ]
 
-Metric = Callable[[torch.Tensor, torch.Tensor], float]
-"""``metric(output, reference) -> float``, higher is better, on the calibration batch.
-
-A model with several outputs (tensors in tuples, lists or dicts) is scored on
-each (:func:`output_tensors`) and its score is the worst of them.
-"""
-
 Strategy = Literal["budget", "threshold"]
 DEFAULT_GRID: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-_NO_EFFECT = 1e-6
-
-
-def output_tensors(out: Any) -> list[torch.Tensor]:
-    """Every tensor of a model's output, in a fixed order.
-
-    A tensor is itself; tuples and lists are flattened in order, dicts (and
-    dict-like outputs such as ``transformers``' ``ModelOutput``) by sorted key,
-    recursively; other values (``None``, ints) are skipped. An object with a
-    ``.logits`` tensor gives that tensor.
-
-    >>> import torch
-    >>> a, b, c = torch.zeros(1), torch.ones(2), torch.ones(3)
-    >>> [t.numel() for t in output_tensors((a, {"box": c, "cls": b}, None))]
-    [1, 3, 2]
-    """
-    found: list[torch.Tensor] = []
-
-    def walk(o: Any) -> None:
-        if isinstance(o, torch.Tensor):
-            found.append(o)
-        elif isinstance(o, (tuple, list)):
-            for v in o:
-                walk(v)
-        elif isinstance(o, Mapping):
-            for k in sorted(o, key=str):
-                walk(o[k])
-        else:
-            logits = getattr(o, "logits", None)
-            if isinstance(logits, torch.Tensor):
-                found.append(logits)
-
-    walk(out)
-    if not found:
-        raise DfcompressError(
-            f"cannot score a model output of type {type(out).__name__}: it holds no tensor "
-            "(a tensor, or tensors in tuples, lists or dicts, are scored)"
-        )
-    return found
-
-
-def score_outputs(
-    score_fn: Metric, outputs: Sequence[torch.Tensor], references: Sequence[torch.Tensor]
-) -> float:
-    """The worst ``score_fn(output, reference)`` over the outputs of a model.
-
-    Each output is scored on its own, so a small head (two class logits) next to
-    a large one (box regression) counts as much as the large one.
-
-    >>> import torch
-    >>> ref = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, -1.0])]
-    >>> round(score_outputs(cosine_agreement, [ref[0], -ref[1]], ref), 6)
-    -1.0
-    """
-    if len(outputs) != len(references):
-        raise DfcompressError(
-            f"the model returned {len(outputs)} output tensors where the unpruned model "
-            f"returned {len(references)}: outputs cannot be paired for scoring"
-        )
-    return min(float(score_fn(o, r)) for o, r in zip(outputs, references, strict=True))
-
-
-def cosine_agreement(output: torch.Tensor, reference: torch.Tensor) -> float:
-    """Cosine similarity of the whole batch's outputs with the reference's (1 = same).
-
-    >>> import torch
-    >>> ref = torch.tensor([[1.0], [-2.0], [3.0]])
-    >>> cosine_agreement(ref, ref), round(cosine_agreement(-ref, ref), 3)
-    (1.0, -1.0)
-    """
-    a, b = output.detach().double().flatten(), reference.detach().double().flatten()
-    na, nb = a.norm(), b.norm()
-    if float(na) == 0.0 or float(nb) == 0.0:
-        return 1.0 if float(na) == float(nb) else 0.0
-    cos = float(a @ b / (na * nb))
-    return -1.0 if math.isnan(cos) else min(1.0, cos)  # NaN output: as far off as it gets
-
-
-def sign_agreement(output: torch.Tensor, reference: torch.Tensor) -> float:
-    """Fraction of samples with the same decision: sign of a single logit, else argmax.
-
-    >>> import torch
-    >>> sign_agreement(torch.tensor([[1.0], [-1.0]]), torch.tensor([[2.0], [1.0]]))
-    0.5
-    """
-    a, b = output.detach().reshape(output.shape[0], -1), reference.detach()
-    b = b.reshape(b.shape[0], -1)
-    if a.shape[1] == 1:
-        return float(((a[:, 0] > 0) == (b[:, 0] > 0)).double().mean())
-    return float((a.argmax(1) == b.argmax(1)).double().mean())
 
 
 @dataclass(frozen=True)
@@ -173,6 +86,9 @@ class LayerSensitivity:
     scores: tuple[float, ...]
     chosen: float = 0.0
     flag: str = ""
+    estimated: tuple[float, ...] = ()
+    """Amounts whose score was interpolated, not measured (a clearly harmful or
+    clearly free layer in a quick scan)."""
 
 
 @dataclass(frozen=True)
@@ -284,6 +200,7 @@ def scan(
     stop_below: float | None = None,
     progress: bool = True,
     executor: Executor = None,
+    quick: bool = True,
 ) -> SensitivityResult:
     """Prune each layer alone at each amount and score the network's output.
 
@@ -305,6 +222,11 @@ def scan(
             :class:`~dfcompress.distributed.RayExecutor`: one task per (group
             of layers, amount), the same scores (see :doc:`/scaleout`). A
             custom ``metric`` must then be a module-level function.
+        quick: Fold BatchNorm into the scanned convs for the passes, and stop
+            early on layers that are clearly free or clearly harmful (their
+            other amounts are estimated: see :attr:`LayerSensitivity.estimated`);
+            the allocation is the one of the full scan. ``False`` measures every
+            (layer, amount) on the model as it is, as Ray always does.
 
     Returns:
         A :class:`SensitivityResult` with no amounts chosen yet (see :func:`allocate`).
@@ -334,7 +256,7 @@ def scan(
         result = scan_on_ray(ray_ex, work, x, metric, names, grid, stop_below, progress)
     else:
         with torch.no_grad():
-            result = _scan(work, x, score_fn, grid, select, stop_below, progress)
+            result = _scan(work, x, score_fn, grid, select, stop_below, progress, quick)
     result = replace(result, seconds=time.perf_counter() - start)
     if result.flagged:
         warnings.warn(
@@ -354,10 +276,19 @@ def _scan(
     select: Select | None,
     stop_below: float | None,
     progress: bool,
+    quick: bool = False,
 ) -> SensitivityResult:
     layers = prunable_layers(work, select)
     if not layers:
         raise DfcompressError(f"no prunable conv/linear layer matched select={select!r}")
+    order_by: dict[str, torch.Tensor] = {}
+    if quick:
+        order_by = {
+            n: w.detach().clone()
+            for n, m in layers.items()
+            if isinstance(w := m.weight, torch.Tensor)
+        }
+        fold_for_scan(work, set(layers))
     run = SuffixRunner(work, x)
     reference = output_tensors(run.reference())
     if any(r.is_floating_point() and not bool(torch.isfinite(r).all()) for r in reference):
@@ -374,8 +305,23 @@ def _scan(
         weight = layers[name].weight
         if not isinstance(weight, torch.Tensor):  # pragma: no cover - excluded by prunable_layers
             continue
-        scores = layer_curve(weight, forward, reference, score_fn, grid, stop_below)
-        found[name] = curve_of(name, weight.numel(), baseline, grid, scores)
+        if quick:
+            scores, estimated = quick_curve(
+                weight,
+                forward,
+                reference,
+                score_fn,
+                grid,
+                stop_below,
+                baseline=baseline,
+                order_by=order_by[name],
+            )
+        else:
+            scores, estimated = (
+                layer_curve(weight, forward, reference, score_fn, grid, stop_below),
+                (),
+            )
+        found[name] = curve_of(name, weight.numel(), baseline, grid, scores, estimated)
         bar.update(1)
     bar.close()
     return SensitivityResult(
@@ -388,42 +334,18 @@ def _scan(
     )
 
 
-def layer_curve(
-    weight: torch.Tensor,
-    forward: Callable[[], Any],
-    reference: Sequence[torch.Tensor],
-    score_fn: Metric,
-    grid: Sequence[float],
-    stop_below: float | None,
-) -> list[float]:
-    """Scores of ``forward()`` with ``weight`` L1-pruned at each amount (restored after).
-
-    ``reference`` holds the unpruned model's output tensors (:func:`output_tensors`);
-    each score is the worst over the outputs (:func:`score_outputs`).
-    """
-    w = weight.detach().clone()
-    order = torch.sort(w.abs().flatten(), stable=True).indices
-    scores: list[float] = []
-    try:
-        for a in grid:
-            k = round(a * w.numel())
-            pruned = w.flatten().clone()
-            pruned[order[:k]] = 0
-            weight.copy_(pruned.view_as(w))
-            scores.append(score_outputs(score_fn, output_tensors(forward()), reference))
-            if stop_below is not None and scores[-1] < stop_below:
-                break
-    finally:
-        weight.copy_(w)
-    return scores
-
-
 def curve_of(
-    name: str, params: int, baseline: float, grid: Sequence[float], scores: Sequence[float]
+    name: str,
+    params: int,
+    baseline: float,
+    grid: Sequence[float],
+    scores: Sequence[float],
+    estimated: tuple[float, ...] = (),
 ) -> LayerSensitivity:
-    """A layer's :class:`LayerSensitivity` from its measured scores (flagged if flat)."""
-    flag = "no effect" if abs(baseline - scores[-1]) < _NO_EFFECT else ""
-    return LayerSensitivity(name, params, tuple(grid[: len(scores)]), tuple(scores), 0.0, flag)
+    """A layer's :class:`LayerSensitivity` from its scores (flagged if flat)."""
+    flag = "no effect" if abs(baseline - scores[-1]) < NO_EFFECT else ""
+    amounts = tuple(grid[: len(scores)])
+    return LayerSensitivity(name, params, amounts, tuple(scores), 0.0, flag, estimated)
 
 
 def allocate(

@@ -13,8 +13,10 @@ consistent.
   pruner for each is registered with torch-pruning, so BNext's float and
   binary parts shrink together along the coupled channels (a removed channel
   of a binary conv takes its latent weights, and so its signs, with it).
-- Attention blocks that expose ``qkv`` (``nn.Linear``) and ``num_heads`` are
-  pruned along head dimensions, with ``head_dim`` updated. timm's attention
+- Attention blocks that expose ``qkv`` (``nn.Linear``) and ``num_heads``, or
+  separate ``query``/``key``/``value`` layers and ``num_attention_heads``
+  (Hugging Face's ViT, VideoMAE, BERT), are pruned along head dimensions, with
+  ``head_dim`` (``attention_head_size``, ``all_head_size``) updated. timm's attention
   reshapes its output to its input width, so in timm ViTs the attention and
   the residual width are kept and the MLP hidden channels are pruned (most of
   a ViT's parameters).
@@ -24,9 +26,12 @@ consistent.
   list of sizes is in the model's code (MixNet's mixed kernels, MobileViT v2's
   query/key/value split) and would not follow. Layer scales that reshape their
   vector to a stored shape (timm's ``Scale``) get the shape updated.
+- Channels a permute moves before a flatten (channels-last tokens into a
+  Linear) are kept whole: torch-pruning would remove the wrong Linear inputs.
 - When the pruned graph still no longer runs, the model is pruned again from
   its original weights with the groups that cross any split, and those of the
-  layer that failed, kept whole (up to three passes).
+  layer that failed (or, when a container fails, of the layer that ran last
+  before it), kept whole (up to three passes).
 - A graph that still cannot be pruned (one torch-pruning cannot trace, or one
   that fails after every pass) raises :class:`~dfcompress.DfcompressError`
   naming the layer that failed.
@@ -95,9 +100,9 @@ def _self_supervised_loss(outputs: Sequence[torch.Tensor]) -> torch.Tensor:
 class _BrokenGraph(DfcompressError):
     """The pruned graph no longer runs (or changed its output); ``module`` names where."""
 
-    def __init__(self, message: str, module: str | None = None) -> None:
+    def __init__(self, message: str, *modules: str | None) -> None:
         super().__init__(message)
-        self.module = module
+        self.modules = {m for m in modules if m}
 
 
 def _forward_naming_failure(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -127,6 +132,9 @@ def _forward_naming_failure(model: nn.Module, x: torch.Tensor) -> list[torch.Ten
             "cannot be pruned there: keep the layers feeding it whole "
             f"(ignore=dfcompress.by_name({feeding}, ...) naming them)",
             stack[-1] if stack else None,
+            # a container that fails (an embedding adding a fixed table) names no
+            # layer: the leaf that ran last wrote the channels it could not take
+            done[-1] if done else None,
         ) from e
     finally:
         for h in handles:
@@ -184,11 +192,12 @@ def _prune_once(
     *,
     cautious: bool,
     avoid: set[str],
-) -> int:
+) -> tuple[int, set[str]]:
     """Prune ``model`` in place once; groups touching ``avoid`` stay whole.
 
     Returns:
-        The number of channel groups kept whole.
+        The number of channel groups kept whole, and the layers among them whose
+        channels a permute moved before a flatten.
     """
     by_name = dict(model.named_modules())
     imp = GuardedImportance(
@@ -232,7 +241,7 @@ def _prune_once(
             ) from e
     model.zero_grad(set_to_none=True)
     fix_after_pruning(model)
-    return imp.skipped
+    return imp.skipped, {names.get(m, type(m).__name__) for m in imp.reordered}
 
 
 def _n_params(model: nn.Module) -> int:
@@ -323,13 +332,15 @@ def prune_channels(
         reference = _forward_naming_failure(model, example_inputs)
     original = copy.deepcopy(model)
     avoid: set[str] = set()
+    failures: list[str] = []
     skipped = 0
+    reordered: set[str] = set()
     work = model
     for attempt in range(_PASSES):
         if attempt:
             work = copy.deepcopy(original)
         try:
-            skipped = _prune_once(
+            skipped, reordered = _prune_once(
                 work, example_inputs, calibration, plan, cautious=attempt > 0, avoid=avoid
             )
             with torch.no_grad():
@@ -341,13 +352,21 @@ def prune_channels(
         except _BrokenGraph as e:
             if attempt == _PASSES - 1:
                 raise DfcompressError(str(e)) from e
-            if e.module:
-                avoid.add(e.module)
+            avoid |= e.modules
+            failures.append(str(e))
     if skipped and _n_params(work) == _n_params(original):
+        first = f" (the first pass: {failures[0]})" if failures else ""
+        if reordered:
+            first += (
+                f"; the channels of {', '.join(repr(n) for n in sorted(reordered))} are "
+                "permuted before a flatten (channels-last), which torch-pruning maps to "
+                "the wrong inputs of the next layer"
+            )
         raise DfcompressError(
             f"no channel of {type(model).__name__} could be pruned: torch-pruning cannot "
             f"follow the {skipped} channel groups it found (splits, reshapes or couplings "
-            "it maps wrongly); prune another way (method='l1') or name layers in amount="
+            f"it maps wrongly){first}; prune another way (method='l1') or name layers in "
+            "amount="
         )
     if work is not model:
         # a later pass pruned a copy: move its state into the model returned
