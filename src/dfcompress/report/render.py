@@ -70,7 +70,10 @@ def tables(report: Report) -> dict[str, tuple[list[str], list[list[str]]]]:
     q = report.quality()
     quality = (list(q[0]), [list(r.values()) for r in q])
     c = report.cost()
-    cost = (list(c[0]), [list(r.values()) for r in c])
+    heads = list(dict.fromkeys(h for r in c for h in r))
+    cost = (heads, [[r.get(h, "n/a") for h in heads] for r in c])
+    d = report.deployment()
+    deployment = (list(d[0]) if d else [], [list(r.values()) for r in d])
     v = report.video()
     video = (list(v[0]) if v else [], [list(r.values()) for r in v])
     flips = report.flips()
@@ -97,6 +100,7 @@ def tables(report: Report) -> dict[str, tuple[list[str], list[list[str]]]]:
         "summary": summary,
         "quality": quality,
         "cost": cost,
+        "deployment": deployment,
         "video": video,
         "flips": flip_table,
         "mismatches": mismatch,
@@ -116,7 +120,13 @@ def _threshold_line(report: Report) -> str:
     return (
         f"Score = P(fake); a sample is called fake when P(fake) > {report.threshold:g}. "
         f"Stable = AUC within {report.tolerance:g} (absolute) of the baseline "
-        f"{report.baseline!r}. Sizes are the files dfcompress.save writes, in MB = 10^6 bytes."
+        f"{report.baseline!r}. "
+        + (
+            "AUC, confusion and sizes are those of the exported files, run in their runtime"
+            if any(v.deployed is not None for v in report.variants)
+            else "Sizes are the files dfcompress.save writes"
+        )
+        + ", in MB = 10^6 bytes."
     )
 
 
@@ -130,6 +140,8 @@ def markdown(report: Report, figures: Mapping[str, Any]) -> str:
     lines += ["## Key insights", ""] + [f"- {md_escape(s)}" for s in report.insights()] + [""]
     lines += ["## Classification quality", "", *_md_table(*t["quality"])]
     lines += ["## Cost: latency per sample and peak memory", "", *_md_table(*t["cost"])]
+    if t["deployment"][1]:
+        lines += ["## Deployed files against their eager models", "", *_md_table(*t["deployment"])]
     if t["video"][1]:
         lines += ["## Video level", "", *_md_table(*t["video"])]
     if "size_auc" in figures or "roc" in figures:

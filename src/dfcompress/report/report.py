@@ -116,21 +116,57 @@ class Report:
         return rows
 
     def cost(self) -> list[dict[str, str]]:
-        """Latency per sample, peak memory, parameters and MACs per variant."""
+        """Latency per sample, peak memory, parameters and MACs per variant.
+
+        Deployed variants show their file's latency at batch 1 and N in its runtime and
+        the peak RSS of a fresh process that loads it and runs one image; eager ones the
+        eager model's latency and the peak of this process during one forward.
+        """
         rows = []
         for v in self.variants:
             m = v.measurement
+            d = v.deployed.cost if v.deployed is not None else None
+            row = {"Model": v.name}
+            if d is not None:
+                row["Runtime"] = v.deployed.target if v.deployed else ""
+                row["ms/img b1"] = fmt(d.latency_ms_b1, 3)
+                row[f"ms/img b{d.batch_n}"] = fmt(d.latency_ms_bn, 3)
+                row["Peak RSS MB (fresh process)"] = fmt(d.peak_rss_mb, 1)
+            else:
+                row["Latency ms/sample"] = fmt(m.latency_ms if m else None, 3)
+                row["Peak RSS MB"] = fmt(
+                    m.peak_rss_bytes / 1e6 if m and m.peak_rss_bytes else None, 1
+                )
+            row["Params"] = f"{m.params:,}" if m else "n/a"
+            row["Non-zero params"] = f"{m.nonzero_params:,}" if m else "n/a"
+            row["MACs"] = f"{m.macs:,}" if m and m.macs is not None else "n/a"
+            row["Input dtype"] = v.input_dtype
+            rows.append(row)
+        return rows
+
+    def deployment(self) -> list[dict[str, str]]:
+        """Per deployed variant: runtime, file, eager vs deployed AUC, agreement figures."""
+        rows = []
+        for v in self.variants:
+            d = v.deployed
+            if d is None:
+                continue
+            a = d.agreement
+            eager = d.eager.auc if d.eager is not None else math.nan
             rows.append(
                 {
                     "Model": v.name,
-                    "Latency ms/sample": fmt(m.latency_ms if m else None, 3),
-                    "Peak RSS MB": fmt(
-                        m.peak_rss_bytes / 1e6 if m and m.peak_rss_bytes else None, 1
+                    "Runtime": d.target,
+                    "File MB": f"{d.cost.size_bytes / 1e6:.3f}",
+                    "Eager AUC": fmt(eager),
+                    "Deployed AUC": fmt(v.metrics.auc),
+                    "Deployed - eager": (
+                        f"{v.metrics.auc - eager:+.4f}"
+                        if math.isfinite(v.metrics.auc - eager)
+                        else "n/a"
                     ),
-                    "Params": f"{m.params:,}" if m else "n/a",
-                    "Non-zero params": f"{m.nonzero_params:,}" if m else "n/a",
-                    "MACs": f"{m.macs:,}" if m and m.macs is not None else "n/a",
-                    "Input dtype": v.input_dtype,
+                    "Max abs diff": "n/a" if a is None else f"{a.max_abs_diff:.3g}",
+                    "Decision agreement": fmt(a.agreement if a is not None else None),
                 }
             )
         return rows
