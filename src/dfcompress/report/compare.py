@@ -38,7 +38,9 @@ from dfcompress.distributed.shards import DatasetShards
 from dfcompress.errors import DfcompressError
 from dfcompress.evaluate.measure import Measurement, measure
 from dfcompress.evaluate.metrics import summarize
+from dfcompress.evaluate.params import logical_params
 from dfcompress.evaluate.video import Aggregation
+from dfcompress.report._model import describe_changes, model_info
 from dfcompress.report._panels import cams, panel_images, pick
 from dfcompress.report._scoring import check_labels, collect, score_batches, video_metrics
 from dfcompress.report.report import Report
@@ -271,6 +273,7 @@ def compare(
         notes=header,
         images=panel_images(inputs, results),
         top_k=top_k,
+        model=model_info(base_model, tuple(first.shape[1:])),
     )
 
 
@@ -330,6 +333,8 @@ def _variant(
         notes=vnotes,
         input_dtype=str(dtype).removeprefix("torch."),
         deployed=figures,
+        params=logical_params(model),
+        changes=describe_changes(model),
     )
     if gradcam:
         picks = pick(labels, scores, threshold, top_k)

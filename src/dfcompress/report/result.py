@@ -129,6 +129,8 @@ class VariantResult:
         input_dtype: The dtype inputs were cast to for this model.
         deployed: The exported file's figures when compared deployed; ``scores``,
             ``metrics`` and ``size_bytes`` are then the file's.
+        params: Parameter elements, packed weights at their logical count.
+        changes: What compression did to its layers (from :func:`dfcompress.summary`).
     """
 
     name: str
@@ -142,6 +144,8 @@ class VariantResult:
     notes: list[str] = field(default_factory=list)
     input_dtype: str = "float32"
     deployed: DeployedFigures | None = None
+    params: int | None = None
+    changes: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able figures (scores included, NaN as ``None``)."""
@@ -157,6 +161,8 @@ class VariantResult:
             "latency_ms_per_sample": _num(m.latency_ms) if m is not None else None,
             "peak_rss_mb": (m.peak_rss_bytes / 1e6 if m and m.peak_rss_bytes else None),
             "input_dtype": self.input_dtype,
+            "params": self.params,
+            "changes": self.changes,
             "deployed": None if self.deployed is None else self.deployed.as_dict(),
             "notes": list(self.notes),
             "gradcam": {
