@@ -54,7 +54,7 @@ from dfcompress import export
 from dfcompress.data import loader
 from dfcompress.demo import DEMO_SIZE, load_demo_detector
 from dfcompress.deploy import Artifact
-from dfcompress.deploy._measure import fresh_peak_rss, latencies
+from dfcompress.deploy._measure import latencies
 from dfcompress.deploy._targets import target_module
 from dfcompress.errors import DfcompressError
 from dfcompress.evaluate.metrics import auc
@@ -153,7 +153,6 @@ def runtime_rows(
     files: dict[str, tuple[nn.Module | None, Artifact]],
     test: tuple[torch.Tensor, Any],
     shape: tuple[int, ...],
-    probe: str | None,
     reps: tuple[int, int],
 ) -> list[list[object]]:
     """Deployed AUC, interleaved latency and fresh-process RSS of one runtime's files."""
@@ -165,10 +164,7 @@ def runtime_rows(
     rows: list[list[object]] = []
     for name, (eager, art) in files.items():
         d_auc = deployed_auc(art, images, labels)
-        if probe is not None:
-            rss: int | None = fresh_peak_rss(probe, art.path, shape)
-        else:
-            rss = peers.child_peak_rss(runtime, art.path, shape)
+        rss = peers.child_peak_rss(runtime, art.path, shape)
         e_auc = eager_auc(eager, images, labels)
         b1, b32 = lat1[name][1], lat32[name][32]
         f1 = lat1["float"][1] if "float" in lat1 else None
@@ -264,14 +260,13 @@ def bench_baseline(
             notes.append(f"{target} peer failed: {type(e).__name__}: {str(e)[:160]}")
             print(f"{bname}: {target} peer failed: {e}", flush=True)
         if files:
-            probe = target if missing is None else None
-            for r in runtime_rows(target, files, (images, labels), shape, probe, reps):
+            for r in runtime_rows(target, files, (images, labels), shape, reps):
                 rows.append([bname, *r])
     why = peers.nncf_available()
     if why is None and float_onnx is not None:
         ov_files = peers.nncf_openvino(float_onnx, out, calib)
         files = {k: (None, peers.plain_artifact("openvino", p)) for k, p in ov_files.items()}
-        for r in runtime_rows("openvino", files, (images, labels), shape, None, reps):
+        for r in runtime_rows("openvino", files, (images, labels), shape, reps):
             rows.append([bname, *r])
     else:
         notes.append(f"openvino (reference) skipped: {why or 'no float ONNX file'}")
@@ -317,8 +312,10 @@ def main() -> None:
     common = (
         f"{peers.cpu_flags()} Latency: median per image of {reps[0]} (b1) / {reps[1]} (b32) "
         "runs, every file of a runtime timed round by round, torch 1 thread; ONNX Runtime "
-        "and OpenVINO sessions 1 thread. Peak RSS: VmHWM of a fresh process that loads the "
-        "file and runs one image. Calibration: the same val images for every tool; QAT: "
+        "and OpenVINO sessions 1 thread. Peak RSS: VmHWM of a fresh process that imports only "
+        "the runtime's own package (torch too for ExecuTorch's input tensor), loads the file "
+        "and runs one image: what an app serving the file needs. Calibration: the same val "
+        "images for every tool; QAT: "
         f"{QAT_EPOCHS} epoch of distillation from the float model (lr {QAT_LR:g}, alpha 1); "
         f"s50: 1 epoch of distillation from the unpruned model (lr {PRUNE_LR:g}). "
         "Exports with no agreement floor (atol 1e3): the deployed AUC is what each file reaches."

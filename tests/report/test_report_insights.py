@@ -101,5 +101,7 @@ def test_worse_beyond_noise_and_the_speed_line() -> None:
         "Fastest: q8 (2.50x the baseline's speed, AUC 0.8950); slower than the baseline: p50."
         in out
     )
+    slower = summary_rows(["base", "q8"], [2, 1], [0.9, 0.9], "base", latencies=[1.0, 1.25])
+    assert "No variant is faster than the baseline; slower: q8." in key_insights(slower)
     with pytest.raises(DfcompressError, match="latencies has 1 entries for 3 variants"):
         summary_rows(["base", "q8", "p50"], [1, 1, 1], [0.9, 0.9, 0.9], "base", latencies=[1.0])

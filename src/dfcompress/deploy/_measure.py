@@ -209,17 +209,23 @@ def measure_artifacts(
     *,
     batch_n: int = 32,
     repeats: int = 10,
+    warmup: int = 2,
     threads: int | None = 1,
     memory: bool = True,
 ) -> dict[str, DeployedCost]:
     """Latency at batch 1 and ``batch_n`` (interleaved) and fresh-process peak RSS of each file.
 
     A file whose fresh process fails gets ``peak_rss_bytes=None``; the timing errors of
-    its runner propagate.
+    its runner propagate. The fresh process imports dfcompress (and so torch) to load
+    the file with its target's ``load_artifact``: its peak includes them.
     """
     check_int(batch_n, "batch_n", low=1)
     batches = sorted({1, batch_n})
-    lat = latencies(artifacts, example, batches=batches, repeats=repeats, threads=threads)
+    # two warm-up rounds: some runtimes (TorchScript's profiling executor) optimize
+    # a graph only after its first calls at a shape
+    lat = latencies(
+        artifacts, example, batches=batches, repeats=repeats, warmup=warmup, threads=threads
+    )
     used = threads if threads is not None else torch.get_num_threads()
     out: dict[str, DeployedCost] = {}
     for name, art in artifacts.items():

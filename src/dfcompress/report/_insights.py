@@ -241,11 +241,15 @@ def key_insights(
     if timed:
         fast = max(timed, key=lambda r: r.speedup)
         slow = [r for r in timed if r.speedup < 1.0]
-        line = (
-            f"Fastest: {fast.name} ({fast.speedup:.2f}x the baseline's speed, AUC {fmt(fast.auc)})"
-        )
-        if slow:
-            line += f"; slower than the baseline: {_names(slow)}"
+        if fast.speedup > 1.0:
+            line = (
+                f"Fastest: {fast.name} ({fast.speedup:.2f}x the baseline's speed, "
+                f"AUC {fmt(fast.auc)})"
+            )
+            if slow:
+                line += f"; slower than the baseline: {_names(slow)}"
+        else:
+            line = f"No variant is faster than the baseline; slower: {_names(slow)}"
         out.append(line + ".")
     undefined = [r for r in others if not math.isfinite(r.auc)]
     if undefined:
