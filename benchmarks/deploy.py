@@ -189,7 +189,13 @@ def runtime_rows(
 
 
 def bench_baseline(
-    bname: str, model: nn.Module, size: int, out: Path, quick: bool, reps: tuple[int, int]
+    bname: str,
+    model: nn.Module,
+    size: int,
+    out: Path,
+    quick: bool,
+    reps: tuple[int, int],
+    targets: list[str],
 ) -> tuple[list[list[object]], list[str]]:
     """Every runtime's rows for one baseline, and the notes (skips, export figures)."""
     n_cal, n_test, n_train = (16, 32, 16) if quick else (256, 1000, QAT_IMAGES)
@@ -212,7 +218,7 @@ def bench_baseline(
     notes.append(f"s50 distillation {time.time() - t0:.0f} s")
     rows: list[list[object]] = []
     float_onnx: Path | None = None
-    for target in TARGETS:
+    for target in targets:
         files: dict[str, tuple[nn.Module | None, Artifact]] = {}
         missing = target_missing(target)
         sfx = SUFFIX[target]
@@ -291,6 +297,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (demo model only)")
     ap.add_argument("--model", action="append", default=[], help="only these baselines")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved batch-32 rounds")
+    ap.add_argument(
+        "--target", action="append", choices=TARGETS, default=[], help="only these targets"
+    )
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -302,7 +311,9 @@ def main() -> None:
     notes: dict[str, list[str]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for bname, (model, size) in models.items():
-            r, n = bench_baseline(bname, model, size, Path(tmp), args.quick, reps)
+            r, n = bench_baseline(
+                bname, model, size, Path(tmp), args.quick, reps, args.target or list(TARGETS)
+            )
             rows += r
             notes[bname] = n
     elapsed = time.time() - t0

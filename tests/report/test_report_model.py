@@ -67,7 +67,8 @@ def test_model_section_intervals_and_claims(tmp_path: Path) -> None:
     assert rows["nudged"].speedup > 0 and rows["baseline"].speedup == 1.0
     insights = rep.insights()
     assert not any(s.startswith("Better than the baseline") for s in insights)
-    assert any(s.startswith("Fastest: ") for s in insights)
+    # timing is the machine's: either line, but speed is always stated
+    assert any(s.startswith(("Fastest: ", "No variant is faster")) for s in insights)
 
     md = rep.to_markdown()
     assert "## Model" in md and "Architecture: torch.nn.modules.container.Sequential" in md
