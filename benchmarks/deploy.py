@@ -41,6 +41,7 @@ import re
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,16 +136,20 @@ def deployed_auc(art: Artifact, images: torch.Tensor, labels: Any) -> float:
 
 def dfc_models(
     target: str, model: nn.Module, pruned: nn.Module, calib: torch.Tensor, train: Any
-) -> dict[str, nn.Module]:
-    """The dfcompress variants of one target, as eager models."""
+) -> dict[str, Callable[[], nn.Module]]:
+    """The dfcompress variants of one target, each built when called (eager models)."""
     q = {"calibration": calib, "progress": False, "target": target}
-    ft = distill_finetune(model, train, epochs=QAT_EPOCHS, lr=QAT_LR, alpha=1.0, progress=False)
+
+    def qat() -> nn.Module:
+        ft = distill_finetune(model, train, epochs=QAT_EPOCHS, lr=QAT_LR, alpha=1.0, progress=False)
+        return quantize(model, "int8", finetune=ft, **q)
+
     return {
-        "float": model,
-        "dfc int8": quantize(model, "int8", **q),
-        "dfc int8 + QAT": quantize(model, "int8", finetune=ft, **q),
-        "s50": pruned,
-        "s50 + int8": quantize(pruned, "int8", **q),
+        "float": lambda: model,
+        "dfc int8": lambda: quantize(model, "int8", **q),
+        "dfc int8 + QAT": qat,
+        "s50": lambda: pruned,
+        "s50 + int8": lambda: quantize(pruned, "int8", **q),
     }
 
 
@@ -223,12 +228,15 @@ def bench_baseline(
         missing = target_missing(target)
         sfx = SUFFIX[target]
         if missing is None:
-            for name, m in dfc_models(target, model, pruned, calib, train).items():
+            for name, make in dfc_models(target, model, pruned, calib, train).items():
                 path = out / f"{bname}-{target}-{re.sub(r'[^a-z0-9]+', '_', name)}{sfx}"
                 try:
+                    m = make()
                     art = export_to(m, path, ex, target)
-                except DfcompressError as e:
-                    notes.append(f"{target} {name}: export failed: {str(e)[:160]}")
+                except Exception as e:  # a failure is a row's finding, not the run's end
+                    why = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+                    notes.append(f"{target} {name}: quantize/export failed: {why}")
+                    print(f"{bname}: {target} {name} failed: {why}", flush=True)
                     continue
                 files[name] = (m, art)
                 a = art.agreement
@@ -266,8 +274,12 @@ def bench_baseline(
             notes.append(f"{target} peer failed: {type(e).__name__}: {str(e)[:160]}")
             print(f"{bname}: {target} peer failed: {e}", flush=True)
         if files:
-            for r in runtime_rows(target, files, (images, labels), shape, reps):
-                rows.append([bname, *r])
+            try:
+                for r in runtime_rows(target, files, (images, labels), shape, reps):
+                    rows.append([bname, *r])
+            except Exception as e:  # a runner that fails on a batch: say so, go on
+                notes.append(f"{target} measurement failed: {type(e).__name__}: {str(e)[:160]}")
+                print(f"{bname}: {target} measurement failed: {e}", flush=True)
     why = peers.nncf_available()
     if why is None and float_onnx is not None:
         ov_files = peers.nncf_openvino(float_onnx, out, calib)
