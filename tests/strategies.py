@@ -274,3 +274,22 @@ BAD_RECIPES = st.sampled_from(
 
 BAD_SELECTORS = st.sampled_from(["nope", "convv", 5, [], object(), ("conv", 3)])
 """Selectors that name no preset, are of the wrong type, or select nothing."""
+
+
+@st.composite
+def scored_samples(
+    draw: st.DrawFn, *, rows: int = 1, max_size: int = 20
+) -> tuple[list[int], list[list[float]]]:
+    """Labels (both classes, at least two of each) and ``rows`` score vectors on them.
+
+    Scores come from a few distinct levels, so ties within and across classes are common.
+    """
+    n = draw(st.integers(4, max_size))
+    labels = draw(
+        st.lists(st.integers(0, 1), min_size=n, max_size=n).filter(
+            lambda y: 2 <= sum(y) <= len(y) - 2
+        )
+    )
+    levels = st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.5, 0.75, 0.9, 1.0, -3.0, 7.5])
+    scores = [draw(st.lists(levels, min_size=n, max_size=n)) for _ in range(rows)]
+    return labels, scores

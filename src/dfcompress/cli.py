@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from dfcompress.deploy._targets import TARGETS
 from dfcompress.errors import DfcompressError
 
 __all__ = ["build_parser", "main"]
@@ -214,6 +215,8 @@ def _report(args: argparse.Namespace) -> int:
         gradcam=not args.no_gradcam,
         calibration=calib,
         progress=not args.no_progress,
+        deployed=args.deployed or args.target is not None,
+        target=args.target,
     )
     report.save(args.out)
     print("\n".join(report.insights()))
@@ -356,6 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--tolerance", type=float, default=0.01, help="absolute AUC tolerance")
     rep.add_argument("--threshold", type=float, default=0.5, help="threshold on P(fake)")
     rep.add_argument("--no-gradcam", action="store_true", help="skip Grad-CAM panels")
+    rep.add_argument(
+        "--deployed",
+        action="store_true",
+        help="evaluate the exported files in their runtime (AUC, latency, fresh-process RSS)",
+    )
+    rep.add_argument(
+        "--target",
+        choices=sorted(TARGETS),
+        help="runtime of variants not quantized for one (default: the variants' own, "
+        "else xnnpack); implies --deployed",
+    )
     rep.add_argument("--out", default="dfcompress-report", help="report folder")
     _common(rep)
     rep.set_defaults(func=_report)

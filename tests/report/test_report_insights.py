@@ -31,10 +31,16 @@ def test_tied_drops_are_all_named() -> None:
     assert "No variant stays within 0.01 AUC of the baseline." in out
 
 
-def test_a_variant_better_than_the_baseline() -> None:
-    out = _insights(["base", "q16", "q8"], [4 * MB, 2 * MB, MB], [0.90, 0.93, 0.905])
+def test_better_than_the_baseline_only_outside_the_interval() -> None:
+    names, sizes, aucs = ["base", "q16", "q8"], [4 * MB, 2 * MB, MB], [0.90, 0.93, 0.905]
+    rows = summary_rows(
+        names, sizes, aucs, "base", diff_intervals=[(0, 0), (0.01, 0.05), (-0.01, 0.02)]
+    )
+    out = key_insights(rows, 0.01)
     assert out[0].startswith("Highest AUC: q16 ")
-    assert any(s.startswith("Better than the baseline: q16, q8") for s in out)
+    better = next(s for s in out if s.startswith("Better than the baseline"))
+    assert better.startswith("Better than the baseline: q16 (") and "+0.0100..+0.0500" in better
+    assert "Above the baseline within noise: q8 (" in " ".join(out)
     assert "No variant lost AUC against the baseline." in out
     best = next(s for s in out if s.startswith("Best compression"))
     assert best.startswith("Best compression within 0.01 AUC of the baseline: q8 ")
@@ -67,3 +73,35 @@ def test_bad_input_is_refused() -> None:
         summary_rows(["a"], [1], [0.5], "z")
     with pytest.raises(DfcompressError, match="tolerance"):
         summary_rows(["a"], [1], [0.5], "a", tolerance=-1)
+
+
+def test_no_variant_is_called_better_without_an_interval() -> None:
+    out = _insights(["base", "q16"], [4 * MB, 2 * MB], [0.90, 0.902])
+    assert not any(s.startswith("Better than the baseline") for s in out)
+    assert any(s.startswith("Above the baseline within noise: q16") for s in out)
+
+
+def test_worse_beyond_noise_and_the_speed_line() -> None:
+    rows = summary_rows(
+        ["base", "q8", "p50"],
+        [4 * MB, MB, 2 * MB],
+        [0.90, 0.895, 0.85],
+        "base",
+        intervals=[(0.88, 0.92), (0.87, 0.92), (0.82, 0.88)],
+        diff_intervals=[(0, 0), (-0.012, 0.002), (-0.07, -0.03)],
+        latencies=[2.0, 0.8, 2.5],
+    )
+    assert rows[0].speedup == 1.0 and rows[1].speedup == pytest.approx(2.5)
+    assert math.isnan(rows[0].diff_low) and rows[2].significant and not rows[1].significant
+    out = key_insights(rows, 0.01)
+    assert "Worse than the baseline beyond noise: p50 (" in " ".join(out)
+    best = next(s for s in out if s.startswith("Best compression"))
+    assert "2.50x the baseline's speed" in best
+    assert (
+        "Fastest: q8 (2.50x the baseline's speed, AUC 0.8950); slower than the baseline: p50."
+        in out
+    )
+    slower = summary_rows(["base", "q8"], [2, 1], [0.9, 0.9], "base", latencies=[1.0, 1.25])
+    assert "No variant is faster than the baseline; slower: q8." in key_insights(slower)
+    with pytest.raises(DfcompressError, match="latencies has 1 entries for 3 variants"):
+        summary_rows(["base", "q8", "p50"], [1, 1, 1], [0.9, 0.9, 0.9], "base", latencies=[1.0])

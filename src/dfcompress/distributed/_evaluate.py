@@ -53,7 +53,7 @@ def _score_unit(
 ) -> dict[str, Any]:
     """In a worker: P(fake) of batches ``lo..hi - 1`` (and their labels and names)."""
     from dfcompress._data import batch_input, batch_labels
-    from dfcompress.report.compare import _names, score_batches
+    from dfcompress.report._scoring import sample_names, score_batches
 
     torch.set_num_threads(threads)
     try:
@@ -70,7 +70,7 @@ def _score_unit(
                 x = batch_input(raw)
                 batches.append(x)
                 ys.append(batch_labels(raw).flatten().long())
-                names += _names(raw, x.shape[0], b * shards.batch_size)
+                names += sample_names(raw, x.shape[0], b * shards.batch_size)
             labels = torch.cat(ys).numpy()
         scores = score_batches(model, batches, dtype=getattr(torch, dtype))
     except Exception as e:

@@ -2,6 +2,10 @@
 
 Kept apart from evaluation so the rules (ties, a variant better than the
 baseline, undefined AUC) can be checked on hand-made figures.
+
+A variant is called better or worse than the baseline only when the confidence
+interval of its AUC difference (DeLong, paired on the same samples) excludes 0: on a
+few hundred samples a few thousandths of AUC are noise, and said to be.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dfcompress.errors import DfcompressError
+from dfcompress.evaluate.metrics import fmt
 
 __all__ = ["Status", "SummaryRow", "key_insights", "summary_rows"]
 
@@ -30,6 +35,11 @@ class SummaryRow:
         auc: ROC AUC (``nan`` when undefined).
         diff: ``auc - baseline auc`` (``nan`` when either is undefined; 0 for the baseline).
         status: ``"Baseline"``, ``"Stable"`` (``diff >= -tolerance``), ``"Degraded"`` or ``"n/a"``.
+        auc_low: Lower end of the AUC's confidence interval (``nan`` if not given).
+        auc_high: Upper end of the AUC's confidence interval.
+        diff_low: Lower end of the interval of ``diff`` (paired; ``nan`` if not given).
+        diff_high: Upper end of the interval of ``diff``.
+        speedup: Baseline latency / this variant's latency (``nan`` if not measured).
     """
 
     name: str
@@ -38,6 +48,16 @@ class SummaryRow:
     auc: float
     diff: float
     status: Status
+    auc_low: float = math.nan
+    auc_high: float = math.nan
+    diff_low: float = math.nan
+    diff_high: float = math.nan
+    speedup: float = math.nan
+
+    @property
+    def significant(self) -> bool:
+        """Whether the interval of ``diff`` excludes 0."""
+        return self.diff_low > 0.0 or self.diff_high < 0.0
 
     @property
     def size_mb(self) -> float:
@@ -51,8 +71,16 @@ def summary_rows(
     aucs: Sequence[float],
     baseline: str,
     tolerance: float = 0.01,
+    *,
+    intervals: Sequence[tuple[float, float]] | None = None,
+    diff_intervals: Sequence[tuple[float, float]] | None = None,
+    latencies: Sequence[float | None] | None = None,
 ) -> list[SummaryRow]:
     """One :class:`SummaryRow` per variant, in the given order.
+
+    ``intervals`` (of each AUC), ``diff_intervals`` (of each AUC difference against the
+    baseline, paired) and ``latencies`` (per image, any unit) are optional, one per
+    variant; the speed-up is the baseline's latency over the variant's.
 
     >>> rows = summary_rows(["b", "q8"], [400, 100], [0.95, 0.90], "b")
     >>> rows[1].reduction_pct, round(rows[1].diff, 2), rows[1].status
@@ -66,10 +94,17 @@ def summary_rows(
         raise DfcompressError(f"baseline {baseline!r} is not one of the variants {list(names)}")
     if not (tolerance >= 0 and math.isfinite(tolerance)):
         raise DfcompressError(f"tolerance={tolerance} is invalid: use a finite value >= 0")
+    for what, seq in (("intervals", intervals), ("diff_intervals", diff_intervals)):
+        if seq is not None and len(seq) != len(names):
+            raise DfcompressError(f"{what} has {len(seq)} entries for {len(names)} variants")
+    if latencies is not None and len(latencies) != len(names):
+        raise DfcompressError(f"latencies has {len(latencies)} entries for {len(names)} variants")
+    nan2 = (math.nan, math.nan)
     b = list(names).index(baseline)
     base_size, base_auc = sizes[b], float(aucs[b])
+    base_lat = latencies[b] if latencies is not None else None
     rows = []
-    for name, size, a in zip(names, sizes, aucs, strict=True):
+    for i, (name, size, a) in enumerate(zip(names, sizes, aucs, strict=True)):
         a = float(a)
         reduction = 100.0 * (1.0 - size / base_size) if base_size else math.nan
         diff = a - base_auc
@@ -80,8 +115,32 @@ def summary_rows(
             status = "n/a"
         else:
             status = "Stable" if diff >= -tolerance - _TIE else "Degraded"
-        rows.append(SummaryRow(name, int(size), reduction, a, diff, status))
+        lo, hi = intervals[i] if intervals is not None else nan2
+        dlo, dhi = diff_intervals[i] if diff_intervals is not None else nan2
+        if name == baseline:
+            dlo, dhi = nan2
+        lat = latencies[i] if latencies is not None else None
+        speedup = base_lat / lat if base_lat and lat and lat > 0 else math.nan
+        rows.append(
+            SummaryRow(
+                name,
+                int(size),
+                reduction,
+                a,
+                diff,
+                status,
+                float(lo),
+                float(hi),
+                float(dlo),
+                float(dhi),
+                speedup,
+            )
+        )
     return rows
+
+
+def _ci(low: float, high: float) -> str:
+    return f"{low:+.4f}..{high:+.4f}"
 
 
 def _names(rows: Sequence[SummaryRow]) -> str:
@@ -123,10 +182,28 @@ def key_insights(
     out.append(f"Highest AUC: {_names(top)} ({best_auc:.4f}{tie}).")
     others = [r for r in rows if r.status != "Baseline"]
     above = [r for r in others if math.isfinite(r.diff) and r.diff > _TIE]
-    if above:
-        lead = max(above, key=lambda r: r.diff)
+    better = [r for r in above if r.diff_low > 0.0]
+    if better:
+        lead = max(better, key=lambda r: r.diff)
         out.append(
-            f"Better than the baseline: {_names(above)} (up to {lead.diff:+.4f} AUC, {lead.name})."
+            f"Better than the baseline: {_names(better)} (up to {lead.diff:+.4f} AUC, "
+            f"{lead.name}; 95% CI of the difference {_ci(lead.diff_low, lead.diff_high)})."
+        )
+    noise = [r for r in above if r not in better]
+    if noise:
+        out.append(
+            f"Above the baseline within noise: {_names(noise)} (the confidence interval of "
+            + (
+                "each difference includes 0)."
+                if any(math.isfinite(r.diff_low) for r in noise)
+                else "the difference was not computed, so no variant is called better)."
+            )
+        )
+    worse = [r for r in others if r.diff_high < 0.0]
+    if worse:
+        out.append(
+            f"Worse than the baseline beyond noise: {_names(worse)} (95% CI of the difference "
+            "entirely below 0)."
         )
     if not math.isfinite(base[0].auc):
         out.append("The baseline's AUC is undefined, so no variant can be judged against it.")
@@ -140,6 +217,7 @@ def key_insights(
         out.append(
             f"Best compression within {tolerance:g} AUC of the baseline: {_names(best)} "
             f"({r0.size_mb:.3f} MB, {r0.reduction_pct:.1f}% smaller, AUC {r0.auc:.4f}"
+            + (f", {r0.speedup:.2f}x the baseline's speed" if math.isfinite(r0.speedup) else "")
             + (", tied in size)." if len(best) > 1 else ").")
         )
     elif any(r.status == "Stable" for r in others):
@@ -159,6 +237,20 @@ def key_insights(
             out.append(
                 f"Largest drop: {_names(drop)} ({worst:+.4f} AUC, to {drop[0].auc:.4f}{tie})."
             )
+    timed = [r for r in others if math.isfinite(r.speedup)]
+    if timed:
+        fast = max(timed, key=lambda r: r.speedup)
+        slow = [r for r in timed if r.speedup < 1.0]
+        if fast.speedup > 1.0:
+            line = (
+                f"Fastest: {fast.name} ({fast.speedup:.2f}x the baseline's speed, "
+                f"AUC {fmt(fast.auc)})"
+            )
+            if slow:
+                line += f"; slower than the baseline: {_names(slow)}"
+        else:
+            line = f"No variant is faster than the baseline; slower: {_names(slow)}"
+        out.append(line + ".")
     undefined = [r for r in others if not math.isfinite(r.auc)]
     if undefined:
         why = f": {undefined_reason}" if undefined_reason else ""

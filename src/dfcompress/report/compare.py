@@ -12,9 +12,10 @@ variants), and the worst-mismatches table can pair each sample's scores.
 
 from __future__ import annotations
 
-import copy
 import math
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,228 +23,32 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from dfcompress._calibration import calibration_inputs, check_batch
-from dfcompress._data import batch_input, batch_labels, input_dtype
+from dfcompress._calibration import calibration_inputs
+from dfcompress._data import input_dtype
 from dfcompress._validate import (
     check_bool,
     check_int,
     check_model,
     check_number,
     check_tensor,
-    refused_input,
     short,
 )
 from dfcompress.distributed.executor import Executor, resolve_executor
 from dfcompress.distributed.shards import DatasetShards
 from dfcompress.errors import DfcompressError
-from dfcompress.evaluate.gradcam import fake_logodds, grad_cam
 from dfcompress.evaluate.measure import Measurement, measure
-from dfcompress.evaluate.metrics import Metrics, summarize
-from dfcompress.evaluate.video import Aggregation, video_key, video_scores
+from dfcompress.evaluate.metrics import summarize
+from dfcompress.evaluate.params import logical_params
+from dfcompress.evaluate.video import Aggregation
+from dfcompress.report._model import describe_changes, model_info
+from dfcompress.report._panels import cams, panel_images, pick
+from dfcompress.report._scoring import check_labels, collect, score_batches, video_metrics
 from dfcompress.report.report import Report
-from dfcompress.report.result import CATEGORIES, CamPanel, Category, VariantResult
+from dfcompress.report.result import VariantResult
 
 __all__ = ["collect", "compare", "score_batches"]
 
 _CALIBRATION_SAMPLES = 256  # what a recipe step reads (compress's default max_samples)
-_NAME_KEYS = ("name", "names", "path", "paths", "file", "filename")
-
-
-def _names(batch: Any, n: int, start: int) -> list[str]:
-    names: Any = None
-    if isinstance(batch, (tuple, list)) and len(batch) >= 3:
-        names = batch[2]
-    elif isinstance(batch, Mapping):
-        names = next((batch[k] for k in _NAME_KEYS if k in batch), None)
-    if isinstance(names, str):
-        names = [names]
-    if isinstance(names, (list, tuple)) and len(names) == n:
-        return [str(v) for v in names]
-    return [f"sample_{start + i:05d}" for i in range(n)]
-
-
-def collect(
-    data: Iterable[Any] | tuple[torch.Tensor, torch.Tensor],
-) -> tuple[list[torch.Tensor], npt.NDArray[np.int64], list[str]]:
-    """Read the whole data once: input batches, labels and sample names.
-
-    ``data`` yields ``(image, label)``, ``(image, label, name)`` batches or dicts
-    (``image``/``label``/``name``); a pair of tensors ``(images, labels)`` is one batch.
-    """
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        data = [data]
-    batches: list[torch.Tensor] = []
-    labels: list[torch.Tensor] = []
-    names: list[str] = []
-    if isinstance(data, (str, bytes, Mapping, torch.Tensor)) or not isinstance(data, Iterable):
-        raise DfcompressError(
-            f"data={short(data)} is not labelled data: pass (images, labels) or an iterable of "
-            "(image, label[, name]) batches or dicts"
-        )
-    for batch in data:
-        x = batch_input(batch)
-        check_batch(x, len(batches), batches[0] if batches else None, "data")
-        y = batch_labels(batch).flatten().long()
-        if y.shape[0] != x.shape[0]:
-            raise DfcompressError(f"a batch has {x.shape[0]} inputs but {y.shape[0]} labels")
-        names += _names(batch, x.shape[0], len(names))
-        batches.append(x.detach())
-        labels.append(y)
-    if not batches:
-        raise DfcompressError("the data yielded no batches")
-    return batches, _check_labels(torch.cat(labels).numpy()), names
-
-
-def _check_labels(y: Any) -> npt.NDArray[np.int64]:
-    y_all = np.asarray(y).astype(np.int64)
-    if not np.isin(y_all, (0, 1)).all():
-        raise DfcompressError(
-            f"labels must be 0 (real) or 1 (fake); got {sorted(set(y_all.tolist()))[:5]}"
-        )
-    return y_all
-
-
-def score_batches(
-    model: nn.Module,
-    batches: Sequence[torch.Tensor],
-    *,
-    dtype: torch.dtype = torch.float32,
-    bar: Any = None,
-) -> npt.NDArray[np.float64]:
-    """P(fake) of every sample, in float64 (inputs cast to ``dtype``, outputs to float)."""
-    out: list[torch.Tensor] = []
-    flags = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.inference_mode():
-            for x in batches:
-                with refused_input("data", x, model):
-                    logits = model(x.to(dtype))
-                if not isinstance(logits, torch.Tensor):
-                    raise DfcompressError(
-                        f"the model returned {type(logits).__name__}; compare needs logits"
-                    )
-                z = fake_logodds(logits.float()).double().flatten()
-                out.append(torch.sigmoid(z))
-                if bar is not None:
-                    bar.update(1)
-    finally:
-        for m, was in flags.items():
-            m.train(was)
-    return torch.cat(out).numpy()
-
-
-def _float32_copy(model: nn.Module) -> nn.Module:
-    """A float32 copy for Grad-CAM of half-precision models (cast layers included)."""
-    twin = copy.deepcopy(model).float()
-    for m in twin.modules():
-        if isinstance(getattr(m, "dtype", None), torch.dtype):
-            setattr(m, "dtype", torch.float32)  # noqa: B010  (cast layers cast inputs to it)
-            if hasattr(m, "dtype_name"):
-                setattr(m, "dtype_name", "float32")  # noqa: B010
-    return twin
-
-
-def _pick(
-    labels: npt.NDArray[np.int64], scores: npt.NDArray[np.float64], threshold: float, k: int
-) -> dict[Category, list[int]]:
-    ok = np.isfinite(scores)
-    fake_called = scores > threshold
-    groups: dict[Category, tuple[npt.NDArray[np.bool_], bool]] = {
-        "resolved_fakes": ((labels == 1) & fake_called & ok, True),
-        "missed_fakes": ((labels == 1) & ~fake_called & ok, False),
-        "false_positives": ((labels == 0) & fake_called & ok, True),
-        "true_negatives": ((labels == 0) & ~fake_called & ok, False),
-    }
-    out: dict[Category, list[int]] = {}
-    for cat, (mask, highest) in groups.items():
-        idx = np.flatnonzero(mask)
-        order = np.argsort(-scores[idx] if highest else scores[idx], kind="mergesort")
-        out[cat] = [int(i) for i in idx[order][:k]]
-    return out
-
-
-def _cams(
-    model: nn.Module,
-    inputs: torch.Tensor,
-    picks: dict[Category, list[int]],
-    labels: npt.NDArray[np.int64],
-    scores: npt.NDArray[np.float64],
-    names: Sequence[str],
-    dtype: torch.dtype,
-    notes: list[str],
-) -> dict[Category, list[CamPanel]]:
-    chosen = [i for cat in CATEGORIES for i in picks[cat]]
-    if not chosen:
-        return {cat: [] for cat in CATEGORIES}
-    x = inputs[chosen]
-    target: nn.Module = model
-    if dtype != torch.float32:
-        target = _float32_copy(model)
-        notes.append(f"Grad-CAM ran on a float32 copy of this {dtype} model")
-    try:
-        cam = grad_cam(target, x.float())
-    except RuntimeError:
-        cam = grad_cam(_float32_copy(model), x.float())
-        notes.append("Grad-CAM ran on a float32 copy of this model")
-    maps = cam.maps.detach().float().numpy()
-    flat = cam.flat.numpy()
-    out: dict[Category, list[CamPanel]] = {}
-    j = 0
-    for cat in CATEGORIES:
-        panels = []
-        for i in picks[cat]:
-            panels.append(
-                CamPanel(i, names[i], int(labels[i]), float(scores[i]), maps[j], bool(flat[j]))
-            )
-            j += 1
-        out[cat] = panels
-    return out
-
-
-def _video(
-    names: Sequence[str],
-    labels: npt.NDArray[np.int64],
-    scores: npt.NDArray[np.float64],
-    video: bool | Aggregation | None,
-    threshold: float,
-) -> tuple[Metrics | None, str | None]:
-    if video is False:
-        return None, None
-    agg: Aggregation = video if isinstance(video, str) else "mean"
-    keys = [video_key(n) for n in names]
-    if video is None:
-        per_class: dict[int, set[str]] = {0: set(), 1: set()}
-        for k, y in zip(keys, labels, strict=True):
-            per_class[int(y)].add(k)
-        grouped = len(set(keys)) < len(keys)
-        if not grouped or min(len(v) for v in per_class.values()) < 2:
-            return None, None
-    try:
-        v = video_scores(names, labels, scores, agg=agg)
-    except DfcompressError as e:
-        if video is None:
-            return None, f"video-level metrics skipped: {e}"
-        raise
-    return summarize(v.labels, v.scores, threshold=threshold), None
-
-
-def _panel_images(
-    inputs: torch.Tensor, results: Sequence[VariantResult]
-) -> dict[int, npt.NDArray[np.float32]]:
-    """``[H, W, 3]`` pictures in [0, 1] of the samples shown in Grad-CAM panels."""
-    wanted = sorted({p.index for r in results for ps in r.cams.values() for p in ps})
-    out: dict[int, npt.NDArray[np.float32]] = {}
-    for i in wanted:
-        x = inputs[i].detach().float()
-        if x.dim() != 3:
-            continue
-        x = x[:3] if x.shape[0] >= 3 else x[:1].expand(3, -1, -1)
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0.0 or hi > 1.0:  # normalized inputs: stretch for display
-            x = (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
-        out[i] = x.permute(1, 2, 0).numpy().astype(np.float32)
-    return out
 
 
 def compare(
@@ -263,6 +68,10 @@ def compare(
     title: str = "Compression report",
     notes: Sequence[str] = (),
     executor: Executor = None,
+    deployed: bool = False,
+    target: str | None = None,
+    deploy_batch: int = 32,
+    export_options: Mapping[str, Any] | None = None,
 ) -> Report:
     """Evaluate every variant on the same data and gather the comparison in a :class:`Report`.
 
@@ -291,6 +100,19 @@ def compare(
             task per variant and data shard; the same scores). With a
             :class:`~dfcompress.distributed.DatasetShards` as ``data`` the
             workers read the data themselves. See :doc:`/scaleout`.
+        deployed: Evaluate what ships: export every variant with
+            :func:`dfcompress.export` to a temporary folder and score the file in its
+            runtime; each row then has the file's AUC and confusion table, its bytes,
+            its latency per image at batch 1 and ``deploy_batch`` in the runtime, the
+            peak memory of a fresh process that loads it and runs one image, the
+            export's agreement figures, and the eager model's AUC beside them.
+            Grad-CAM panels stay those of the eager model.
+        target: The runtime of variants that were not quantized for one (a model
+            quantized with ``quantize(..., target=...)`` goes to its own). Default: the
+            target the quantized variants name, else ``"xnnpack"``.
+        deploy_batch: The large batch of the deployed latency.
+        export_options: Passed to :func:`dfcompress.export` (``atol``, ``rtol``,
+            ``min_agreement``, ``check``, target options).
 
     Returns:
         A :class:`Report`; ``report.save(folder)`` writes markdown, HTML, JSON and PNGs.
@@ -338,7 +160,18 @@ def compare(
         raise DfcompressError(f"threshold={threshold} is out of range: use 0..1 (P(fake))")
     if not (tolerance >= 0 and math.isfinite(tolerance)):
         raise DfcompressError(f"tolerance={tolerance} is invalid: use a finite value >= 0")
+    check_bool(deployed, "deployed")
+    check_int(deploy_batch, "deploy_batch", low=1)
+    if export_options is not None and not isinstance(export_options, Mapping):
+        raise DfcompressError(
+            f"export_options={short(export_options)} must be a mapping of export() options"
+        )
     ray_ex = resolve_executor(executor)
+    if deployed and ray_ex is not None and isinstance(data, DatasetShards):
+        raise DfcompressError(
+            "deployed=True runs the exported files here on data held in memory: pass the "
+            "data itself (not DatasetShards), or deployed=False"
+        )
     inputs: Any
     if ray_ex is not None and isinstance(data, DatasetShards):
         from dfcompress.distributed._evaluate import LazyInputs
@@ -383,41 +216,52 @@ def compare(
         todo = {name: (model, dtypes[name]) for name, (model, _) in models.items()}
         remote, got_labels, got_names = score_on_ray(ray_ex, todo, source, first, progress=progress)
         if batches is None:
-            labels, names = _check_labels(got_labels), got_names or []
+            labels, names = check_labels(got_labels), got_names or []
 
-    results: list[VariantResult] = []
-    total = len(models) * len(batches) if batches is not None and not remote else 0
-    bar = tqdm(total=total, desc="evaluate", disable=not progress or not total)
-    try:
-        for name, (model, recipe) in models.items():
-            dtype = dtypes[name]
-            if name in remote:
-                scores = remote[name]
-            else:
-                scores = score_batches(model, batches or [], dtype=dtype, bar=bar)
-            metrics = summarize(labels, scores, threshold=threshold)
-            m: Measurement = measure(model, ex.to(dtype), repeats=measure_repeats, warmup=2)
-            vnotes = list(metrics.notes)
-            vid, why = _video(names, labels, scores, video, threshold)
-            if why:
-                vnotes.append(why)
-            result = VariantResult(
-                name=name,
-                recipe=recipe,
-                scores=scores,
-                metrics=metrics,
-                size_bytes=m.serialized_bytes,
-                measurement=m,
-                video=vid,
-                notes=vnotes,
-                input_dtype=str(dtype).removeprefix("torch."),
+    with tempfile.TemporaryDirectory(prefix="dfc-deployed-") as tmp:
+        shipped: dict[str, Any] = {}
+        if deployed:
+            from dfcompress.report._deployed import evaluate_deployed
+
+            shipped = evaluate_deployed(
+                {k: mv for k, (mv, _) in models.items()},
+                batches or [],
+                dtypes,
+                ex,
+                Path(tmp),
+                target=target,
+                batch_n=deploy_batch,
+                repeats=measure_repeats,
+                options=export_options or {},
             )
-            if gradcam:
-                picks = _pick(labels, scores, threshold, top_k)
-                result.cams = _cams(model, inputs, picks, labels, scores, names, dtype, vnotes)
-            results.append(result)
-    finally:
-        bar.close()
+        results: list[VariantResult] = []
+        total = len(models) * len(batches) if batches is not None and not remote else 0
+        bar = tqdm(total=total, desc="evaluate", disable=not progress or not total)
+        try:
+            for name, (model, recipe) in models.items():
+                results.append(
+                    _variant(
+                        name,
+                        model,
+                        recipe,
+                        remote.get(name),
+                        shipped.get(name),
+                        batches,
+                        labels,
+                        names,
+                        inputs,
+                        ex,
+                        dtypes[name],
+                        threshold=threshold,
+                        video=video,
+                        gradcam=gradcam,
+                        top_k=top_k,
+                        repeats=measure_repeats,
+                        bar=bar,
+                    )
+                )
+        finally:
+            bar.close()
     return Report(
         title=title,
         variants=results,
@@ -427,6 +271,74 @@ def compare(
         tolerance=tolerance,
         threshold=threshold,
         notes=header,
-        images=_panel_images(inputs, results),
+        images=panel_images(inputs, results),
         top_k=top_k,
+        model=model_info(base_model, tuple(first.shape[1:])),
     )
+
+
+def _variant(
+    name: str,
+    model: nn.Module,
+    recipe: str | None,
+    remote: npt.NDArray[np.float64] | None,
+    shipped: Any,
+    batches: Sequence[torch.Tensor] | None,
+    labels: npt.NDArray[np.int64],
+    names: Sequence[str],
+    inputs: Any,
+    ex: torch.Tensor,
+    dtype: torch.dtype,
+    *,
+    threshold: float,
+    video: bool | Aggregation | None,
+    gradcam: bool,
+    top_k: int,
+    repeats: int,
+    bar: Any,
+) -> VariantResult:
+    """Score, measure and explain one variant (its shipped file's scores when deployed)."""
+    eager = (
+        remote if remote is not None else score_batches(model, batches or [], dtype=dtype, bar=bar)
+    )
+    eager_metrics = summarize(labels, eager, threshold=threshold)
+    scores, metrics = eager, eager_metrics
+    # deployed: the eager latency is not what ships; the fresh-process RSS replaces the peak
+    m: Measurement = measure(
+        model,
+        ex.to(dtype),
+        repeats=1 if shipped else repeats,
+        warmup=0 if shipped else 2,
+        memory=shipped is None,
+    )
+    figures = None
+    size = m.serialized_bytes
+    if shipped is not None:
+        scores = shipped.scores
+        metrics = summarize(labels, scores, threshold=threshold)
+        figures = shipped.figures.with_eager(eager_metrics)
+        size = figures.cost.size_bytes
+    vnotes = list(metrics.notes)
+    vid, why = video_metrics(names, labels, scores, video, threshold)
+    if why:
+        vnotes.append(why)
+    result = VariantResult(
+        name=name,
+        recipe=recipe,
+        scores=scores,
+        metrics=metrics,
+        size_bytes=size,
+        measurement=m,
+        video=vid,
+        notes=vnotes,
+        input_dtype=str(dtype).removeprefix("torch."),
+        deployed=figures,
+        params=logical_params(model),
+        changes=describe_changes(model),
+    )
+    if gradcam:
+        picks = pick(labels, scores, threshold, top_k)
+        if shipped is not None:
+            vnotes.append("Grad-CAM maps are the eager model's, at the samples its file scored")
+        result.cams = cams(model, inputs, picks, labels, scores, names, dtype, vnotes)
+    return result

@@ -18,7 +18,7 @@ from dfcompress.report.result import CATEGORIES
 if TYPE_CHECKING:
     from dfcompress.report.report import Report
 
-__all__ = ["html", "markdown", "md_escape", "tables"]
+__all__ = ["html", "markdown", "md_escape", "model_lines", "tables"]
 
 _MD_SPECIAL = str.maketrans(
     {
@@ -51,26 +51,64 @@ def _signed(v: float) -> str:
     return "n/a" if not math.isfinite(v) else f"{v:+.4f}"
 
 
+def _interval(low: float, high: float, *, signed: bool = True) -> str:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "n/a"
+    return f"{low:+.4f}..{high:+.4f}" if signed else f"{low:.4f}..{high:.4f}"
+
+
+def model_lines(report: Report) -> list[str]:
+    """Plain lines describing the baseline detector (architecture, parameters, input)."""
+    m = report.model
+    if m is None:
+        return []
+    shape = "x".join(str(s) for s in m.input_shape)
+    return [
+        f"Architecture: {m.architecture}",
+        f"Parameters: {m.params:,} (packed weights at their logical count)",
+        f"Input: {shape} per sample",
+    ]
+
+
 def tables(report: Report) -> dict[str, tuple[list[str], list[list[str]]]]:
     """Every table of the report as ``{key: (headers, rows)}`` of plain (unescaped) strings."""
+    pct = f"{report.level:.0%}"
     summary = (
-        ["Model", "Size MB", "Reduction %", "AUC", "Diff vs baseline", "Status"],
+        [
+            "Model",
+            "Size MB",
+            "Reduction %",
+            "AUC",
+            f"AUC {pct} CI",
+            "Diff vs baseline",
+            f"Diff {pct} CI",
+            "Speed-up vs baseline",
+            "Status",
+        ],
         [
             [
                 r.name,
                 f"{r.size_mb:.3f}",
                 "n/a" if not math.isfinite(r.reduction_pct) else f"{r.reduction_pct:.1f}",
                 fmt(r.auc),
+                _interval(r.auc_low, r.auc_high, signed=False),
                 "-" if r.status == "Baseline" else _signed(r.diff),
+                "-" if r.status == "Baseline" else _interval(r.diff_low, r.diff_high),
+                "n/a" if not math.isfinite(r.speedup) else f"{r.speedup:.2f}x",
                 r.status,
             ]
             for r in report.summary()
         ],
     )
+    mr = report.model_rows()
+    model = (list(mr[0]) if mr else [], [list(r.values()) for r in mr])
     q = report.quality()
     quality = (list(q[0]), [list(r.values()) for r in q])
     c = report.cost()
-    cost = (list(c[0]), [list(r.values()) for r in c])
+    heads = list(dict.fromkeys(h for r in c for h in r))
+    cost = (heads, [[r.get(h, "n/a") for h in heads] for r in c])
+    d = report.deployment()
+    deployment = (list(d[0]) if d else [], [list(r.values()) for r in d])
     v = report.video()
     video = (list(v[0]) if v else [], [list(r.values()) for r in v])
     flips = report.flips()
@@ -95,8 +133,10 @@ def tables(report: Report) -> dict[str, tuple[list[str], list[list[str]]]]:
     )
     return {
         "summary": summary,
+        "model": model,
         "quality": quality,
         "cost": cost,
+        "deployment": deployment,
         "video": video,
         "flips": flip_table,
         "mismatches": mismatch,
@@ -116,7 +156,15 @@ def _threshold_line(report: Report) -> str:
     return (
         f"Score = P(fake); a sample is called fake when P(fake) > {report.threshold:g}. "
         f"Stable = AUC within {report.tolerance:g} (absolute) of the baseline "
-        f"{report.baseline!r}. Sizes are the files dfcompress.save writes, in MB = 10^6 bytes."
+        f"{report.baseline!r}. "
+        + (
+            "AUC, confusion and sizes are those of the exported files, run in their runtime"
+            if any(v.deployed is not None for v in report.variants)
+            else "Sizes are the files dfcompress.save writes"
+        )
+        + f", in MB = 10^6 bytes. AUC intervals: DeLong, {report.level:.0%} (paired for "
+        "differences); a variant is called better or worse than the baseline only when the "
+        "interval of its difference excludes 0."
     )
 
 
@@ -125,11 +173,17 @@ def markdown(report: Report, figures: Mapping[str, Any]) -> str:
     t = tables(report)
     lines = [f"# {md_escape(report.title)}", ""]
     lines += [f"- {md_escape(n)}" for n in report.notes] + ([""] if report.notes else [])
-    lines += [md_escape(_threshold_line(report)), "", "## Performance summary", ""]
+    lines += [md_escape(_threshold_line(report)), ""]
+    if report.model is not None or t["model"][1]:
+        lines += ["## Model", ""] + [f"- {md_escape(x)}" for x in model_lines(report)]
+        lines += ["", *_md_table(*t["model"])]
+    lines += ["## Performance summary", ""]
     lines += _md_table(*t["summary"])
     lines += ["## Key insights", ""] + [f"- {md_escape(s)}" for s in report.insights()] + [""]
     lines += ["## Classification quality", "", *_md_table(*t["quality"])]
     lines += ["## Cost: latency per sample and peak memory", "", *_md_table(*t["cost"])]
+    if t["deployment"][1]:
+        lines += ["## Deployed files against their eager models", "", *_md_table(*t["deployment"])]
     if t["video"][1]:
         lines += ["## Video level", "", *_md_table(*t["video"])]
     if "size_auc" in figures or "roc" in figures:
@@ -201,6 +255,7 @@ def html(report: Report, figures: Mapping[str, Any]) -> str:
             title=report.title,
             notes=report.notes,
             threshold_line=_threshold_line(report),
+            model_lines=model_lines(report),
             tables=tables(report),
             insights=report.insights(),
             figures=figures,

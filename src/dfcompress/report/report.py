@@ -13,8 +13,10 @@ import numpy as np
 import numpy.typing as npt
 
 from dfcompress.errors import DfcompressError
+from dfcompress.evaluate.delong import auc_difference, auc_interval
 from dfcompress.evaluate.metrics import fmt
 from dfcompress.report._insights import SummaryRow, key_insights, summary_rows
+from dfcompress.report._model import ModelInfo
 from dfcompress.report.result import CATEGORIES, Mismatch, VariantResult
 
 __all__ = ["Report", "slug"]
@@ -44,6 +46,8 @@ class Report:
         notes: Header lines (data, resolution, subsets).
         images: Pictures ``[H, W, 3]`` of the samples shown in Grad-CAM panels, by index.
         top_k: Rows per variant in the worst-mismatches table.
+        model: The baseline detector (architecture, logical parameters, input size).
+        level: Confidence level of the AUC intervals (DeLong).
     """
 
     title: str
@@ -56,6 +60,8 @@ class Report:
     notes: list[str] = field(default_factory=list)
     images: dict[int, npt.NDArray[np.float32]] = field(default_factory=dict)
     top_k: int = 5
+    model: ModelInfo | None = None
+    level: float = 0.95
 
     def __post_init__(self) -> None:
         if self.baseline not in [v.name for v in self.variants]:
@@ -70,15 +76,47 @@ class Report:
             f"no variant {name!r} in the report: it has {[v.name for v in self.variants]}"
         )
 
+    def latency(self, v: VariantResult) -> float | None:
+        """The latency per image the speed-up uses: the file's at batch 1 when deployed."""
+        if v.deployed is not None:
+            return v.deployed.cost.latency_ms_b1
+        return v.measurement.latency_ms if v.measurement is not None else None
+
     def summary(self) -> list[SummaryRow]:
-        """The performance summary rows (size, reduction, AUC, diff, Stable/Degraded)."""
+        """The performance summary rows (size, reduction, AUC with its DeLong interval,
+        diff with its paired interval, speed-up, Stable/Degraded)."""
+        base = self.variant(self.baseline).scores
+        ivs = [auc_interval(self.labels, v.scores, self.level) for v in self.variants]
+        diffs = [auc_difference(self.labels, base, v.scores, self.level) for v in self.variants]
         return summary_rows(
             [v.name for v in self.variants],
             [v.size_bytes for v in self.variants],
             [v.metrics.auc for v in self.variants],
             self.baseline,
             self.tolerance,
+            intervals=[(i.low, i.high) for i in ivs],
+            diff_intervals=[(d.low, d.high) for d in diffs],
+            latencies=[self.latency(v) for v in self.variants],
         )
+
+    def model_rows(self) -> list[dict[str, str]]:
+        """The "Model" table: parameters (logical count) and what changed, per variant."""
+        base_params = self.variant(self.baseline).params
+        rows = []
+        for v in self.variants:
+            change = "n/a"
+            if v.params is not None and base_params:
+                change = f"{100.0 * (v.params / base_params - 1.0):+.1f}"
+            rows.append(
+                {
+                    "Model": v.name,
+                    "Recipe": v.recipe or "-",
+                    "Params": "n/a" if v.params is None else f"{v.params:,}",
+                    "Params vs baseline %": "-" if v.name == self.baseline else change,
+                    "What changed": v.changes or "n/a",
+                }
+            )
+        return rows
 
     def undefined_reason(self) -> str | None:
         """Why AUC is undefined (single-class data), if it is."""
@@ -116,21 +154,58 @@ class Report:
         return rows
 
     def cost(self) -> list[dict[str, str]]:
-        """Latency per sample, peak memory, parameters and MACs per variant."""
+        """Latency per sample, peak memory, parameters and MACs per variant.
+
+        Deployed variants show their file's latency at batch 1 and N in its runtime and
+        the peak RSS of a fresh process that loads it and runs one image; eager ones the
+        eager model's latency and the peak of this process during one forward.
+        """
         rows = []
         for v in self.variants:
             m = v.measurement
+            d = v.deployed.cost if v.deployed is not None else None
+            row = {"Model": v.name}
+            if d is not None:
+                row["Runtime"] = v.deployed.target if v.deployed else ""
+                row["ms/img b1"] = fmt(d.latency_ms_b1, 3)
+                row[f"ms/img b{d.batch_n}"] = fmt(d.latency_ms_bn, 3)
+                row["Peak RSS MB (fresh process)"] = fmt(d.peak_rss_mb, 1)
+            else:
+                row["Latency ms/sample"] = fmt(m.latency_ms if m else None, 3)
+                row["Peak RSS MB"] = fmt(
+                    m.peak_rss_bytes / 1e6 if m and m.peak_rss_bytes else None, 1
+                )
+            params = v.params if v.params is not None else (m.params if m else None)
+            row["Params"] = "n/a" if params is None else f"{params:,}"
+            row["Non-zero params"] = f"{m.nonzero_params:,}" if m else "n/a"
+            row["MACs"] = f"{m.macs:,}" if m and m.macs is not None else "n/a"
+            row["Input dtype"] = v.input_dtype
+            rows.append(row)
+        return rows
+
+    def deployment(self) -> list[dict[str, str]]:
+        """Per deployed variant: runtime, file, eager vs deployed AUC, agreement figures."""
+        rows = []
+        for v in self.variants:
+            d = v.deployed
+            if d is None:
+                continue
+            a = d.agreement
+            eager = d.eager.auc if d.eager is not None else math.nan
             rows.append(
                 {
                     "Model": v.name,
-                    "Latency ms/sample": fmt(m.latency_ms if m else None, 3),
-                    "Peak RSS MB": fmt(
-                        m.peak_rss_bytes / 1e6 if m and m.peak_rss_bytes else None, 1
+                    "Runtime": d.target,
+                    "File MB": f"{d.cost.size_bytes / 1e6:.3f}",
+                    "Eager AUC": fmt(eager),
+                    "Deployed AUC": fmt(v.metrics.auc),
+                    "Deployed - eager": (
+                        f"{v.metrics.auc - eager:+.4f}"
+                        if math.isfinite(v.metrics.auc - eager)
+                        else "n/a"
                     ),
-                    "Params": f"{m.params:,}" if m else "n/a",
-                    "Non-zero params": f"{m.nonzero_params:,}" if m else "n/a",
-                    "MACs": f"{m.macs:,}" if m and m.macs is not None else "n/a",
-                    "Input dtype": v.input_dtype,
+                    "Max abs diff": "n/a" if a is None else f"{a.max_abs_diff:.3g}",
+                    "Decision agreement": fmt(a.agreement if a is not None else None),
                 }
             )
         return rows
@@ -202,6 +277,9 @@ class Report:
             "threshold": self.threshold,
             "notes": list(self.notes),
             "size_unit": "MB = 10^6 bytes",
+            "ci_level": self.level,
+            "ci_method": "DeLong (paired for differences)",
+            "model": self.model.as_dict() if self.model is not None else None,
             "summary": [
                 {
                     "model": r.name,
@@ -209,7 +287,10 @@ class Report:
                     "size_mb": r.size_mb,
                     "reduction_pct": num(r.reduction_pct),
                     "auc": num(r.auc),
+                    "auc_ci": [num(r.auc_low), num(r.auc_high)],
                     "diff_vs_baseline": num(r.diff),
+                    "diff_ci": [num(r.diff_low), num(r.diff_high)],
+                    "speedup_vs_baseline": num(r.speedup),
                     "status": r.status,
                 }
                 for r in self.summary()

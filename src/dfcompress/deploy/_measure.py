@@ -1,0 +1,253 @@
+"""What a deployed file costs in its runtime: latency per image, and peak memory of a fresh process.
+
+Latency is timed on :meth:`Artifact.run`, i.e. in the runtime that ships, at batch 1
+and at batch N; several artifacts are timed round by round (interleaved), so load
+from other processes on the machine hits them all alike, and the median is kept.
+
+Peak memory is that of a *fresh* Python process that loads the file with its
+target's ``load_artifact`` and runs one image (``python -m dfcompress.deploy._probe``):
+the figure a process serving the file would show, not the resident size of the
+process that built, calibrated and exported the model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dfcompress._validate import check_int, check_tensor
+from dfcompress.deploy._artifact import Artifact
+from dfcompress.deploy._targets import TARGETS, check_target
+from dfcompress.errors import DfcompressError
+
+__all__ = ["DeployedCost", "batch_of", "fresh_peak_rss", "latencies", "measure_artifacts"]
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class DeployedCost:
+    """The cost of one exported file in its runtime.
+
+    Attributes:
+        size_bytes: Size of the file on disk.
+        latency_ms_b1: Median milliseconds per image at batch 1 (None if not timed).
+        latency_ms_bn: Median milliseconds per image at batch ``batch_n``.
+        batch_n: The large batch.
+        repeats: Timed runs per batch size (interleaved with the other files).
+        threads: Torch intra-op threads during the timing (runtimes that take their own
+            thread setting say so in the artifact's details).
+        peak_rss_bytes: Peak resident memory of a fresh process that loads the file and
+            runs one image (None where it could not be measured).
+    """
+
+    size_bytes: int
+    latency_ms_b1: float | None
+    latency_ms_bn: float | None
+    batch_n: int
+    repeats: int
+    threads: int
+    peak_rss_bytes: int | None
+
+    @property
+    def peak_rss_mb(self) -> float | None:
+        """Peak RSS in MB (10^6 bytes)."""
+        return None if self.peak_rss_bytes is None else self.peak_rss_bytes / 1e6
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-able dict of the fields and the RSS in MB."""
+        return {**asdict(self), "peak_rss_mb": self.peak_rss_mb}
+
+
+def batch_of(example: torch.Tensor, n: int) -> torch.Tensor:
+    """``n`` samples made from ``example`` (its rows repeated as needed).
+
+    >>> batch_of(torch.arange(3.0).reshape(3, 1), 5).flatten().tolist()
+    [0.0, 1.0, 2.0, 0.0, 1.0]
+    """
+    check_int(n, "n", low=1)
+    if example.dim() == 0 or example.shape[0] == 0:
+        raise DfcompressError(
+            f"example has shape {tuple(example.shape)}: give a batch of at least one sample"
+        )
+    reps = -(-n // int(example.shape[0]))
+    return example.repeat(reps, *([1] * (example.dim() - 1)))[:n].contiguous()
+
+
+def latencies(
+    artifacts: Mapping[str, Artifact],
+    example: torch.Tensor,
+    *,
+    batches: Sequence[int] = (1, 32),
+    repeats: int = 10,
+    warmup: int = 1,
+    threads: int | None = None,
+) -> dict[str, dict[int, float]]:
+    """Median milliseconds per image of each artifact at each batch size, interleaved.
+
+    Every round runs each batch size on each artifact once, so the files are timed
+    under the same machine load.
+
+    Args:
+        artifacts: ``{name: artifact}``.
+        example: Samples the batches are made of (rows repeated as needed).
+        batches: The batch sizes.
+        repeats: Timed rounds; the median is kept.
+        warmup: Untimed rounds first.
+        threads: Torch intra-op threads during the timing (restored afterwards).
+
+    Returns:
+        ``{name: {batch: ms per image}}``.
+    """
+    check_tensor(example, "example", finite=False)
+    check_int(repeats, "repeats", low=1)
+    check_int(warmup, "warmup", low=0)
+    for b in batches:
+        check_int(b, "batches", low=1)
+    if threads is not None:
+        check_int(threads, "threads", low=1)
+    inputs = {b: batch_of(example, b) for b in batches}
+    times: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batches} for k in artifacts}
+    old = torch.get_num_threads()
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        for r in range(warmup + repeats):
+            for b, x in inputs.items():
+                for name, art in artifacts.items():
+                    t0 = time.perf_counter()
+                    art.run(x)
+                    if r >= warmup:
+                        times[name][b].append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old)
+    return {
+        k: {b: 1000.0 * statistics.median(v) / b for b, v in per.items()}
+        for k, per in times.items()
+    }
+
+
+def _child_env(threads: int | None) -> dict[str, str]:
+    env = dict(os.environ)
+    # the child imports what this process imports (the same dfcompress, test targets)
+    paths = [p for p in sys.path if p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    if threads is not None:
+        for var in _THREAD_VARS:
+            env[var] = str(threads)
+    return env
+
+
+def fresh_peak_rss(
+    target: str,
+    path: str | Path,
+    sample_shape: Sequence[int],
+    *,
+    dtype: torch.dtype = torch.float32,
+    threads: int | None = 1,
+    timeout: float = 300.0,
+) -> int:
+    """Peak resident bytes of a fresh process that loads ``path`` and runs one image.
+
+    The process runs ``python -m dfcompress.deploy._probe``: it imports the target's
+    module, calls its ``load_artifact(path)`` and runs one sample of ``sample_shape``;
+    its high-water mark (``VmHWM``, else ``ru_maxrss``) is the figure.
+
+    Raises:
+        DfcompressError: the process failed (its last error line is in the message).
+    """
+    name = check_target(target)
+    if threads is not None:
+        check_int(threads, "threads", low=1)
+    shape = ",".join(str(int(s)) for s in sample_shape)
+    cmd = [
+        sys.executable,
+        "-m",
+        "dfcompress.deploy._probe",
+        TARGETS[name],
+        str(path),
+        shape,
+        str(dtype).removeprefix("torch."),
+    ]
+    if threads is not None:
+        cmd.append(str(threads))
+    try:
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, env=_child_env(threads), timeout=timeout
+        )
+    except subprocess.TimeoutExpired as e:
+        raise DfcompressError(
+            f"the {name!r} file {str(path)!r} did not load and run one image within {timeout:g} s"
+        ) from e
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise DfcompressError(
+            f"a fresh process could not load and run the {name!r} file {str(path)!r}: {last}"
+        )
+    try:
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        return int(report["peak_rss_bytes"])
+    except (IndexError, KeyError, TypeError, ValueError) as e:
+        raise DfcompressError(
+            f"the probe of {str(path)!r} printed {out.stdout[-200:]!r}, not its peak memory"
+        ) from e
+
+
+def measure_artifacts(
+    artifacts: Mapping[str, Artifact],
+    example: torch.Tensor,
+    *,
+    batch_n: int = 32,
+    repeats: int = 10,
+    warmup: int = 2,
+    threads: int | None = 1,
+    memory: bool = True,
+) -> dict[str, DeployedCost]:
+    """Latency at batch 1 and ``batch_n`` (interleaved) and fresh-process peak RSS of each file.
+
+    A file whose fresh process fails gets ``peak_rss_bytes=None``; the timing errors of
+    its runner propagate. The fresh process imports dfcompress (and so torch) to load
+    the file with its target's ``load_artifact``: its peak includes them.
+    """
+    check_int(batch_n, "batch_n", low=1)
+    batches = sorted({1, batch_n})
+    # two warm-up rounds: some runtimes (TorchScript's profiling executor) optimize
+    # a graph only after its first calls at a shape
+    lat = latencies(
+        artifacts, example, batches=batches, repeats=repeats, warmup=warmup, threads=threads
+    )
+    used = threads if threads is not None else torch.get_num_threads()
+    out: dict[str, DeployedCost] = {}
+    for name, art in artifacts.items():
+        rss: int | None = None
+        if memory:
+            try:
+                rss = fresh_peak_rss(
+                    art.target,
+                    art.path,
+                    tuple(example.shape[1:]),
+                    dtype=example.dtype,
+                    threads=threads,
+                )
+            except DfcompressError:
+                rss = None
+        out[name] = DeployedCost(
+            size_bytes=art.size_bytes,
+            latency_ms_b1=lat[name][1],
+            latency_ms_bn=lat[name][batch_n],
+            batch_n=batch_n,
+            repeats=repeats,
+            threads=used,
+            peak_rss_bytes=rss,
+        )
+    return out

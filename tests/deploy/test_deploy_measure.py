@@ -1,0 +1,94 @@
+"""Latency and fresh-process peak memory of deployed files (on a test target)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import _double_target
+from dfcompress.deploy import _targets
+from dfcompress.deploy._export import export
+from dfcompress.deploy._measure import batch_of, fresh_peak_rss, latencies, measure_artifacts
+from dfcompress.deploy._probe import main as probe_main
+from dfcompress.errors import DfcompressError
+
+
+@pytest.fixture
+def double(monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setitem(_targets.TARGETS, "torchscript", _double_target.__name__)
+    return "torchscript"
+
+
+def _net(width: int) -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, 1),
+    ).eval()
+
+
+def test_batch_of_repeats_rows_to_the_size_asked() -> None:
+    x = torch.arange(6.0).reshape(2, 3)
+    assert batch_of(x, 1).tolist() == [[0.0, 1.0, 2.0]]
+    assert batch_of(x, 5)[4].tolist() == [0.0, 1.0, 2.0]
+    with pytest.raises(DfcompressError, match="at least one sample"):
+        batch_of(torch.zeros(0, 3), 2)
+
+
+def test_latencies_time_every_file_at_every_batch(tmp_path: Path, double: str) -> None:
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    arts = {k: export(_net(w), tmp_path / f"{k}.pt", x) for k, w in (("a", 2), ("b", 4))}
+    seen: list[tuple[str, int]] = []
+    for k, art in arts.items():
+        inner = art._runner
+        assert inner is not None
+
+        def spy(b: torch.Tensor, k: str = k, inner=inner) -> torch.Tensor:  # type: ignore[no-untyped-def]
+            seen.append((k, int(b.shape[0])))
+            return inner(b)
+
+        object.__setattr__(art, "_runner", spy)
+    lat = latencies(arts, x, batches=(1, 3), repeats=2, warmup=1, threads=1)
+    assert set(lat) == {"a", "b"} and all(set(v) == {1, 3} for v in lat.values())
+    assert all(ms > 0 for v in lat.values() for ms in v.values())
+    # interleaved: each round runs batch 1 on a then b, then batch 3 on a then b
+    assert seen[:4] == [("a", 1), ("b", 1), ("a", 3), ("b", 3)] and len(seen) == 12
+
+
+def test_fresh_process_loads_the_file_and_reports_its_peak(tmp_path: Path, double: str) -> None:
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    art = export(_net(4), tmp_path / "m.pt", x)
+    rss = fresh_peak_rss("torchscript", art.path, (3, 8, 8))
+    # a Python process that imported torch: tens to hundreds of MB, not this process's figure
+    assert 10e6 < rss < 4e9
+    costs = measure_artifacts({"m": art}, x, batch_n=4, repeats=1)
+    c = costs["m"]
+    assert c.size_bytes == art.size_bytes and c.batch_n == 4 and c.threads == 1
+    assert c.peak_rss_bytes is not None and c.latency_ms_b1 is not None
+    assert json.dumps(c.as_dict())
+
+
+def test_a_file_that_cannot_load_names_the_file(tmp_path: Path, double: str) -> None:
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(DfcompressError, match=r"broken\.pt"):
+        fresh_peak_rss("torchscript", bad, (3, 8, 8))
+    with pytest.raises(DfcompressError, match="target must be one of"):
+        fresh_peak_rss("tflite", bad, (3, 8, 8))
+
+
+def test_probe_prints_its_peak(
+    tmp_path: Path, double: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x = torch.rand(1, 3, 8, 8)
+    art = export(_net(2), tmp_path / "m.pt", x)
+    assert probe_main([_double_target.__name__, str(art.path), "3,8,8", "float32", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["peak_rss_bytes"] > 0
+    assert probe_main([]) == 2
