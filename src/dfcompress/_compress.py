@@ -43,6 +43,7 @@ QUANT_OPTIONS: tuple[str, ...] = (
     "bias_correction",
     "pack",
     "quant_finetune",
+    "target",
 )
 """``compress`` options passed to the quantization verb (``quant_finetune`` as its ``finetune``)."""
 
@@ -108,7 +109,11 @@ def _quantize(
     from dfcompress.quant.api import quantize
 
     config: Any = step.config_name if isinstance(step, Quantize) else step.rules()
-    opts.setdefault("pack", True)
+    if opts.get("target") is not None:
+        # A target's quantized form is its runtime's own; packing is dfcompress's storage.
+        opts.pop("pack", None)
+    else:
+        opts.setdefault("pack", True)
     return quantize(model, config, calibration, inplace=True, progress=progress, **opts)
 
 

@@ -359,7 +359,8 @@ def compress(
             ``finetune``, ``prune_select`` as its ``select``, ``importance``,
             ``ignore``, ``recalibrate_bn``, ``example_inputs``) or to
             :func:`dfcompress.quant.api.quantize` (``select``, ``max_samples``,
-            ``input_shape``, ``fold_bn``, ``bias_correction``, ``pack``, and
+            ``input_shape``, ``fold_bn``, ``bias_correction``, ``pack``, ``target``
+            (the runtime the quantized layers are made for, e.g. ``"xnnpack"``), and
             ``quant_finetune`` as its ``finetune``: quantization-aware training).
 
     Returns:
