@@ -56,6 +56,8 @@ def quantize(
     pack: bool = False,
     finetune: Callable[[nn.Module, int], None] | None = None,
     target: str | None = None,
+    rounding: str = "nearest",
+    cross_layer_equalization: bool = False,
 ) -> nn.Module:
     """Quantize a model: prepare, calibrate and convert in one call.
 
@@ -101,6 +103,15 @@ def quantize(
             computes, carries the target (``dfcompress.export`` picks it up) and
             exports to it within the agreement thresholds. None: dfcompress's own
             fake-quantized modules (see the deployment docs for how they export).
+        rounding: ``"nearest"``, or ``"adaptive"``: each Conv2d/Linear layer
+            learns on the calibration data whether to round each weight up or
+            down (AdaRound-style, a few hundred steps per layer; needs
+            ``calibration``). Helps most at 4 bits and on depthwise convs.
+        cross_layer_equalization: Rescale consecutive convolutions (conv ->
+            ReLU/ReLU6 -> conv, depthwise included) so that their per-channel
+            weight ranges are even, without changing the float model; data-free.
+            Mostly for per-tensor weights; ReLU6 between such layers becomes a
+            per-channel clamp.
 
     Returns:
         The quantized model, frozen (scales fixed).
@@ -137,6 +148,7 @@ def quantize(
         )
         return made
     for flag, value in (
+        ("cross_layer_equalization", cross_layer_equalization),
         ("inplace", inplace),
         ("progress", progress),
         ("fold_bn", fold_bn),
@@ -166,7 +178,18 @@ def quantize(
         rules = list(cast("Sequence[Rule]", config))
     # read once: a generator serves calibration, bias correction and BN re-estimation
     calibration = calibration_inputs(calibration, limit=max_samples)
-    qz = Quantizer(rules, fold_bn=fold_bn, bn_reestimation=bn_reestimation)
+    if rounding == "adaptive" and calibration is None:
+        raise DfcompressError(
+            "rounding='adaptive' learns each layer's rounding from data: pass calibration= "
+            "(a loader or a tensor of inputs), or use rounding='nearest'"
+        )
+    qz = Quantizer(
+        rules,
+        fold_bn=fold_bn,
+        bn_reestimation=bn_reestimation,
+        rounding=rounding,
+        cross_layer_equalization=cross_layer_equalization,
+    )
     qz.warn = False  # one warning for the whole call, below
     plan = qz.plan(model)
     if bias_correction is None:  # on for integer weights when real data is given
@@ -189,7 +212,9 @@ def quantize(
         )
         data = synthesize_inputs(model, shape, n)
     prepared = qz.prepare(model, inplace=inplace)
-    extra_pass = (bias_correction or bn_reestimation) and calibration is not None
+    extra_pass = (
+        bias_correction or bn_reestimation or rounding == "adaptive"
+    ) and calibration is not None
     if data is not None and (_needs_calibration(prepared) or extra_pass):
         qz.calibrate(prepared, data, progress=progress, max_samples=max_samples)
     warn_float(qz.left_float, verb="quantize", stacklevel=2)

@@ -104,8 +104,17 @@ class QuantLayer(nn.Module):
         # 1 bit per weight at group size 32, a quarter of an int4 weight.
         if scale_dtype is None:
             scale_dtype = torch.float16 if packed and group_size is not None else torch.float32
+        # Weight scales put each row's largest magnitude exactly on qmax (127, or 7 at
+        # 4 bits): at half the code range (127.5) that weight, often a depthwise
+        # filter's main tap, would be clipped half a step towards zero.
         self.weight_quant = FakeQuantizer(
-            config, _qshape(shape, axis, group_size), axis, group_size, weight_mode, scale_dtype
+            config,
+            _qshape(shape, axis, group_size),
+            axis,
+            group_size,
+            weight_mode,
+            scale_dtype,
+            restricted=True,
         )
         # Weight scales take float16 values where float16 holds them at full precision,
         # so packed storage keeps them in 16 bits and computes exactly what this does.
@@ -336,10 +345,10 @@ class QuantLayer(nn.Module):
         self._cache = None
 
     def freeze_(self) -> None:
-        """Freeze the weight parameters from the current weight."""
+        """Freeze the weight parameters from the current weight (unless frozen already)."""
         wq = self.weight_quant
-        if wq.mode == "dynamic":
-            return
+        if wq.mode in ("dynamic", "fixed"):
+            return  # fixed: frozen already (adaptive rounding chose codes for this scale)
         if self.weight is not None:
             wq.track(_trackable(self.weight))
         wq.mode = "fixed"
