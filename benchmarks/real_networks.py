@@ -45,6 +45,8 @@ TARGETS = {
     "int8 + adaptive rounding + bias correction": 0.97,
     "int8-weight + bias correction": 0.995,
     "int8-weight + adaptive rounding + bias correction": 0.995,
+    "int4-mixed + bias correction": 0.95,
+    "int4-mixed + adaptive rounding + bias correction": 0.95,
     "p50 + sensitivity": 0.90,
 }
 
@@ -96,6 +98,10 @@ VARIANTS: dict[str, Build] = {
         IntQuant(4, PerGroup(32, fallback=PerChannel(0))),
         bias_correction=True,
         rounding="adaptive",
+    ),
+    "int4-mixed + bias correction": _quant("int4-mixed", bias_correction=True),
+    "int4-mixed + adaptive rounding + bias correction": _quant(
+        "int4-mixed", bias_correction=True, rounding="adaptive"
     ),
     "p30 global L1": _prune(0.3, False),
     "p50 global L1": _prune(0.5, False),
