@@ -188,7 +188,7 @@ def equalize_pairs(
 
     >>> net = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU6(), nn.Conv2d(4, 2, 1)).eval()
     >>> with torch.no_grad():
-    ...     net[0].weight[0].mul_(50.0)
+    ...     _ = net[0].weight[0].mul_(50.0)
     >>> x = torch.randn(2, 3, 5, 5)
     >>> before = net(x)
     >>> equalize_pairs(net, {"0", "2"})
