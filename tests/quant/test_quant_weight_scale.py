@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dfcompress.quant import IntQuant, PerChannel, PerGroup, quantize
+from dfcompress.quant import IntQuant, PerChannel, PerGroup, Quantizer, quantize
 from dfcompress.quant.modules import QuantLayer
 
 
@@ -54,3 +54,16 @@ def test_a_dominant_depthwise_tap_keeps_the_filter_gain_at_4_bits() -> None:
     with torch.no_grad():
         gain = float((q(x)[..., 1:-1, 1:-1] / net(x)[..., 1:-1, 1:-1]).mean())
     assert abs(gain - 1.0) < 0.01
+
+
+def test_layers_prepared_for_training_keep_half_the_code_range() -> None:
+    # Trained weights follow their scale: the clipped largest weights get no
+    # gradient there, which keeps that scale steady during fine-tuning.
+    torch.manual_seed(2)
+    net = nn.Sequential(nn.Conv2d(4, 4, 3), nn.Conv2d(4, 2, 1)).eval()
+    prepared = Quantizer([("all", "int8-weight")], qat=True).prepare(net)
+    for float_layer, layer in zip(net, _layers(prepared), strict=True):
+        w = float_layer.weight.detach()
+        half = w.abs().reshape(w.shape[0], -1).amax(1) / 127.5
+        layer.quantized_weight()  # the scale follows the weight
+        torch.testing.assert_close(layer.weight_scale.float(), half, rtol=2**-11, atol=0)

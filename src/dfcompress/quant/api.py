@@ -217,6 +217,7 @@ def quantize(
         bn_reestimation=bn_reestimation,
         rounding=rounding,
         cross_layer_equalization=cross_layer_equalization,
+        qat=finetune is not None,
     )
     qz.warn = False  # one warning for the whole call, below
     plan = qz.plan(model)

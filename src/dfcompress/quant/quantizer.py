@@ -106,6 +106,11 @@ class Quantizer:
             included) so that each channel's weight range is shared evenly
             between them, without changing the float model (see
             :mod:`dfcompress.quant._crosslayer`; ReLU6 becomes a per-channel clamp).
+        qat: The prepared model will be trained (quantization-aware training):
+            symmetric weight scales then span half the code range (``max|w| /
+            127.5``) so that the clipped largest weights get no gradient and the
+            scale that follows them stays steady; otherwise each row's largest
+            weight maps exactly onto the largest code (``/ 127``).
     """
 
     def __init__(
@@ -117,6 +122,7 @@ class Quantizer:
         bn_reestimation: bool = False,
         rounding: str = "nearest",
         cross_layer_equalization: bool = False,
+        qat: bool = False,
     ) -> None:
         if isinstance(rules, (str, tuple)) or not isinstance(rules, Sequence) or not rules:
             raise DfcompressError(
@@ -127,6 +133,7 @@ class Quantizer:
         check_bool(bias_correction, "bias_correction")
         check_bool(bn_reestimation, "bn_reestimation")
         check_bool(cross_layer_equalization, "cross_layer_equalization")
+        check_bool(qat, "qat")
         if rounding not in ROUNDINGS:
             raise DfcompressError(
                 f"rounding={rounding!r} is unknown: use one of {', '.join(map(repr, ROUNDINGS))}"
@@ -142,6 +149,7 @@ class Quantizer:
         self.bn_reestimation = bn_reestimation
         self.rounding = rounding
         self.cross_layer_equalization = cross_layer_equalization
+        self.qat = qat
         # quantize() turns this off and warns once for the whole call.
         self.warn = True
         # Selected layers the last prepare/calibrate left float (rules' Float() excluded).
@@ -219,7 +227,7 @@ class Quantizer:
                 continue
             new: nn.Module
             if isinstance(cfg, IntQuant):
-                new = QUANT_CLASSES[kind].from_float(mod, cfg, name)
+                new = QUANT_CLASSES[kind].from_float(mod, cfg, name, exact_max=not self.qat)
                 label = f"int{cfg.bits}"
             else:
                 new = CAST_CLASSES[kind].from_float(mod, cfg.dtype, name)
