@@ -26,6 +26,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,16 +42,22 @@ from dfcompress.quant import IntQuant, PerChannel, PerGroup
 #: Variant name -> minimum top-1 agreement with the float model.
 TARGETS = {
     "int8 + bias correction": 0.97,
+    "int8 + adaptive rounding + bias correction": 0.97,
     "int8-weight + bias correction": 0.995,
+    "int8-weight + adaptive rounding + bias correction": 0.995,
+    "int4-mixed + bias correction": 0.95,
+    "int4-mixed + adaptive rounding + bias correction": 0.95,
     "p50 + sensitivity": 0.90,
 }
 
 Build = Callable[[nn.Module, torch.Tensor], nn.Module]
 
 
-def _quant(config: str | IntQuant, bias_correction: bool | None = None) -> Build:
+def _quant(config: str | IntQuant, bias_correction: bool | None = None, **options: Any) -> Build:
     def build(model: nn.Module, calib: torch.Tensor) -> nn.Module:
-        kw = {} if bias_correction is None else {"bias_correction": bias_correction}
+        kw = dict(options)
+        if bias_correction is not None:
+            kw["bias_correction"] = bias_correction
         return dfc.quantize(model, config, calibration=calib, pack=True, progress=False, **kw)
 
     return build
@@ -71,12 +78,30 @@ VARIANTS: dict[str, Build] = {
     "fp16": _fp16,
     "int8-weight + bias correction": _quant("int8-weight", bias_correction=True),
     "int8-weight": _quant("int8-weight"),
+    "int8-weight + adaptive rounding + bias correction": _quant(
+        "int8-weight", bias_correction=True, rounding="adaptive"
+    ),
     "int8 + bias correction": _quant("int8", bias_correction=True),
     "int8": _quant("int8"),
+    "int8 + adaptive rounding + bias correction": _quant(
+        "int8", bias_correction=True, rounding="adaptive"
+    ),
+    "int8 + cross-layer equalization + bias correction": _quant(
+        "int8", bias_correction=True, cross_layer_equalization=True
+    ),
     "int8-onnx + bias correction": _quant("int8-onnx", bias_correction=True),
     "int8-onnx": _quant("int8-onnx"),
     "int4 g32 weight-only + bias correction": _quant(
         IntQuant(4, PerGroup(32, fallback=PerChannel(0))), bias_correction=True
+    ),
+    "int4 g32 + adaptive rounding + bias correction": _quant(
+        IntQuant(4, PerGroup(32, fallback=PerChannel(0))),
+        bias_correction=True,
+        rounding="adaptive",
+    ),
+    "int4-mixed + bias correction": _quant("int4-mixed", bias_correction=True),
+    "int4-mixed + adaptive rounding + bias correction": _quant(
+        "int4-mixed", bias_correction=True, rounding="adaptive"
     ),
     "p30 global L1": _prune(0.3, False),
     "p50 global L1": _prune(0.5, False),
@@ -153,8 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.eval} crops of 224 px from scikit-image's photographs scored against the "
         f"float model ({confident:.0%} of them with a top-1 probability above 0.5), "
         f"{args.calib} other crops to calibrate (and to scan sensitivity). Integer variants are "
-        "packed; bias correction (`bias_correction=True`) only where the row says so; the int8 "
-        "rows quantize "
+        "packed; bias correction (`bias_correction=True`), adaptive rounding "
+        "(`rounding='adaptive'`) and cross-layer equalization only where the row says so; "
+        "the int8 rows quantize "
         "activations too (uint8 per tensor), int8-weight only the weights. Pruned rows prune "
         f"every conv and linear layer. Ran in {elapsed / 60:.1f} min."
     )

@@ -81,7 +81,7 @@ def test_simulated_outputs_make_eager_and_onnx_agree(tmp_path: Path) -> None:
     # The plain model does not round conv outputs but ONNX Runtime does: it differs by
     # that rounding; the simulated model computes what ONNX Runtime computes.
     assert d_sim < 0.01, d_sim
-    assert d_sim < d_plain / 5, (d_sim, d_plain)
+    assert d_sim < d_plain / 4, (d_sim, d_plain)
 
 
 def test_exporter_uses_the_calibrated_output_scales(tmp_path: Path) -> None:

@@ -176,7 +176,8 @@ def test_quant_finetune_trains_the_calibrated_model_before_packing() -> None:
         with torch.no_grad():  # a "training" the packed file must reflect
             layers[-1].weight.mul_(-1)
 
-    plain = compress(net, "q8-p50", x, progress=False)
+    # an untrained run with the same weight scales as a trained one (half the code range)
+    plain = compress(net, "q8-p50", x, progress=False, quant_finetune=lambda m, s: None)
     tuned = compress(net, "q8-p50", x, progress=False, quant_finetune=finetune)
     # called once, on the calibrated model whose float weights are not yet packed
     assert seen == [(0, True, 3)]

@@ -115,7 +115,7 @@ def fake_quant_rows(w: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-output-channel (dim 0) fake quantization of ``w`` to ``bits``."""
     qmin, qmax = int_range(bits, signed=True)
     m = w.abs().reshape(w.shape[0], -1).amax(dim=1)
-    scale, zero = calc_qparams(-m, m, qmin, qmax, symmetric=True)  # the quantizer's own step
+    scale, zero = calc_qparams(-m, m, qmin, qmax, True, restricted=True)  # the layers' own step
     return fake_quantize(w, scale, zero, qmin, qmax, axis=0)
 
 
@@ -235,8 +235,8 @@ def predicted_errors(
         ws = scale_weight_columns(w, s, groups)
         dx = float((hi.float() / s).max().clamp_min(0) - (lo.float() / s).min().clamp_max(0))
         dx /= 2**act_bits - 1
-        # the symmetric quantizer's step: max|w| over half the code range (127.5 at 8 bits)
-        dw = ws.abs().reshape(out, -1).amax(dim=1) / (2 ** (weight_bits - 1) - 0.5)
+        # the weight quantizer's step: max|w| over qmax (127 at 8 bits)
+        dw = ws.abs().reshape(out, -1).amax(dim=1) / (2 ** (weight_bits - 1) - 1)
         xs = (x_sq.float() / s**2).reshape(groups, cin_g).sum(dim=1)
         xs = xs.repeat_interleave(out // groups) * k
         act_term = dx**2 * ws.pow(2).reshape(out, -1).sum(dim=1)

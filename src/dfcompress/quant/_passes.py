@@ -71,6 +71,7 @@ def correct_biases(
     max_samples: int | None,
     *,
     activations: bool = True,
+    reference: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Empirical bias correction, all layers in one pass over ``data``.
 
@@ -78,8 +79,11 @@ def correct_biases(
     its own quantization adds to its output given its input: the weight's
     rounding, and with ``activations`` the rounding of its input and output
     where those are quantized. Errors coming from earlier layers are theirs to
-    correct, so one pass serves every layer.
+    correct, so one pass serves every layer. ``reference`` gives the float
+    weights of layers whose weight already holds its rounded values (adaptive
+    rounding), by name.
     """
+    refs = reference or {}
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     handles = []
@@ -90,7 +94,7 @@ def correct_biases(
         def hook(mod: nn.Module, args: tuple[Any, ...], out: Any, name: str = name) -> None:
             if not isinstance(mod, QuantLayer) or not isinstance(out, torch.Tensor):
                 return  # pragma: no cover
-            ref = _output(mod, args[0], _float_weight(mod))
+            ref = _output(mod, args[0], refs.get(name, _float_weight(mod)))
             if not activations:
                 out = _output(mod, args[0], mod.quantized_weight())
             diff = out - ref

@@ -40,6 +40,26 @@ def _needs_calibration(model: nn.Module) -> bool:
     )
 
 
+def _mixed_rules(
+    model: nn.Module,
+    calibration: Iterable[Any] | torch.Tensor | None,
+    select: SelectorLike | None,
+    input_shape: Sequence[int] | None,
+) -> list[Rule]:
+    """``"int4-mixed"``: 8-bit weights for the layers a sensitivity scan finds too sensitive."""
+    from dfcompress.quant._mixed import HIGH, LOW, layer_sensitivity, mixed_plan
+    from dfcompress.select import by_name
+
+    scope: SelectorLike = select if select is not None else "all"
+    names = [n for n, c in Quantizer([(scope, HIGH)]).plan(model).items()]
+    if calibration is None:
+        shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
+        calibration = synthesize_inputs(model, shape, 8)
+    high = mixed_plan(layer_sensitivity(model, calibration, names))
+    _log.info("dfcompress: int4-mixed keeps %d of %d layers at 8 bits", len(high), len(names))
+    return ([(by_name(*sorted(high)), HIGH)] if high else []) + [(scope, LOW)]
+
+
 def quantize(
     model: nn.Module,
     config: Config | str | Sequence[Rule] = "int8",
@@ -56,15 +76,20 @@ def quantize(
     pack: bool = False,
     finetune: Callable[[nn.Module, int], None] | None = None,
     target: str | None = None,
+    rounding: str = "nearest",
+    cross_layer_equalization: bool = False,
 ) -> nn.Module:
     """Quantize a model: prepare, calibrate and convert in one call.
 
     Args:
         model: A float model (never changed unless ``inplace``).
         config: A config name (``"int8"``, ``"int8-onnx"``, ``"int8-weight"``, ``"int4"``,
-            ``"fp16"``, ``"bf16"``), a config (``IntQuant(...)``, ``FP16()``, ...)
+            ``"int4-mixed"``, ``"fp16"``, ``"bf16"``), a config (``IntQuant(...)``, ``FP16()``, ...)
             or a list of ``(selector, config)`` rules such as
-            ``dfcompress.presets.ise(8, 4, 8)``.
+            ``dfcompress.presets.ise(8, 4, 8)``. ``"int4-mixed"``: weight-only
+            int4 (groups of 32) except the layers that a sensitivity scan on the
+            calibration data (each layer rounded to 4 bits on its own, the
+            model's output change measured) keeps at int8 per channel.
         calibration: Data for the activation ranges (a loader or a tensor). If
             activations are quantized and none is given, inputs are synthesized
             from the model's BatchNorm statistics (:func:`synthesize_inputs`)
@@ -101,6 +126,15 @@ def quantize(
             computes, carries the target (``dfcompress.export`` picks it up) and
             exports to it within the agreement thresholds. None: dfcompress's own
             fake-quantized modules (see the deployment docs for how they export).
+        rounding: ``"nearest"``, or ``"adaptive"``: each Conv2d/Linear layer
+            learns on the calibration data whether to round each weight up or
+            down (AdaRound-style, a few hundred steps per layer; needs
+            ``calibration``). Helps most at 4 bits and on depthwise convs.
+        cross_layer_equalization: Rescale consecutive convolutions (conv ->
+            ReLU/ReLU6 -> conv, depthwise included) so that their per-channel
+            weight ranges are even, without changing the float model; data-free.
+            Mostly for per-tensor weights; ReLU6 between such layers becomes a
+            per-channel clamp.
 
     Returns:
         The quantized model, frozen (scales fixed).
@@ -137,6 +171,7 @@ def quantize(
         )
         return made
     for flag, value in (
+        ("cross_layer_equalization", cross_layer_equalization),
         ("inplace", inplace),
         ("progress", progress),
         ("fold_bn", fold_bn),
@@ -154,9 +189,12 @@ def quantize(
             f"finetune={finetune!r} is not callable: pass a function (model, step) -> None, "
             "e.g. dfcompress.distill_finetune(model, train_loader, lr=3e-5)"
         )
-    if isinstance(config, (str, IntQuant)) or not isinstance(config, Sequence):
+    mixed = isinstance(config, str) and config.lower() == "int4-mixed"
+    if mixed:
+        rules: list[Rule] = []  # from the sensitivity scan below, once the data is read
+    elif isinstance(config, (str, IntQuant)) or not isinstance(config, Sequence):
         cfg = resolve_config(config)
-        rules: list[Rule] = [(select if select is not None else "all", cfg)]
+        rules = [(select if select is not None else "all", cfg)]
     else:
         if select is not None:
             raise DfcompressError(
@@ -166,7 +204,21 @@ def quantize(
         rules = list(cast("Sequence[Rule]", config))
     # read once: a generator serves calibration, bias correction and BN re-estimation
     calibration = calibration_inputs(calibration, limit=max_samples)
-    qz = Quantizer(rules, fold_bn=fold_bn, bn_reestimation=bn_reestimation)
+    if rounding == "adaptive" and calibration is None:
+        raise DfcompressError(
+            "rounding='adaptive' learns each layer's rounding from data: pass calibration= "
+            "(a loader or a tensor of inputs), or use rounding='nearest'"
+        )
+    if mixed:
+        rules = _mixed_rules(model, calibration, select, input_shape)
+    qz = Quantizer(
+        rules,
+        fold_bn=fold_bn,
+        bn_reestimation=bn_reestimation,
+        rounding=rounding,
+        cross_layer_equalization=cross_layer_equalization,
+        qat=finetune is not None,
+    )
     qz.warn = False  # one warning for the whole call, below
     plan = qz.plan(model)
     if bias_correction is None:  # on for integer weights when real data is given
@@ -189,7 +241,9 @@ def quantize(
         )
         data = synthesize_inputs(model, shape, n)
     prepared = qz.prepare(model, inplace=inplace)
-    extra_pass = (bias_correction or bn_reestimation) and calibration is not None
+    extra_pass = (
+        bias_correction or bn_reestimation or rounding == "adaptive"
+    ) and calibration is not None
     if data is not None and (_needs_calibration(prepared) or extra_pass):
         qz.calibrate(prepared, data, progress=progress, max_samples=max_samples)
     warn_float(qz.left_float, verb="quantize", stacklevel=2)

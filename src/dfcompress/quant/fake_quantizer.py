@@ -105,6 +105,8 @@ class FakeQuantizer(nn.Module):
         mode: Initial mode (see the module docs).
         scale_dtype: Storage dtype of ``scale`` (float16 halves the cost of
             per-group scales in packed storage; computation is in float32).
+        restricted: Symmetric scales put the largest magnitude on ``qmax``
+            (weights; see :func:`~dfcompress.quant.functional.calc_qparams`).
     """
 
     scale: torch.Tensor
@@ -118,6 +120,7 @@ class FakeQuantizer(nn.Module):
         group_size: int | None = None,
         mode: Mode = "off",
         scale_dtype: torch.dtype = torch.float32,
+        restricted: bool = False,
     ) -> None:
         super().__init__()
         self.config = config
@@ -131,7 +134,7 @@ class FakeQuantizer(nn.Module):
         else:
             zp = torch.full(qshape, (self.qmin + self.qmax + 1) // 2, dtype=torch.int32)
             self.register_buffer("zero_point", zp.to(storage_dtype(self.qmin, self.qmax)))
-        self.observer: Observer = make_observer(config, axis, group_size)
+        self.observer: Observer = make_observer(config, axis, group_size, restricted)
         if config.observer == "dynamic" and mode in ("track", "off"):
             mode = "dynamic"
         self.mode: Mode = mode

@@ -246,11 +246,19 @@ def calc_qparams(
     qmin: int,
     qmax: int,
     symmetric: bool,
+    restricted: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point that map ``[min_val, max_val]`` (widened to include 0) onto the codes.
 
     A zero range (a constant-zero tensor) gives the float32 epsilon as scale,
     never zero. NaN or Inf statistics raise :class:`DfcompressError`.
+
+    Symmetric scales spread ``max(|min|, |max|)`` over half the code range
+    (``/ 127.5`` at 8 bits), PyTorch's convention for activations. With
+    ``restricted`` the largest magnitude maps onto ``qmax`` itself (``/ 127``,
+    ``/ 7`` at 4 bits; the code ``qmin`` stays unused): every value, the
+    largest included, is then rounded to its nearest code instead of the
+    largest being clipped by half a step towards zero. Weights use it.
 
     Args:
         min_val: Observed minimum (any shape; one entry per channel or group).
@@ -258,6 +266,7 @@ def calc_qparams(
         qmin: Smallest integer code.
         qmax: Largest integer code.
         symmetric: Centre the range on 0 (the zero point is the middle code).
+        restricted: Symmetric only: the largest magnitude is exactly ``qmax`` codes.
 
     Returns:
         ``(scale, zero_point)``: float32 and int32 tensors of ``min_val``'s shape.
@@ -266,6 +275,8 @@ def calc_qparams(
     (tensor(0.0157), tensor(64, dtype=torch.int32))
     >>> calc_qparams(torch.tensor(-1.0), torch.tensor(3.0), -128, 127, symmetric=True)
     (tensor(0.0235), tensor(0, dtype=torch.int32))
+    >>> float(calc_qparams(torch.tensor(-1.0), torch.tensor(3.0), -8, 7, True, restricted=True)[0])
+    0.4285714328289032
     """
     _check_range(qmin, qmax)
     mn = torch.as_tensor(min_val, dtype=torch.float32)
@@ -279,7 +290,7 @@ def calc_qparams(
     mx = torch.clamp(mx, min=0.0)
     if symmetric:
         amax = torch.maximum(-mn, mx)
-        scale = amax / ((qmax - qmin) / 2)
+        scale = amax / (qmax if restricted else (qmax - qmin) / 2)
         zp = torch.full_like(scale, float((qmin + qmax + 1) // 2))
         scale = torch.clamp(scale, min=_EPS)
     else:

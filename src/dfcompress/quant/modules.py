@@ -93,8 +93,10 @@ class QuantLayer(nn.Module):
         input_mode: Mode = "off",
         scale_dtype: torch.dtype | None = None,
         output_mode: Mode = "off",
+        exact_max: bool = True,
     ) -> None:
         super().__init__()
+        self.exact_max = exact_max
         self.args = dict(args)
         self.config = config
         _layers.mirror_attrs(self, self.args)
@@ -104,8 +106,19 @@ class QuantLayer(nn.Module):
         # 1 bit per weight at group size 32, a quarter of an int4 weight.
         if scale_dtype is None:
             scale_dtype = torch.float16 if packed and group_size is not None else torch.float32
+        # Weight scales put each row's largest magnitude exactly on qmax (127, or 7 at
+        # 4 bits): at half the code range (127.5) that weight, often a depthwise
+        # filter's main tap, would be clipped half a step towards zero. Layers made
+        # for training (exact_max=False) keep half the range: there the clipped
+        # largest weights get no gradient, which keeps the scale that follows them steady.
         self.weight_quant = FakeQuantizer(
-            config, _qshape(shape, axis, group_size), axis, group_size, weight_mode, scale_dtype
+            config,
+            _qshape(shape, axis, group_size),
+            axis,
+            group_size,
+            weight_mode,
+            scale_dtype,
+            restricted=exact_max,
         )
         # Weight scales take float16 values where float16 holds them at full precision,
         # so packed storage keeps them in 16 bits and computes exactly what this does.
@@ -146,8 +159,15 @@ class QuantLayer(nn.Module):
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_float(cls, module: nn.Module, config: IntQuant, name: str = "") -> QuantLayer:
-        """Wrap a float layer, sharing its weight and bias parameters."""
+    def from_float(
+        cls, module: nn.Module, config: IntQuant, name: str = "", exact_max: bool = True
+    ) -> QuantLayer:
+        """Wrap a float layer, sharing its weight and bias parameters.
+
+        ``exact_max``: symmetric weight scales put each row's largest magnitude on
+        the largest code (``/ 127``); False: half the code range (``/ 127.5``),
+        for quantization-aware training.
+        """
         if _layers.layer_kind(module) != cls.layer_kind:
             raise DfcompressError(f"{cls.__name__} cannot wrap a {type(module).__name__}")
         weight = module.weight
@@ -155,7 +175,9 @@ class QuantLayer(nn.Module):
             raise DfcompressError(f"layer {name or '?'} has no weight parameter")
         shape = tuple(weight.shape)
         axis, group = resolve_granularity(config, shape, name)
-        q = cls(_layers.layer_args(module), config, axis=axis, group_size=group)
+        q = cls(
+            _layers.layer_args(module), config, axis=axis, group_size=group, exact_max=exact_max
+        )
         q.weight = weight
         q.bias = module.bias if isinstance(module.bias, nn.Parameter) else None
         if _layers.has_own_forward(module):
@@ -177,6 +199,8 @@ class QuantLayer(nn.Module):
         }
         if self.output_quant is not None:
             spec["output_mode"] = self.output_quant.mode
+        if not self.exact_max:
+            spec["exact_max"] = False
         if self.inner is not None:
             spec["own_forward"] = _layers.class_ref(self.inner)
         return spec
@@ -195,6 +219,7 @@ class QuantLayer(nn.Module):
             input_mode=spec["input_mode"],
             scale_dtype=_SCALE_DTYPES.get(str(spec.get("scale_dtype"))),
             output_mode=spec.get("output_mode", "off"),
+            exact_max=bool(spec.get("exact_max", True)),
         )
 
     def dfc_adopt(self, spec: dict[str, Any], current: nn.Module | None) -> None:
@@ -336,10 +361,10 @@ class QuantLayer(nn.Module):
         self._cache = None
 
     def freeze_(self) -> None:
-        """Freeze the weight parameters from the current weight."""
+        """Freeze the weight parameters from the current weight (unless frozen already)."""
         wq = self.weight_quant
-        if wq.mode == "dynamic":
-            return
+        if wq.mode in ("dynamic", "fixed"):
+            return  # fixed: frozen already (adaptive rounding chose codes for this scale)
         if self.weight is not None:
             wq.track(_trackable(self.weight))
         wq.mode = "fixed"

@@ -76,6 +76,8 @@ class Observer(ABC):
         symmetric: Symmetric range around zero.
         axis: Channel axis (per channel) or None.
         group_size: Group size along dim 1 (per group) or None.
+        restricted: Symmetric scales put the largest magnitude on ``qmax``
+            (see :func:`~dfcompress.quant.functional.calc_qparams`).
     """
 
     #: Whether the quantizer recomputes the qparams at every forward.
@@ -88,9 +90,11 @@ class Observer(ABC):
         symmetric: bool,
         axis: int | None = None,
         group_size: int | None = None,
+        restricted: bool = False,
     ) -> None:
         self.qmin, self.qmax, self.symmetric = qmin, qmax, symmetric
         self.axis, self.group_size = axis, group_size
+        self.restricted = restricted
         self._shape: tuple[int, ...] = ()
         self.reset()
 
@@ -128,7 +132,7 @@ class Observer(ABC):
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scale, zero_point)`` for the data seen so far."""
         lo, hi = self._range()
-        s, z = calc_qparams(lo, hi, self.qmin, self.qmax, self.symmetric)
+        s, z = calc_qparams(lo, hi, self.qmin, self.qmax, self.symmetric, self.restricted)
         return s.reshape(self._shape), z.reshape(self._shape)
 
 
@@ -262,20 +266,27 @@ class MSE(Observer):
         best_err = torch.full_like(lo, float("inf"))
         best_lo, best_hi = lo.clone(), hi.clone()
         for alpha in torch.linspace(self.min_ratio, 1.0, self.n_grid).tolist():
-            s, z = calc_qparams(lo * alpha, hi * alpha, self.qmin, self.qmax, self.symmetric)
+            s, z = calc_qparams(
+                lo * alpha, hi * alpha, self.qmin, self.qmax, self.symmetric, self.restricted
+            )
             err = ((fake_quantize(data, s, z, self.qmin, self.qmax, axis=0) - data) ** 2).mean(1)
             better = err <= best_err
             best_err = torch.where(better, err, best_err)
             best_lo = torch.where(better, lo * alpha, best_lo)
             best_hi = torch.where(better, hi * alpha, best_hi)
-        s, z = calc_qparams(best_lo, best_hi, self.qmin, self.qmax, self.symmetric)
+        s, z = calc_qparams(best_lo, best_hi, self.qmin, self.qmax, self.symmetric, self.restricted)
         return s.reshape(self._shape), z.reshape(self._shape)
 
 
 def make_observer(
-    config: IntQuant, axis: int | None = None, group_size: int | None = None
+    config: IntQuant,
+    axis: int | None = None,
+    group_size: int | None = None,
+    restricted: bool = False,
 ) -> Observer:
     """The observer named by ``config.observer`` for the config's integer range.
+
+    ``restricted``: symmetric scales put the largest magnitude on ``qmax`` (weights).
 
     >>> type(make_observer(IntQuant(8, observer="mse"), axis=0)).__name__
     'MSE'
@@ -283,15 +294,19 @@ def make_observer(
     qmin, qmax = config.qrange
     args = (qmin, qmax, config.symmetric, axis, group_size)
     name = config.observer
+    obs: Observer
     if name == "minmax":
-        return MinMax(*args)
-    if name == "moving_average":
-        return MovingAverageMinMax(*args)
-    if name == "percentile":
-        return Percentile(*args, percentile=config.percentile)
-    if name == "mse":
-        return MSE(*args)
-    return Dynamic(*args)
+        obs = MinMax(*args)
+    elif name == "moving_average":
+        obs = MovingAverageMinMax(*args)
+    elif name == "percentile":
+        obs = Percentile(*args, percentile=config.percentile)
+    elif name == "mse":
+        obs = MSE(*args)
+    else:
+        obs = Dynamic(*args)
+    obs.restricted = restricted
+    return obs
 
 
 def granularity_args(

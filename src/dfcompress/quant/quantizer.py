@@ -38,7 +38,9 @@ from dfcompress._summary import FloatReason, mark_float, warn_float
 from dfcompress._validate import check_bool, check_int, check_model
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
+from dfcompress.quant._adaround import adaround_model
 from dfcompress.quant._bnfold import _set_submodule, fold_batchnorms
+from dfcompress.quant._crosslayer import equalize_pairs
 from dfcompress.quant._passes import correct_biases, quant_layers, reestimate_bn, run
 from dfcompress.quant.cast import CAST_CLASSES, CastLayer
 from dfcompress.quant.config import BF16, FP16, Config, Float, IntQuant, resolve_config
@@ -50,6 +52,9 @@ __all__ = ["Quantizer", "Rule"]
 _log = logging.getLogger("dfcompress")
 
 Rule = tuple[SelectorLike, Config | str]
+
+#: The weight rounding modes (see :class:`Quantizer`).
+ROUNDINGS: tuple[str, ...] = ("nearest", "adaptive")
 
 
 def _unwrappable(name: str, module: nn.Module, parents: dict[str, nn.Module]) -> FloatReason | None:
@@ -90,6 +95,22 @@ class Quantizer:
         bn_reestimation: After calibration, recompute the running statistics of
             the BatchNorm layers left unfolded from the calibration data as seen
             through the quantized layers (use with ``fold_bn=False``).
+        rounding: ``"nearest"`` (each weight to its nearest code) or
+            ``"adaptive"``: after calibration, each Conv2d/Linear layer learns
+            whether to round each weight up or down so that its output on the
+            calibration data changes least (AdaRound-style; a few hundred Adam
+            steps per layer on sampled inputs, kept only where it lowers that
+            error).
+        cross_layer_equalization: Before wrapping, rescale consecutive
+            convolutions (conv -> ReLU/ReLU6/identity -> conv, depthwise
+            included) so that each channel's weight range is shared evenly
+            between them, without changing the float model (see
+            :mod:`dfcompress.quant._crosslayer`; ReLU6 becomes a per-channel clamp).
+        qat: The prepared model will be trained (quantization-aware training):
+            symmetric weight scales then span half the code range (``max|w| /
+            127.5``) so that the clipped largest weights get no gradient and the
+            scale that follows them stays steady; otherwise each row's largest
+            weight maps exactly onto the largest code (``/ 127``).
     """
 
     def __init__(
@@ -99,6 +120,9 @@ class Quantizer:
         fold_bn: bool = True,
         bias_correction: bool = False,
         bn_reestimation: bool = False,
+        rounding: str = "nearest",
+        cross_layer_equalization: bool = False,
+        qat: bool = False,
     ) -> None:
         if isinstance(rules, (str, tuple)) or not isinstance(rules, Sequence) or not rules:
             raise DfcompressError(
@@ -108,6 +132,12 @@ class Quantizer:
         check_bool(fold_bn, "fold_bn")
         check_bool(bias_correction, "bias_correction")
         check_bool(bn_reestimation, "bn_reestimation")
+        check_bool(cross_layer_equalization, "cross_layer_equalization")
+        check_bool(qat, "qat")
+        if rounding not in ROUNDINGS:
+            raise DfcompressError(
+                f"rounding={rounding!r} is unknown: use one of {', '.join(map(repr, ROUNDINGS))}"
+            )
         parsed = []
         for rule in rules:
             if not isinstance(rule, tuple) or len(rule) != 2:
@@ -117,6 +147,9 @@ class Quantizer:
         self.fold_bn = fold_bn
         self.bias_correction = bias_correction
         self.bn_reestimation = bn_reestimation
+        self.rounding = rounding
+        self.cross_layer_equalization = cross_layer_equalization
+        self.qat = qat
         # quantize() turns this off and warns once for the whole call.
         self.warn = True
         # Selected layers the last prepare/calibrate left float (rules' Float() excluded).
@@ -184,6 +217,8 @@ class Quantizer:
             warn_float(self.left_float, verb="Quantizer.prepare", stacklevel=2)
         if self.fold_bn:
             fold_batchnorms(m, {n for n, c in plan.items() if not isinstance(c, Float)})
+        if self.cross_layer_equalization:
+            equalize_pairs(m, {n for n, c in plan.items() if isinstance(c, IntQuant)})
         counts: dict[str, int] = {}
         for name, cfg in plan.items():
             mod = m.get_submodule(name)
@@ -192,7 +227,7 @@ class Quantizer:
                 continue
             new: nn.Module
             if isinstance(cfg, IntQuant):
-                new = QUANT_CLASSES[kind].from_float(mod, cfg, name)
+                new = QUANT_CLASSES[kind].from_float(mod, cfg, name, exact_max=not self.qat)
                 label = f"int{cfg.bits}"
             else:
                 new = CAST_CLASSES[kind].from_float(mod, cfg.dtype, name)
@@ -238,7 +273,8 @@ class Quantizer:
             for q in (m.input_quant, m.output_quant)
             if q is not None and q.mode != "dynamic"
         ]
-        if not inputs and not self.bias_correction and not self.bn_reestimation:
+        adaptive = self.rounding == "adaptive"
+        if not inputs and not (self.bias_correction or self.bn_reestimation or adaptive):
             return  # nothing to calibrate: weights are quantized from themselves
         for q in inputs:
             q.mode = "observe"
@@ -274,8 +310,11 @@ class Quantizer:
         ]
         for q in inputs:
             q.freeze()
+        rounded: dict[str, torch.Tensor] = {}
+        if adaptive:
+            rounded = adaround_model(model, data, progress, max_samples)
         if self.bias_correction:
-            correct_biases(model, data, progress, max_samples)
+            correct_biases(model, data, progress, max_samples, reference=rounded)
         if self.bn_reestimation:
             reestimate_bn(model, data, progress, max_samples)
 
