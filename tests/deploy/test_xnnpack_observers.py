@@ -6,12 +6,13 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+
 from strategies import tensors
 
 pytest.importorskip("executorch")
 
-from dfcompress.deploy._xnnpack_observers import PT2EObserver, dfc_observer  # noqa: E402
-from dfcompress.errors import DfcompressError  # noqa: E402
+from dfcompress.deploy._xnnpack_observers import PT2EObserver, dfc_observer
+from dfcompress.errors import DfcompressError
 
 
 def _fq(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
@@ -19,9 +20,7 @@ def _fq(x: torch.Tensor, s: torch.Tensor, z: torch.Tensor, lo: int, hi: int) -> 
 
 
 @given(tensors(edge=False), st.sampled_from(["minmax", "moving_average", "percentile", "mse"]))
-def test_activation_range_is_int8_asymmetric_with_zero_exact(
-    x: torch.Tensor, name: str
-) -> None:
+def test_activation_range_is_int8_asymmetric_with_zero_exact(x: torch.Tensor, name: str) -> None:
     obs = PT2EObserver(name, quant_min=-128, quant_max=127)
     assert obs(x) is x
     s, z = obs.calculate_qparams()
@@ -54,9 +53,7 @@ def test_mse_range_never_has_more_error_than_minmax(x: torch.Tensor) -> None:
 @given(st.integers(1, 6), st.integers(1, 5))
 def test_weights_are_symmetric_per_output_channel(out: int, k: int) -> None:
     w = torch.randn(out, 3, k, k, generator=torch.Generator().manual_seed(out * 7 + k))
-    obs = PT2EObserver(
-        "minmax", qscheme=torch.per_channel_symmetric, quant_min=-127, quant_max=127
-    )
+    obs = PT2EObserver("minmax", qscheme=torch.per_channel_symmetric, quant_min=-127, quant_max=127)
     obs(w)
     s, z = obs.calculate_qparams()
     assert s.shape == (out,) and bool((z == 0).all())

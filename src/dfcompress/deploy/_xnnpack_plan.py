@@ -15,9 +15,13 @@ from typing import Any, cast
 
 import torch
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer
-from torch import nn
+from torch import fx, nn
 from torchao.quantization.pt2e import FakeQuantize
-from torchao.quantization.pt2e.quantizer import QuantizationConfig, QuantizationSpec
+from torchao.quantization.pt2e.quantizer import (
+    QuantizationConfig,
+    QuantizationSpec,
+    get_module_name_filter,
+)
 
 from dfcompress._summary import FloatReason, LayerRow
 from dfcompress.deploy._xnnpack_observers import ACT_RANGE, WEIGHT_RANGE, PT2EObserver
@@ -137,12 +141,16 @@ def make_quantizer(plan: Plan, model: nn.Module, *, qat: bool = False) -> XNNPAC
     weight = _spec(plan.weight_observer, True, plan.percentile, qat)
     config = QuantizationConfig(act, act, weight, None, is_qat=qat)
     quantizer = XNNPACKQuantizer().set_global(config)
-    for name in plan.left_float:
-        quantizer.set_module_name(name, None)
-    # Layers outside every rule but run by the model also stay float.
-    for name, m in model.named_modules():
-        if _layers.layer_kind(m) is not None and name not in plan.int8:
-            quantizer.set_module_name(name, None)
+    # Layers outside every rule, or kept float by one, are left unannotated: float in
+    # the graph, so float in the file (the partitioner lowers them in fp32).
+    names = [n for n, m in model.named_modules() if _layers.layer_kind(m) and n not in plan.int8]
+    in_float = [get_module_name_filter(n) for n in names]
+
+    def annotate(node: fx.Node) -> bool:
+        return not any(f(node) for f in in_float)
+
+    if in_float:
+        quantizer.set_filter_function(annotate)
     return quantizer
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 from torchao.quantization.pt2e import allow_exported_model_train_eval
+from torchao.quantization.pt2e.constant_fold import constant_fold
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
 from dfcompress._calibration import calibration_inputs
@@ -120,6 +121,9 @@ def quantize(
     net = copy.deepcopy(model).eval()
     program = export_program(net, data[0], 1 << 20)
     graph = program.module()
+    # Weights computed from parameters (binarized, reparametrized) become constants,
+    # so BatchNorm folds into the conv reading them.
+    constant_fold(graph)
     qat = finetune is not None
     quantizer = make_quantizer(plan, net, qat=qat)
     prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(graph, quantizer)
