@@ -65,6 +65,22 @@ def _calibration(
     return [synthesize_inputs(model, shape, n)], False
 
 
+def _fold_constants(graph: fx.GraphModule) -> None:
+    """Fold weights computed from parameters into constants, registered as parameters.
+
+    PT2E's BatchNorm folding rewrites a conv weight in place and needs a parameter.
+    """
+    constant_fold(graph)
+    for node in graph.graph.find_nodes(op="get_attr"):
+        name = str(node.target)
+        if "." in name or name in graph._parameters:
+            continue
+        value = getattr(graph, name, None)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            delattr(graph, name)
+            graph.register_parameter(name, nn.Parameter(value.detach(), requires_grad=False))
+
+
 def quantize(
     model: nn.Module,
     config: Any = "int8",
@@ -123,7 +139,7 @@ def quantize(
     graph = program.module()
     # Weights computed from parameters (binarized, reparametrized) become constants,
     # so BatchNorm folds into the conv reading them.
-    constant_fold(graph)
+    _fold_constants(graph)
     qat = finetune is not None
     quantizer = make_quantizer(plan, net, qat=qat)
     prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(graph, quantizer)
