@@ -144,3 +144,16 @@ def test_bias_correction_lowers_the_error_it_targets() -> None:
         err_plain = (plain(CALIB) - ref).mean(0).abs().sum()
         err_fixed = (fixed(CALIB) - ref).mean(0).abs().sum()
     assert err_fixed < err_plain
+
+
+def test_qat_by_distillation_trains_the_graph_and_still_deploys(tmp_path: Path) -> None:
+    net = resnet_like()
+    ft = dfcompress.distill_finetune(net, [CALIB], epochs=1, lr=1e-3, progress=False)
+    kw = {"calibration": CALIB, "target": "xnnpack", "progress": False}
+    ptq = dfcompress.quantize(net, "int8", **kw)
+    qat = dfcompress.quantize(net, "int8", finetune=ft, **kw)
+    assert qat.details["qat"] is True  # type: ignore[index]
+    with torch.no_grad():
+        assert not torch.equal(qat(TEST), ptq(TEST))  # the weights were trained
+    art = dfcompress.export(qat, tmp_path / "qat.pte", TEST)
+    assert art.agreement is not None and art.agreement.passed

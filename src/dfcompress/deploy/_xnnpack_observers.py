@@ -54,7 +54,7 @@ class PT2EObserver(UniformQuantizationObserverBase):  # type: ignore[misc]
     """A PT2E observer module computing its range with a dfcompress observer.
 
     Args:
-        observer: Name of the dfcompress observer (``"minmax"``, ``"moving_average"``,
+        method: Name of the dfcompress observer (``"minmax"``, ``"moving_average"``,
             ``"percentile"``, ``"mse"``).
         dtype: The code type (``torch.int8``).
         qscheme: ``torch.per_tensor_affine`` (activations) or
@@ -74,7 +74,7 @@ class PT2EObserver(UniformQuantizationObserverBase):  # type: ignore[misc]
 
     def __init__(
         self,
-        observer: str = "minmax",
+        method: str = "minmax",
         dtype: torch.dtype = torch.int8,
         qscheme: torch.qscheme = torch.per_tensor_affine,
         quant_min: int = ACT_RANGE[0],
@@ -89,7 +89,7 @@ class PT2EObserver(UniformQuantizationObserverBase):  # type: ignore[misc]
         per_channel = qscheme in (torch.per_channel_symmetric, torch.per_channel_affine)
         symmetric = qscheme in (torch.per_tensor_symmetric, torch.per_channel_symmetric)
         self.observer = dfc_observer(
-            observer, quant_min, quant_max, symmetric, ch_axis if per_channel else None, percentile
+            method, quant_min, quant_max, symmetric, ch_axis if per_channel else None, percentile
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -120,7 +120,7 @@ def make_plan(model: nn.Module, config: Any, select: SelectorLike | None) -> Pla
 def _spec(observer: str, weights: bool, percentile: float, qat: bool) -> QuantizationSpec:
     qmin, qmax = WEIGHT_RANGE if weights else ACT_RANGE
     scheme = torch.per_channel_symmetric if weights else torch.per_tensor_affine
-    kwargs: dict[str, Any] = {"observer": observer, "percentile": percentile}
+    kwargs: dict[str, Any] = {"method": observer, "percentile": percentile}
     ctr: Any = PT2EObserver.with_args(**kwargs)
     if qat:
         ctr = FakeQuantize.with_args(observer=PT2EObserver, **kwargs)

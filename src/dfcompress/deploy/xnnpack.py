@@ -230,7 +230,7 @@ def export_artifact(
     agreement = None
     if check:
         with torch.no_grad():
-            ref = [t.detach().numpy() for t in flat_outputs(model.eval()(example.float()))]
+            ref = [t.detach().numpy() for t in flat_outputs(module(example.float()))]
         got = [run(example).numpy()]
         agreement = check_agreement(
             ref, got, atol=atol, rtol=rtol, min_agreement=min_agreement, what=f"{path.name}"
