@@ -61,6 +61,7 @@ def test_loaded_file_runs_any_batch_size(quantized: nn.Module, int8_file: Path) 
 
 def test_eager_model_any_batch_and_summary(quantized: nn.Module) -> None:
     assert getattr(quantized, "dfc_target", None) == "xnnpack"
+    assert quantized.details["activation_observer"] == "percentile"  # type: ignore[index]
     assert quantized(TEST[:1]).shape == (1, 2) and quantized(TEST).shape == (20, 2)
     rows = dfcompress.summary(quantized)
     assert rows.counts() == {"int8": 6}

@@ -33,9 +33,11 @@ from dfcompress.select import SelectorLike
 
 __all__ = ["DEFAULT_ACT_OBSERVER", "Plan", "make_plan", "make_quantizer", "summary_rows"]
 
-#: Activation ranges of the named ``"int8"`` config: the MSE search of the clipping
-#: range (see the deployment docs for the measurement that chose it).
-DEFAULT_ACT_OBSERVER = "mse"
+#: Activation ranges of the named ``"int8"`` config. Measured on torchvision's ImageNet
+#: MobileNetV2 (64 calibration and 128 test crops at 112 px, top-1 agreement with
+#: float / KL): percentile 0.805 / 0.13, ExecuTorch's stock histogram 0.734 / 0.23,
+#: MSE search 0.758 / 0.32, min/max 0.617 / 0.46.
+DEFAULT_ACT_OBSERVER = "percentile"
 
 
 @dataclass(frozen=True)

@@ -97,7 +97,8 @@ def quantize(
 
     Args:
         model: The float model (not changed); its forward must be ``torch.export``-able.
-        config: ``"int8"`` (activation ranges by MSE search, weights by min/max), an
+        config: ``"int8"`` (activation ranges at the 99.99th percentile, weights by
+            min/max per channel), an
             ``IntQuant(8, activations=...)`` whose observers are used, or rules whose
             configs are such an ``IntQuant`` or ``Float()``. Equalization (``smoothing``)
             is not applied: it would add ops to the deployed graph.
