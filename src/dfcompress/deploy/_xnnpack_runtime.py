@@ -43,7 +43,7 @@ def export_program(module: nn.Module, example: torch.Tensor, max_batch: int) -> 
 
 
 def _op_name(node: Any) -> str:
-    name = str(node.target)  # "aten.view_copy.default"
+    name = str(getattr(node.target, "__name__", node.target))  # "aten.view_copy.default"
     return name.removeprefix("aten.").removesuffix(".default")
 
 
