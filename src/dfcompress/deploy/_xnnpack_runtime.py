@@ -30,9 +30,15 @@ def _trace_input(example: torch.Tensor) -> torch.Tensor:
 
 
 def export_program(module: nn.Module, example: torch.Tensor, max_batch: int) -> Any:
-    """``torch.export`` of ``module`` with a dynamic batch dimension of 1..``max_batch``."""
-    batch = torch.export.Dim("batch", min=1, max=max(2, max_batch))
+    """``torch.export`` of ``module`` with a dynamic batch dimension of 1..``max_batch``.
+
+    ``max_batch=1`` exports a static batch of one sample.
+    """
     try:
+        if max_batch == 1:
+            x = example[:1].detach().to(torch.float32)
+            return torch.export.export(module, (x,))
+        batch = torch.export.Dim("batch", min=1, max=max_batch)
         return torch.export.export(module, (_trace_input(example),), dynamic_shapes=({0: batch},))
     except Exception as e:  # torch.export names the construct it cannot trace
         raise DfcompressError(

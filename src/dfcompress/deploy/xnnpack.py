@@ -179,6 +179,22 @@ def _refuse_plain_quantized(model: nn.Module) -> None:
         )
 
 
+def _write(
+    module: nn.Module, path: Path, example: torch.Tensor, max_batch: int
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], int, dict[str, Any]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        program = export_program(module, example, max_batch)
+        buffer, details = lower(program)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buffer)
+    except OSError as e:
+        raise DfcompressError(f"path={str(path)!r} cannot be written: {e}") from e
+    run, largest = runner(path)
+    return run, largest, details
+
+
 def export_artifact(
     model: nn.Module,
     path: Path,
@@ -204,7 +220,9 @@ def export_artifact(
             a ResNet-18-class net at 112 px differed by 4.7 % of its largest output).
         min_agreement: Smallest fraction of equal decisions (default 0.995).
         max_batch: Largest batch the file runs in one call (memory is planned for it);
-            ``Artifact.run`` splits bigger batches.
+            ``Artifact.run`` splits bigger batches. A graph XNNPACK cannot run with a
+            dynamic batch is written with a static batch of one instead
+            (``details["max_batch"] == 1``).
     """
     check_bool(check, "check")
     check_int(max_batch, "max_batch", low=1)
@@ -219,16 +237,13 @@ def export_artifact(
     if min_agreement > 1:
         raise DfcompressError(f"min_agreement={min_agreement!r} is out of range: use 0..1")
     module = model.graph if isinstance(model, XnnpackQuantized) else copy.deepcopy(model).eval()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        program = export_program(module, example, max_batch)
-        buffer, details = lower(program)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(buffer)
-    except OSError as e:
-        raise DfcompressError(f"path={str(path)!r} cannot be written: {e}") from e
-    run, largest = runner(path)
+    run, largest, details = _write(module, path, example, max_batch)
+    if max_batch > 1:
+        try:  # some graphs lower with a dynamic batch that XNNPACK cannot reshape
+            run(example[:largest])
+        except Exception as e:
+            _log.info("dfcompress: %s runs one sample per call (%s)", path.name, e)
+            run, largest, details = _write(module, path, example, 1)
     details.update(quantized=quantized, max_batch=largest)
     agreement = None
     if check:
