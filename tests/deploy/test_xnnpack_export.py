@@ -135,10 +135,13 @@ def test_bad_quantize_options() -> None:
 
 
 def test_bias_correction_lowers_the_error_it_targets() -> None:
+    # With MSE activation ranges the rounded weights' mean error is what remains;
+    # with the percentile default clipping dominates on this random net.
     net = resnet_like()
+    cfg = IntQuant(8, activations=IntQuant(8, PerTensor(), False, "mse"))
     kw = {"calibration": CALIB, "target": "xnnpack", "progress": False}
-    plain = dfcompress.quantize(net, "int8", bias_correction=False, **kw)
-    fixed = dfcompress.quantize(net, "int8", bias_correction=True, **kw)
+    plain = dfcompress.quantize(net, cfg, bias_correction=False, **kw)
+    fixed = dfcompress.quantize(net, cfg, bias_correction=True, **kw)
     assert fixed.details["bias_corrected_layers"] == 6  # type: ignore[index]
     with torch.no_grad():
         ref = net(CALIB)

@@ -239,8 +239,11 @@ def export_artifact(
     module = model.graph if isinstance(model, XnnpackQuantized) else copy.deepcopy(model).eval()
     run, largest, details = _write(module, path, example, max_batch)
     if max_batch > 1:
+        one = example[:1].float()
         try:  # some graphs lower with a dynamic batch that XNNPACK cannot reshape
-            run(example[:largest])
+            for n in (1, largest, min(3, largest), 1):  # growing and shrinking
+                run(one.expand(n, *one.shape[1:]))
+            run(example)
         except Exception as e:
             _log.info("dfcompress: %s runs one sample per call (%s)", path.name, e)
             run, largest, details = _write(module, path, example, 1)
