@@ -16,7 +16,7 @@ nox.options.reuse_existing_virtualenvs = True
 TORCH = "torch==2.13.0"
 # timm needs torchvision, which only works with this torch pair.
 ZOO_TORCH = ("torch==2.14.1", "torchvision==0.29.1")
-TEST_EXTRAS = ".[dev,report,onnx,demo,distributed,video]"
+TEST_EXTRAS = ".[dev,report,onnx,demo,distributed,video,mobile]"
 
 
 def _install(
@@ -44,7 +44,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package."""
-    _install(session, ".[dev,report,onnx,demo]")
+    _install(session, ".[dev,report,onnx,demo,mobile]")
     session.run("mypy", "--strict", "src/dfcompress")
 
 

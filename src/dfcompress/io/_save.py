@@ -158,6 +158,9 @@ def _serialize(
 ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not isinstance(model, nn.Module):
         raise DfcompressError(f"model={type(model).__name__} is not an nn.Module: save takes one")
+    refusal = getattr(model, "dfc_save_refusal", None)
+    if isinstance(refusal, str):  # a model that exists only as an exported graph
+        raise DfcompressError(refusal)
     if metadata is not None and not isinstance(metadata, Mapping):
         raise DfcompressError(f"metadata={metadata!r} must be a dict of JSON values or None")
     for flag, value in (("sparse", sparse), ("deflate", deflate)):

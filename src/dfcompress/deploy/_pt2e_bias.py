@@ -1,0 +1,121 @@
+"""Bias correction of a PT2E-converted graph: each int8 layer's mean weight error, removed.
+
+For every conv/linear node whose weight is dequantized from int8 codes, the
+output error its rounded weights cause, ``layer(x, W_q) - layer(x, W)``, is
+averaged per output channel over the calibration data, on the inputs the
+converted graph itself gives the layer, and subtracted from the layer's bias.
+The bias is still float in the graph; XNNPACK rounds it to int32 as it does any
+bias, so the file gets the corrected bias too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import fx
+
+__all__ = ["LAYER_OPS", "correct_bias", "float_weights"]
+
+LAYER_OPS = (
+    torch.ops.aten.conv1d.default,
+    torch.ops.aten.conv2d.default,
+    torch.ops.aten.conv3d.default,
+    torch.ops.aten.linear.default,
+)
+
+
+def _attr(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _source_weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
+    """The float weight a prepared graph's observer (or fake quant) of ``node`` reads."""
+    arg = node.args[1] if len(node.args) > 1 else None
+    while isinstance(arg, fx.Node) and arg.op == "call_module":
+        arg = arg.args[0] if arg.args else None
+    if isinstance(arg, fx.Node) and arg.op == "get_attr":
+        value = _attr(gm, str(arg.target))
+        return value.detach().clone() if isinstance(value, torch.Tensor) else None
+    return None
+
+
+def float_weights(prepared: fx.GraphModule) -> dict[str, torch.Tensor]:
+    """``{node name: float weight}`` of the prepared graph's observed conv/linear nodes."""
+    out: dict[str, torch.Tensor] = {}
+    for node in prepared.graph.nodes:
+        if node.op == "call_function" and node.target in LAYER_OPS:
+            arg = node.args[1] if len(node.args) > 1 else None
+            if isinstance(arg, fx.Node) and arg.op == "call_module":
+                w = _source_weight(prepared, node)
+                if w is not None:
+                    out[node.name] = w
+    return out
+
+
+class _MeanError(fx.Interpreter):
+    """Runs the graph, adding up each corrected layer's per-channel weight error."""
+
+    def __init__(self, gm: fx.GraphModule, weights: dict[str, torch.Tensor]) -> None:
+        super().__init__(gm)
+        self.weights = weights
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if n.name in self.weights:
+            args, _ = self.fetch_args_kwargs_from_env(n)
+            x, wq = args[0], args[1]
+            delta = wq - self.weights[n.name].to(wq.dtype)
+            err = n.target(x, delta, None, *args[3:])  # type: ignore[operator]
+            if n.target is torch.ops.aten.linear.default:
+                flat = err.reshape(-1, err.shape[-1])
+            else:
+                flat = err.movedim(1, -1).reshape(-1, err.shape[1])
+            self.sums[n.name] = self.sums.get(n.name, 0) + flat.sum(0)
+            self.counts[n.name] = self.counts.get(n.name, 0) + flat.shape[0]
+        return result
+
+
+def correct_bias(
+    gm: fx.GraphModule, weights: dict[str, torch.Tensor], data: Iterable[torch.Tensor]
+) -> int:
+    """Subtract each layer's mean weight error from its bias in ``gm``; returns layers corrected."""
+    nodes = {n.name: n for n in gm.graph.nodes if n.name in weights}
+    if not nodes:
+        return 0
+    run = _MeanError(gm, {k: v for k, v in weights.items() if k in nodes})
+    with torch.no_grad():
+        for x in data:
+            run.run(x)
+    done = 0
+    for name, total in run.sums.items():
+        node = nodes[name]
+        mean = (total / run.counts[name]).to(torch.float32)
+        bias_arg = node.args[2] if len(node.args) > 2 else None
+        if isinstance(bias_arg, fx.Node) and bias_arg.op == "get_attr":
+            old = _attr(gm, str(bias_arg.target))
+            new = (old.detach() - mean.to(old.dtype)).clone()
+            owner, _, leaf = str(bias_arg.target).rpartition(".")
+            parent = _attr(gm, owner) if owner else gm
+            if isinstance(old, torch.nn.Parameter):
+                new = torch.nn.Parameter(new, requires_grad=False)
+            setattr(parent, leaf, new)
+        elif bias_arg is None:
+            attr = f"_dfc_bias_{name}"
+            gm.register_buffer(attr, -mean)
+            with gm.graph.inserting_before(node):
+                got = gm.graph.get_attr(attr)
+            args = list(node.args) + [None] * (3 - len(node.args))
+            args[2] = got
+            node.args = tuple(args)
+        else:
+            continue
+        done += 1
+    gm.recompile()
+    return done

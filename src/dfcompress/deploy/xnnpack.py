@@ -1,0 +1,268 @@
+"""The ``"xnnpack"`` target: ExecuTorch ``.pte`` files run by the XNNPACK backend.
+
+``quantize(model, "int8", calibration, target="xnnpack")`` exports the model with
+``torch.export``, annotates it with ExecuTorch's ``XNNPACKQuantizer`` (int8
+weights symmetric per output channel, int8 activations asymmetric per tensor,
+requantization at every quantized op's output, conv+ReLU fused, add/mul/concat
+with their own ranges), observes the ranges with dfcompress's observers on the
+calibration data and converts: the eager model is the graph ExecuTorch lowers,
+so it computes what the file computes. ``export`` lowers it (or a float model)
+with the XNNPACK partitioner, writes the ``.pte`` and checks it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import fx, nn
+from torchao.quantization.pt2e import allow_exported_model_train_eval
+from torchao.quantization.pt2e.constant_fold import constant_fold
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
+
+from dfcompress._calibration import calibration_inputs
+from dfcompress._datafree import default_input_shape, synthesize_inputs
+from dfcompress._summary import warn_float
+from dfcompress._validate import check_bool, check_int, check_number, check_shape
+from dfcompress.deploy._artifact import Artifact, check_agreement, flat_outputs
+from dfcompress.deploy._pt2e_bias import correct_bias, float_weights
+from dfcompress.deploy._xnnpack_model import XnnpackQuantized
+from dfcompress.deploy._xnnpack_plan import make_plan, make_quantizer, summary_rows
+from dfcompress.deploy._xnnpack_runtime import export_program, lower, runner
+from dfcompress.errors import DfcompressError
+from dfcompress.select import SelectorLike
+
+__all__ = ["export_artifact", "load_artifact", "quantize"]
+
+_log = logging.getLogger("dfcompress")
+
+#: Default tolerances of the agreement check: (atol, rtol) for float and for int8 files.
+FLOAT_TOL = (1e-4, 1e-3)
+INT8_TOL = (1e-3, 0.1)
+MIN_AGREEMENT = 0.995
+MAX_BATCH = 16
+
+
+def _calibration(
+    model: nn.Module, calibration: Any, max_samples: int, input_shape: Sequence[int] | None
+) -> tuple[list[torch.Tensor], bool]:
+    data = calibration_inputs(calibration, limit=max_samples)
+    if data is not None:
+        return [x.to(torch.float32) for x in data], True
+    shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
+    n = min(max_samples, 32)
+    _log.warning(
+        "dfcompress: no calibration data given; calibrating on %d inputs of shape %s "
+        "synthesized from the BatchNorm statistics (pass calibration= for better accuracy)",
+        n,
+        shape,
+    )
+    return [synthesize_inputs(model, shape, n)], False
+
+
+def _fold_constants(graph: fx.GraphModule) -> None:
+    """Fold weights computed from parameters into constants, registered as parameters.
+
+    PT2E's BatchNorm folding rewrites a conv weight in place and needs a parameter.
+    """
+    constant_fold(graph)
+    for node in graph.graph.find_nodes(op="get_attr"):
+        name = str(node.target)
+        if "." in name or name in graph._parameters:
+            continue
+        value = getattr(graph, name, None)
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            delattr(graph, name)
+            graph.register_parameter(name, nn.Parameter(value.detach(), requires_grad=False))
+
+
+def quantize(
+    model: nn.Module,
+    config: Any = "int8",
+    calibration: Iterable[Any] | torch.Tensor | None = None,
+    *,
+    select: SelectorLike | None = None,
+    progress: bool = True,
+    max_samples: int = 256,
+    input_shape: Sequence[int] | None = None,
+    bias_correction: bool | None = None,
+    finetune: Callable[[nn.Module, int], None] | None = None,
+) -> nn.Module:
+    """An int8 model that computes what XNNPACK computes (``quantize(..., target="xnnpack")``).
+
+    Args:
+        model: The float model (not changed); its forward must be ``torch.export``-able.
+        config: ``"int8"`` (activation ranges at the 99.99th percentile, weights by
+            min/max per channel), an
+            ``IntQuant(8, activations=...)`` whose observers are used, or rules whose
+            configs are such an ``IntQuant`` or ``Float()``. Equalization (``smoothing``)
+            is not applied: it would add ops to the deployed graph.
+        calibration: Data for the ranges; None synthesizes inputs from BatchNorm statistics.
+        select: Which layers a single config applies to (default: every conv and linear).
+        progress: Accepted for the common signature (calibration shows no bar here).
+        max_samples: Calibration samples to use.
+        input_shape: One sample's shape for synthesized inputs.
+        bias_correction: Subtract each int8 layer's mean weight error from its bias
+            (one more pass). None: on when ``calibration`` is given.
+        finetune: Quantization-aware training: ``finetune(model, 0)`` trains the
+            calibrated graph (fake quantizers with the calibrated ranges, kept fixed)
+            in place before it is converted.
+
+    Returns:
+        An ``nn.Module`` running the converted graph on any batch size; ``summary``
+        lists its layers; ``dfcompress.export`` writes its ``.pte``.
+    """
+    check_bool(progress, "progress")
+    check_int(max_samples, "max_samples", low=1)
+    if bias_correction is not None:
+        check_bool(bias_correction, "bias_correction")
+    if input_shape is not None:
+        input_shape = check_shape(input_shape, "input_shape")
+    if finetune is not None and not callable(finetune):
+        raise DfcompressError(
+            f"finetune={finetune!r} is not callable: pass a function (model, step) -> None, "
+            "e.g. dfcompress.distill_finetune(model, train_loader, lr=3e-5)"
+        )
+    plan = make_plan(model, config, select)
+    warn_float(
+        {n: w for n, w in plan.left_float.items() if w != "kept by a rule"},
+        verb="quantize",
+        stacklevel=3,
+    )
+    data, real = _calibration(model, calibration, max_samples, input_shape)
+    net = copy.deepcopy(model).eval()
+    program = export_program(net, data[0], 1 << 20)
+    graph = program.module()
+    # Weights computed from parameters (binarized, reparametrized) become constants,
+    # so BatchNorm folds into the conv reading them.
+    _fold_constants(graph)
+    qat = finetune is not None
+    quantizer = make_quantizer(plan, net, qat=qat)
+    prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(graph, quantizer)
+    with torch.no_grad():
+        for x in data:
+            prepared(x)
+    if finetune is not None:
+        from torchao.quantization.pt2e.fake_quantize import disable_observer
+
+        prepared.apply(disable_observer)
+        allow_exported_model_train_eval(prepared)
+        finetune(prepared, 0)
+        prepared.eval()
+    weights = float_weights(prepared)
+    converted: fx.GraphModule = convert_pt2e(prepared)
+    use_bc = real if bias_correction is None else bias_correction
+    corrected = correct_bias(converted, weights, data) if use_bc else 0
+    details = {
+        "activation_observer": plan.act_observer,
+        "weight_observer": plan.weight_observer,
+        "bias_corrected_layers": corrected,
+        "qat": qat,
+        "calibration_samples": sum(int(x.shape[0]) for x in data),
+    }
+    return XnnpackQuantized(converted, summary_rows(model, plan), data[0], details)
+
+
+def _refuse_plain_quantized(model: nn.Module) -> None:
+    from dfcompress.quant.modules import QuantLayer
+
+    if any(isinstance(m, QuantLayer) for m in model.modules()):
+        raise DfcompressError(
+            "this model holds dfcompress's own fake-quantized layers, which XNNPACK cannot "
+            "run as int8: quantize the float model with dfcompress.quantize(model, 'int8', "
+            "calibration=..., target='xnnpack') and export that"
+        )
+
+
+def _write(
+    module: nn.Module, path: Path, example: torch.Tensor, max_batch: int
+) -> tuple[Callable[[torch.Tensor], torch.Tensor], int, dict[str, Any]]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        program = export_program(module, example, max_batch)
+        buffer, details = lower(program)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buffer)
+    except OSError as e:
+        raise DfcompressError(f"path={str(path)!r} cannot be written: {e}") from e
+    run, largest = runner(path)
+    return run, largest, details
+
+
+def export_artifact(
+    model: nn.Module,
+    path: Path,
+    example: torch.Tensor,
+    *,
+    check: bool = True,
+    atol: float | None = None,
+    rtol: float | None = None,
+    min_agreement: float | None = None,
+    max_batch: int = MAX_BATCH,
+) -> Artifact:
+    """Write ``model`` as an XNNPACK ``.pte`` at ``path``, run it on ``example``, compare.
+
+    Args:
+        model: A float model or one from ``quantize(..., target="xnnpack")``.
+        path: The file to write.
+        example: An input batch; the agreement check runs on it.
+        check: Compare the file's outputs with the eager model's.
+        atol: Absolute tolerance (default 1e-4 float, 1e-3 int8).
+        rtol: Tolerance relative to the largest output (default 1e-3 float, 0.1 int8:
+            XNNPACK's integer requantization rounds some values one step away from the
+            graph's float arithmetic, and deep nets carry those steps to the output;
+            a ResNet-18-class net at 112 px differed by 4.7 % of its largest output).
+        min_agreement: Smallest fraction of equal decisions (default 0.995).
+        max_batch: Largest batch the file runs in one call (memory is planned for it);
+            ``Artifact.run`` splits bigger batches. A graph XNNPACK cannot run with a
+            dynamic batch is written with a static batch of one instead
+            (``details["max_batch"] == 1``).
+    """
+    check_bool(check, "check")
+    check_int(max_batch, "max_batch", low=1)
+    _refuse_plain_quantized(model)
+    quantized = isinstance(model, XnnpackQuantized)
+    tol = INT8_TOL if quantized else FLOAT_TOL
+    atol = tol[0] if atol is None else check_number(atol, "atol", low=0.0)
+    rtol = tol[1] if rtol is None else check_number(rtol, "rtol", low=0.0)
+    if min_agreement is None:
+        min_agreement = MIN_AGREEMENT
+    min_agreement = check_number(min_agreement, "min_agreement", low=0.0)
+    if min_agreement > 1:
+        raise DfcompressError(f"min_agreement={min_agreement!r} is out of range: use 0..1")
+    module = model.graph if isinstance(model, XnnpackQuantized) else copy.deepcopy(model).eval()
+    run, largest, details = _write(module, path, example, max_batch)
+    if max_batch > 1:
+        one = example[:1].float()
+        try:  # some graphs lower with a dynamic batch that XNNPACK cannot reshape
+            for n in (1, largest, min(3, largest), 1):  # growing and shrinking
+                run(one.expand(n, *one.shape[1:]))
+            run(example)
+        except Exception as e:
+            _log.info("dfcompress: %s runs one sample per call (%s)", path.name, e)
+            run, largest, details = _write(module, path, example, 1)
+    details.update(quantized=quantized, max_batch=largest)
+    agreement = None
+    if check:
+        with torch.no_grad():
+            ref = [t.detach().numpy() for t in flat_outputs(module(example.float()))]
+        got = [run(example).numpy()]
+        agreement = check_agreement(
+            ref, got, atol=atol, rtol=rtol, min_agreement=min_agreement, what=f"{path.name}"
+        )
+    return Artifact(path, "xnnpack", path.stat().st_size, agreement, details, run)
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """An existing ``.pte`` file with its ExecuTorch runner (no agreement figures)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DfcompressError(f"path={str(path)!r} is not a file: pass a .pte written by export")
+    run, largest = runner(p)
+    return Artifact(p, "xnnpack", p.stat().st_size, None, {"max_batch": largest}, run)

@@ -1,0 +1,163 @@
+"""The xnnpack target's export, load, selection, summary and refusals."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from _xnnpack_nets import resnet_like
+from torch import nn
+
+pytest.importorskip("executorch")
+
+import dfcompress
+from dfcompress.deploy import xnnpack
+from dfcompress.errors import DfcompressError
+from dfcompress.quant import Float, IntQuant, PerTensor
+
+G = torch.Generator().manual_seed(0)
+CALIB = torch.randn(16, 3, 32, 32, generator=G)
+TEST = torch.randn(20, 3, 32, 32, generator=G)
+
+
+@pytest.fixture(scope="module")
+def quantized() -> nn.Module:
+    return dfcompress.quantize(
+        resnet_like(), "int8", calibration=CALIB, target="xnnpack", progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def int8_file(quantized: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    art = dfcompress.export(quantized, tmp_path_factory.mktemp("x") / "q.pte", TEST)
+    assert art.agreement is not None and art.agreement.max_abs_diff <= art.agreement.bound
+    return art.path
+
+
+def test_float_model_exports_and_matches(tmp_path: Path) -> None:
+    net = resnet_like()
+    art = dfcompress.export(net, tmp_path / "f.pte", TEST)
+    assert art.target == "xnnpack" and not art.details["quantized"]
+    assert art.agreement is not None and art.agreement.max_abs_diff < 1e-4
+    assert art.details["delegates"] >= 1
+    with torch.no_grad():
+        torch.testing.assert_close(art.run(TEST[:3]), net(TEST[:3]), atol=1e-4, rtol=1e-3)
+
+
+def test_loaded_file_runs_any_batch_size(quantized: nn.Module, int8_file: Path) -> None:
+    art = xnnpack.load_artifact(int8_file)
+    assert art.agreement is None and art.size_bytes == int8_file.stat().st_size
+    big = torch.cat([TEST, TEST])  # larger than the file's planned batch: run in chunks
+    assert big.shape[0] > art.details["max_batch"]
+    with torch.no_grad():
+        ref = quantized(big)
+    for batch in (big[:1], big[:7], big):
+        got = art.run(batch)
+        assert got.shape == (batch.shape[0], 2)
+        torch.testing.assert_close(got, ref[: batch.shape[0]], atol=1e-3, rtol=0.05)
+
+
+def test_eager_model_any_batch_and_summary(quantized: nn.Module) -> None:
+    assert getattr(quantized, "dfc_target", None) == "xnnpack"
+    assert quantized.details["activation_observer"] == "percentile"  # type: ignore[index]
+    assert quantized(TEST[:1]).shape == (1, 2) and quantized(TEST).shape == (20, 2)
+    rows = dfcompress.summary(quantized)
+    assert rows.counts() == {"int8": 6}
+    assert "int8" in rows.to_markdown()
+
+
+def test_save_refuses_with_the_export_hint(quantized: nn.Module, tmp_path: Path) -> None:
+    with pytest.raises(DfcompressError, match=r"dfcompress\.export"):
+        dfcompress.save(quantized, tmp_path / "q.safetensors")
+
+
+def test_selection_leaves_layers_float_in_eager_and_file(tmp_path: Path) -> None:
+    net = resnet_like()
+    rules = [("3.conv1", Float()), ("all", "int8")]
+    q = dfcompress.quantize(net, rules, calibration=CALIB, target="xnnpack", progress=False)
+    s = dfcompress.summary(q)
+    assert {r.name: r.action for r in s}["3.conv1"] == "float"
+    assert s.counts() == {"int8": 5, "float": 1}
+    graph = q.graph.graph  # type: ignore[union-attr]
+    float_convs = [
+        n
+        for n in graph.nodes
+        if n.op == "call_function"
+        and "conv2d" in str(n.target)
+        and "dequantize_per_channel" not in str(n.args[1])
+    ]
+    assert len(float_convs) == 1
+    art = dfcompress.export(q, tmp_path / "sel.pte", TEST)
+    assert art.agreement is not None and art.agreement.passed
+
+
+def test_bits_xnnpack_cannot_run_are_refused() -> None:
+    with pytest.raises(DfcompressError, match=r"static int8 only.*int4"):
+        dfcompress.quantize(resnet_like(), "int4", calibration=CALIB, target="xnnpack")
+    with pytest.raises(DfcompressError, match="weight-only"):
+        dfcompress.quantize(resnet_like(), "int8-weight", calibration=CALIB, target="xnnpack")
+    with pytest.raises(DfcompressError, match=r"static int8 only.*FP16"):
+        dfcompress.quantize(resnet_like(), "fp16", calibration=CALIB, target="xnnpack")
+
+
+def test_plain_int8_model_is_refused_with_the_target_hint(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = dfcompress.quantize(resnet_like(), "int8", calibration=CALIB, progress=False)
+    with pytest.raises(DfcompressError, match="target='xnnpack'"):
+        dfcompress.export(q, tmp_path / "q.pte", TEST)
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"max_batch": 0}, "max_batch=0"),
+        ({"atol": -1.0}, "atol=-1.0"),
+        ({"min_agreement": 1.5}, "min_agreement=1.5"),
+        ({"check": "yes"}, "check="),
+    ],
+)
+def test_bad_export_options(options: dict[str, object], match: str, tmp_path: Path) -> None:
+    with pytest.raises(DfcompressError, match=match):
+        dfcompress.export(nn.Linear(4, 2), tmp_path / "m.pte", torch.randn(2, 4), **options)
+
+
+def test_bad_quantize_options() -> None:
+    cfg = IntQuant(8, activations=IntQuant(8, PerTensor(), False, "dynamic"))
+    with pytest.raises(DfcompressError, match="dynamic"):
+        dfcompress.quantize(resnet_like(), cfg, calibration=CALIB, target="xnnpack")
+    with pytest.raises(DfcompressError, match="finetune="):
+        dfcompress.quantize(resnet_like(), calibration=CALIB, target="xnnpack", finetune=3)
+    with pytest.raises(DfcompressError, match="not a file"):
+        xnnpack.load_artifact("/nonexistent/m.pte")
+
+
+def test_bias_correction_lowers_the_error_it_targets() -> None:
+    # With MSE activation ranges the rounded weights' mean error is what remains;
+    # with the percentile default clipping dominates on this random net.
+    net = resnet_like()
+    cfg = IntQuant(8, activations=IntQuant(8, PerTensor(), False, "mse"))
+    kw = {"calibration": CALIB, "target": "xnnpack", "progress": False}
+    plain = dfcompress.quantize(net, cfg, bias_correction=False, **kw)
+    fixed = dfcompress.quantize(net, cfg, bias_correction=True, **kw)
+    assert fixed.details["bias_corrected_layers"] == 6  # type: ignore[index]
+    with torch.no_grad():
+        ref = net(CALIB)
+        err_plain = (plain(CALIB) - ref).mean(0).abs().sum()
+        err_fixed = (fixed(CALIB) - ref).mean(0).abs().sum()
+    assert err_fixed < err_plain
+
+
+def test_qat_by_distillation_trains_the_graph_and_still_deploys(tmp_path: Path) -> None:
+    net = resnet_like()
+    ft = dfcompress.distill_finetune(net, [CALIB], epochs=1, lr=1e-3, progress=False)
+    kw = {"calibration": CALIB, "target": "xnnpack", "progress": False}
+    ptq = dfcompress.quantize(net, "int8", **kw)
+    qat = dfcompress.quantize(net, "int8", finetune=ft, **kw)
+    assert qat.details["qat"] is True  # type: ignore[index]
+    with torch.no_grad():
+        assert not torch.equal(qat(TEST), ptq(TEST))  # the weights were trained
+    art = dfcompress.export(qat, tmp_path / "qat.pte", TEST)
+    assert art.agreement is not None and art.agreement.passed

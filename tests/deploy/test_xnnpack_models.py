@@ -1,0 +1,65 @@
+"""Eager equals deployed: int8 models for XNNPACK agree with their .pte files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from _xnnpack_nets import TinyViT, randomize_bn, resnet_like, se_silu_net
+from torch import nn
+
+pytest.importorskip("executorch")
+
+import dfcompress
+from dfcompress import models
+
+
+def _bnext() -> nn.Module:
+    # BNext-tiny's blocks (binary convs, SE, stem and head) at a width CI can afford.
+    torch.manual_seed(0)
+    return randomize_bn(models.BNext((16, 32, 64, 64), num_classes=1))
+
+
+def _mobilenet() -> nn.Module:
+    torch.manual_seed(0)
+    return randomize_bn(models.MobileNetV2(num_classes=2))
+
+
+NETS: dict[str, tuple[Callable[[], nn.Module], int]] = {
+    "resnet": (resnet_like, 32),
+    "se_silu": (se_silu_net, 32),
+    "vit": (TinyViT, 32),
+    "mobilenet_v2": (_mobilenet, 32),
+    "bnext": (_bnext, 32),
+}
+
+
+BNEXT_RESHAPE = pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason="ExecuTorch 1.5.1's XNNPACK delegate fails to propagate a new batch size "
+    "through BNext's int8 graph (xnn_status_invalid_parameter)",
+)
+
+
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=BNEXT_RESHAPE) if n == "bnext" else n for n in NETS]
+)
+def test_int8_file_computes_what_the_eager_model_computes(name: str, tmp_path: Path) -> None:
+    build, side = NETS[name]
+    net = build()
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randn(16, 3, side, side, generator=g)
+    test = torch.randn(24, 3, side, side, generator=g)
+    q = dfcompress.quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    art = dfcompress.export(q, tmp_path / f"{name}.pte", test)
+    assert art.target == "xnnpack" and art.details["quantized"]
+    assert art.agreement is not None and art.agreement.passed
+    assert art.agreement.agreement is not None and art.agreement.agreement >= 0.995
+    assert art.details["delegated_ops"] > 0
+    # The eager int8 model stays close to the float one (it is a quantized copy of it).
+    with torch.no_grad():
+        ref, got = net(test), q(test)
+    assert (ref - got).abs().max() <= 0.25 * ref.abs().max() + 0.05
