@@ -82,6 +82,7 @@ def test_quick_demo_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str
             "--n-test",
             "32",
             "--no-progress",
+            "--eager",
         ]
     )
     assert code == 0

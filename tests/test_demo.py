@@ -54,3 +54,23 @@ def test_the_bnext_checkpoint_still_ships_packed() -> None:
 def test_a_missing_checkpoint_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(DfcompressError, match=r"run scripts/train_demo_detector\.py"):
         load_demo_detector(tmp_path / "none.safetensors")
+
+
+def test_the_deployed_demo_ships_int8_as_an_xnnpack_file_smaller_than_float(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("executorch")
+    from dfcompress.demo import run_demo
+
+    report = run_demo(tmp_path / "demo", quick=True, recipes=["q8", "q4"], progress=False)
+    base, q8, q4 = (report.variant(n) for n in ("baseline", "q8", "q4"))
+    assert base.deployed is not None and q8.deployed is not None and q4.deployed is not None
+    # int8 runs as XNNPACK integers; 4-bit weights have no phone kernels: TorchScript
+    assert (base.deployed.target, q8.deployed.target, q4.deployed.target) == (
+        "xnnpack",
+        "xnnpack",
+        "torchscript",
+    )
+    assert q8.size_bytes < 0.35 * base.size_bytes  # the file, not the eager model
+    assert q8.deployed.agreement is not None and q8.deployed.agreement.passed
+    assert (tmp_path / "demo" / "report.html").is_file()

@@ -8,6 +8,7 @@ from typing import Any, Literal, overload
 import torch
 from torch import nn
 
+from dfcompress._modes import restore_modes, training_flags
 from dfcompress.errors import DfcompressError
 
 __all__ = [
@@ -150,7 +151,7 @@ def input_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
     dtype = model_float_dtype(model)
     if dtype == torch.float32:
         return dtype
-    flags = {m: m.training for m in model.modules()}
+    flags = training_flags(model)
     model.eval()
     try:
         with torch.inference_mode():
@@ -159,5 +160,4 @@ def input_dtype(model: nn.Module, x: torch.Tensor) -> torch.dtype:
     except (RuntimeError, TypeError):
         return dtype
     finally:
-        for m, was in flags.items():
-            m.train(was)
+        restore_modes(flags)

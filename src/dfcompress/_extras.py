@@ -24,6 +24,8 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "onnx": ("onnx", "onnxruntime", "onnxscript"),
     "zoo": ("timm",),
     "distributed": ("ray",),
+    "mobile": ("executorch",),
+    "video": ("transformers",),
 }
 """The modules each runtime extra of ``pyproject.toml`` provides (import names)."""
 

@@ -140,7 +140,7 @@ def _require(what: str, *extras: str, data: Sequence[str | None] = ()) -> None:
 def _demo(args: argparse.Namespace) -> int:
     from dfcompress.demo import DEMO_RECIPES, run_demo
 
-    _require("dfcompress demo", "report", "demo")
+    _require("dfcompress demo", "report", "demo", *(() if args.eager else ("mobile",)))
 
     recipes = args.recipes.split(",") if args.recipes else list(DEMO_RECIPES)
     report = run_demo(
@@ -151,6 +151,7 @@ def _demo(args: argparse.Namespace) -> int:
         n_test=args.n_test,
         threads=args.threads,
         progress=not args.no_progress,
+        deployed=not args.eager,
     )
     print("\n".join(report.insights()))
     print(f"report written to {Path(args.out) / 'report.html'}")
@@ -320,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--recipes", help="comma-separated recipes instead of the default set")
     demo.add_argument("--n-test", type=int, help="test samples (default 400; 64 with --quick)")
     demo.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    demo.add_argument(
+        "--eager",
+        action="store_true",
+        help="evaluate the eager models only (default: the deployed files, needs [mobile])",
+    )
     _common(demo)
     demo.set_defaults(func=_demo)
 

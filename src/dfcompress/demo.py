@@ -278,6 +278,7 @@ def run_demo(
     n_test: int | None = None,
     threads: int | None = 1,
     progress: bool = True,
+    deployed: bool = True,
 ) -> Report:
     """Compress the demo detector to :data:`DEMO_RECIPES`, compare the variants, save the report.
 
@@ -293,6 +294,12 @@ def run_demo(
             one thread is kind to a shared CPU. None
             keeps torch's setting.
         progress: Show progress bars.
+        deployed: Evaluate every variant as it ships (the ``mobile`` extra):
+            int8 variants are quantized for XNNPACK and written as ExecuTorch
+            ``.pte`` files, float and pruned ones as float ``.pte`` files, and the
+            variants no phone runtime has kernels for (16-bit casts, 4-bit weights)
+            as TorchScript files; each file is scored, timed and sized in its
+            runtime. False: the eager models only.
 
     Returns:
         The :class:`~dfcompress.report.Report` (also written to ``out``).
@@ -300,7 +307,7 @@ def run_demo(
     from dfcompress._extras import require_extras
     from dfcompress.recipe import parse_recipe
 
-    require_extras("report", "demo", what="dfcompress demo")
+    require_extras("report", "demo", *(("mobile",) if deployed else ()), what="dfcompress demo")
     for r in recipes:
         parse_recipe(r)  # fail on a typo before any work
     if threads is not None and threads < 1:
@@ -309,9 +316,22 @@ def run_demo(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run(Path(out), train, quick, tuple(recipes), n_test, progress)
+        return _run(Path(out), train, quick, tuple(recipes), n_test, progress, deployed)
     finally:
         torch.set_num_threads(old_threads)
+
+
+def _runtime(model: nn.Module) -> str:
+    """Where a demo variant runs: its own target, else XNNPACK when it is float32."""
+    from dfcompress.deploy._targets import target_of
+    from dfcompress.quant.modules import QuantLayer
+
+    own = target_of(model)
+    if own is not None:
+        return own
+    low = any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters())
+    fake = any(isinstance(m, QuantLayer) for m in model.modules())
+    return "torchscript" if low or fake else "xnnpack"
 
 
 def _run(
@@ -321,9 +341,10 @@ def _run(
     recipes: tuple[str, ...],
     n_test: int | None,
     progress: bool,
+    deployed: bool,
 ) -> Report:
     from dfcompress.data import loader, make_proxy
-    from dfcompress.recipe import Prune, compress, parse_recipe
+    from dfcompress.recipe import Prune, Quantize, compress, parse_recipe
     from dfcompress.report import compare
 
     t0 = time.perf_counter()
@@ -361,23 +382,38 @@ def _run(
         cut = [s for s in steps if isinstance(s, Prune)]
         rest = [s for s in steps if not isinstance(s, Prune)]
         key = "-".join(str(s) for s in cut)
+        # int8 is what XNNPACK runs as integers: quantize those variants for it.
+        xnn = deployed and any(isinstance(s, Quantize) and s.config_name == "int8" for s in rest)
+        opts: dict[str, Any] = {"target": "xnnpack"} if xnn else {}
         if cut and rest:
             if key not in pruned:
                 pruned[key] = compress(baseline, key, calib_images, progress=progress)
             start = pruned[key]
-            small = compress(start, "-".join(str(s) for s in rest), calib_images, progress=progress)
+            small = compress(
+                start, "-".join(str(s) for s in rest), calib_images, progress=progress, **opts
+            )
             small.dfc_history = _merged_history(small, key, r)  # type: ignore[assignment]
         else:
-            small = compress(baseline, r, calib_images, progress=progress)
+            small = compress(baseline, r, calib_images, progress=progress, **opts)
             if cut and not rest:
                 pruned.setdefault(key, small)
         variants[r] = small
     test = loader("test", size=DEMO_SIZE, n=n_test, batch_size=100)
+    targets = {name: _runtime(m) for name, m in variants.items()} if deployed else None
+    if deployed:
+        notes.append(
+            "Deployed: int8 variants are quantized for XNNPACK and run as ExecuTorch .pte "
+            "files, float and pruned variants as float .pte files; 16-bit and 4-bit "
+            "variants, which phone runtimes have no kernels for, run as TorchScript files. "
+            "AUC, latency, file size and memory are those of the files."
+        )
     report = compare(
         variants,
         test,
         video=False,
         progress=progress,
+        deployed=deployed,
+        target=targets,
         measure_repeats=3 if quick else 10,
         title="dfcompress demo: NPR + SE-ResNet detector on the proxy task",
         notes=notes,

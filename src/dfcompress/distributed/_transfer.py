@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfcompress._modes import restore_modes, training_flags
 from dfcompress.errors import DfcompressError
 
 __all__ = ["ModelBlob", "function_ref", "load_blob", "pack_model"]
@@ -107,14 +108,13 @@ def pack_model(model: nn.Module, what: str, probe: torch.Tensor) -> ModelBlob:
             ) from e
     finally:
         os.unlink(path)
-    flags = {m: m.training for m in model.modules()}
+    flags = training_flags(model)
     model.eval()
     try:
         with torch.inference_mode():
             same = _same(model(probe), copy(probe))
     finally:
-        for m, was in flags.items():
-            m.train(was)
+        restore_modes(flags)
     if not same:
         raise DfcompressError(
             f"{what} cannot be sent to Ray workers: the copy rebuilt from its dfcompress file "

@@ -29,6 +29,7 @@ from torch import nn
 
 from dfcompress._modes import eval_mode, restore_modes, training_flags
 from dfcompress._validate import check_bool, check_int, check_model, check_tensor, refused_input
+from dfcompress.errors import DfcompressError
 
 __all__ = ["Measurement", "count_macs", "measure", "peak_rss_during"]
 
@@ -155,6 +156,23 @@ def peak_rss_during(model: nn.Module, example: torch.Tensor) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
+def tensor_bytes(model: nn.Module) -> int:
+    """Bytes of every distinct tensor a model holds (parameters, buffers, tensor attributes).
+
+    >>> tensor_bytes(nn.Linear(4, 2))  # 8 weights + 2 biases in float32
+    40
+    """
+    seen: set[int] = set()
+    total = 0
+    for m in model.modules():
+        tensors = [*m._parameters.values(), *m._buffers.values(), *vars(m).values()]
+        for t in tensors:
+            if isinstance(t, torch.Tensor) and id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+    return total
+
+
 def measure(
     model: nn.Module,
     example: torch.Tensor | None = None,
@@ -189,7 +207,10 @@ def measure(
     nonzero = sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
     if example is not None:
         check_tensor(example, "example", finite=False)
-    size = serialized_size(model)
+    try:
+        size = serialized_size(model)
+    except DfcompressError:  # a form save refuses (an exported graph): its tensors' bytes
+        size = tensor_bytes(model)
     if example is None:
         return Measurement(size, params, nonzero, 1.0 - nonzero / params if params else 0.0)
 

@@ -43,24 +43,39 @@ class Shipped:
     figures: DeployedFigures
 
 
-def deploy_targets(models: Mapping[str, nn.Module], target: str | None) -> dict[str, str]:
+def deploy_targets(
+    models: Mapping[str, nn.Module], target: str | Mapping[str, str] | None
+) -> dict[str, str]:
     """The runtime of each variant.
 
     A model quantized for a target (``dfc_target``) goes to that target; the others to
-    ``target``, else to the target the quantized variants name (so a float baseline is
-    timed in the same runtime as its int8 variants), else to :data:`DEFAULT_TARGET`.
+    ``target`` (one name, or a mapping from variant name to target for some of them),
+    else to the target the quantized variants name (so a float baseline is timed in
+    the same runtime as its int8 variants), else to :data:`DEFAULT_TARGET`.
 
     >>> from torch import nn
     >>> q = nn.Linear(2, 1); q.dfc_target = "onnxruntime"
     >>> deploy_targets({"baseline": nn.Linear(2, 1), "int8": q}, None)
     {'baseline': 'onnxruntime', 'int8': 'onnxruntime'}
+    >>> deploy_targets({"baseline": nn.Linear(2, 1), "q4": nn.Linear(2, 1)}, {"q4": "torchscript"})
+    {'baseline': 'xnnpack', 'q4': 'torchscript'}
     """
-    if target is not None:
+    chosen: dict[str, str] = {}
+    if isinstance(target, Mapping):
+        unknown = sorted(set(target) - set(models))
+        if unknown:
+            raise DfcompressError(
+                f"target names variants {unknown!r} that are not compared: use some of "
+                f"{sorted(models)}"
+            )
+        chosen = {name: check_target(t) for name, t in target.items()}
+        target = None
+    elif target is not None:
         check_target(target)
     own = {name: target_of(m) for name, m in models.items()}
     named = [t for t in own.values() if t is not None]
     fallback = target if target is not None else (named[0] if named else DEFAULT_TARGET)
-    return {name: t if t is not None else fallback for name, t in own.items()}
+    return {name: t if t is not None else chosen.get(name, fallback) for name, t in own.items()}
 
 
 def _run_all(art: Artifact, batches: Sequence[torch.Tensor], dtype: torch.dtype) -> Any:
@@ -75,7 +90,7 @@ def evaluate_deployed(
     example: torch.Tensor,
     folder: Path,
     *,
-    target: str | None,
+    target: str | Mapping[str, str] | None,
     batch_n: int,
     repeats: int,
     options: Mapping[str, Any],

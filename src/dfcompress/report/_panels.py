@@ -61,6 +61,10 @@ def cams(
         return {cat: [] for cat in CATEGORIES}
     x = inputs[chosen]
     target: nn.Module = model
+    if getattr(model, "dfc_save_refusal", None) is not None:
+        # An exported graph (a model quantized for a runtime) has no layers to hook.
+        notes.append("no Grad-CAM: this model is an exported graph with no layers to hook")
+        return {cat: [] for cat in CATEGORIES}
     if dtype != torch.float32:
         target = _float32_copy(model)
         notes.append(f"Grad-CAM ran on a float32 copy of this {dtype} model")

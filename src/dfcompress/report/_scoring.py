@@ -16,6 +16,7 @@ from torch import nn
 
 from dfcompress._calibration import check_batch
 from dfcompress._data import batch_input, batch_labels
+from dfcompress._modes import restore_modes, training_flags
 from dfcompress._validate import refused_input, short
 from dfcompress.errors import DfcompressError
 from dfcompress.evaluate.gradcam import fake_logodds
@@ -95,7 +96,7 @@ def score_batches(
 ) -> npt.NDArray[np.float64]:
     """P(fake) of every sample, in float64 (inputs cast to ``dtype``, outputs to float)."""
     out: list[torch.Tensor] = []
-    flags = {m: m.training for m in model.modules()}
+    flags = training_flags(model)
     model.eval()
     try:
         with torch.inference_mode():
@@ -110,8 +111,7 @@ def score_batches(
                 if bar is not None:
                     bar.update(1)
     finally:
-        for m, was in flags.items():
-            m.train(was)
+        restore_modes(flags)
     return torch.cat(out).numpy()
 
 

@@ -69,7 +69,7 @@ def compare(
     notes: Sequence[str] = (),
     executor: Executor = None,
     deployed: bool = False,
-    target: str | None = None,
+    target: str | Mapping[str, str] | None = None,
     deploy_batch: int = 32,
     export_options: Mapping[str, Any] | None = None,
 ) -> Report:
@@ -108,7 +108,8 @@ def compare(
             export's agreement figures, and the eager model's AUC beside them.
             Grad-CAM panels stay those of the eager model.
         target: The runtime of variants that were not quantized for one (a model
-            quantized with ``quantize(..., target=...)`` goes to its own). Default: the
+            quantized with ``quantize(..., target=...)`` goes to its own); one name, or
+            ``{variant: target}`` for some variants. Default: the
             target the quantized variants name, else ``"xnnpack"``.
         deploy_batch: The large batch of the deployed latency.
         export_options: Passed to :func:`dfcompress.export` (``atol``, ``rtol``,
