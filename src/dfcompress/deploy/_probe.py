@@ -12,22 +12,7 @@ import importlib
 import json
 import sys
 
-__all__ = ["main", "peak_rss_bytes"]
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory: ``VmHWM``, else ``ru_maxrss``."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    scale = 1 if sys.platform == "darwin" else 1024
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+__all__ = ["main"]
 
 
 def main(argv: list[str]) -> int:
@@ -45,6 +30,8 @@ def main(argv: list[str]) -> int:
     artifact = importlib.import_module(module).load_artifact(path)
     x = torch.rand((1, *sizes), generator=torch.Generator().manual_seed(0)).to(dtype)
     artifact.run(x)
+    from dfcompress.evaluate.measure import peak_rss_bytes
+
     print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}))
     return 0
 

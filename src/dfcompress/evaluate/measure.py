@@ -150,10 +150,20 @@ def peak_rss_during(model: nn.Module, example: torch.Tensor) -> int:
             if hwm is not None:
                 return hwm
         model(example)
+    return _ru_maxrss()
+
+
+def _ru_maxrss() -> int:
     import resource  # POSIX only; imported here so the module imports everywhere
 
     scale = 1 if sys.platform == "darwin" else 1024
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far: ``VmHWM``, else ``ru_maxrss``."""
+    hwm = _vm_hwm()
+    return hwm if hwm is not None else _ru_maxrss()
 
 
 def tensor_bytes(model: nn.Module) -> int:
