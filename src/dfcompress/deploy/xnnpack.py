@@ -28,7 +28,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, 
 from dfcompress._calibration import calibration_inputs
 from dfcompress._datafree import default_input_shape, synthesize_inputs
 from dfcompress._summary import warn_float
-from dfcompress._validate import check_bool, check_int, check_number, check_shape
+from dfcompress._validate import check_bool, check_int, check_number
 from dfcompress.deploy._artifact import Artifact, check_agreement, flat_outputs
 from dfcompress.deploy._pt2e_bias import correct_bias, float_weights
 from dfcompress.deploy._xnnpack_model import XnnpackQuantized
@@ -117,17 +117,10 @@ def quantize(
         An ``nn.Module`` running the converted graph on any batch size; ``summary``
         lists its layers; ``dfcompress.export`` writes its ``.pte``.
     """
+    from dfcompress.quant.api import check_calibration_options
+
     check_bool(progress, "progress")
-    check_int(max_samples, "max_samples", low=1)
-    if bias_correction is not None:
-        check_bool(bias_correction, "bias_correction")
-    if input_shape is not None:
-        input_shape = check_shape(input_shape, "input_shape")
-    if finetune is not None and not callable(finetune):
-        raise DfcompressError(
-            f"finetune={finetune!r} is not callable: pass a function (model, step) -> None, "
-            "e.g. dfcompress.distill_finetune(model, train_loader, lr=3e-5)"
-        )
+    input_shape = check_calibration_options(max_samples, bias_correction, input_shape, finetune)
     plan = make_plan(model, config, select)
     warn_float(
         {n: w for n, w in plan.left_float.items() if w != "kept by a rule"},

@@ -24,6 +24,22 @@ __all__ = ["quantize"]
 _log = logging.getLogger("dfcompress")
 
 
+def check_calibration_options(
+    max_samples: Any, bias_correction: Any, input_shape: Any, finetune: Any
+) -> tuple[int, ...] | None:
+    """The checks every quantizing entry point shares; returns ``input_shape`` as a tuple."""
+    if bias_correction is not None:
+        check_bool(bias_correction, "bias_correction")
+    check_int(max_samples, "max_samples", low=1)
+    shape = None if input_shape is None else check_shape(input_shape, "input_shape")
+    if finetune is not None and not callable(finetune):
+        raise DfcompressError(
+            f"finetune={finetune!r} is not callable: pass a function (model, step) -> None, "
+            "e.g. dfcompress.distill_finetune(model, train_loader, lr=3e-5)"
+        )
+    return shape
+
+
 def _quantizes_inputs(config: Config) -> bool:
     """Whether layers given ``config`` need calibrated activation ranges."""
     if not isinstance(config, IntQuant):
@@ -179,16 +195,7 @@ def quantize(
         ("pack", pack),
     ):
         check_bool(value, flag)
-    if bias_correction is not None:
-        check_bool(bias_correction, "bias_correction")
-    check_int(max_samples, "max_samples", low=1)
-    if input_shape is not None:
-        input_shape = check_shape(input_shape, "input_shape")
-    if finetune is not None and not callable(finetune):
-        raise DfcompressError(
-            f"finetune={finetune!r} is not callable: pass a function (model, step) -> None, "
-            "e.g. dfcompress.distill_finetune(model, train_loader, lr=3e-5)"
-        )
+    input_shape = check_calibration_options(max_samples, bias_correction, input_shape, finetune)
     mixed = isinstance(config, str) and config.lower() == "int4-mixed"
     if mixed:
         rules: list[Rule] = []  # from the sensitivity scan below, once the data is read
