@@ -42,3 +42,21 @@ def test_script_failure_is_a_dfcompress_error(tmp_path: Path) -> None:
 def test_bad_method(tmp_path: Path) -> None:
     with pytest.raises(DfcompressError, match="method='onnx'"):
         export_torchscript(resnet_like(), tmp_path / "m.pt", torch.randn(1), method="onnx")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("config", ["int4", "int8"])
+def test_packed_weights_stay_packed_in_the_file(config: str, tmp_path: Path) -> None:
+    """A traced file stores the packed codes, not a float copy of the weights too."""
+    from dfcompress import quantize
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 64, 3), nn.ReLU(), nn.Conv2d(64, 128, 3), nn.Flatten())
+    x = torch.randn(4, 3, 12, 12)
+    small = quantize(net, config, calibration=x, pack=True)
+    with torch.no_grad():
+        small(x)  # a warm weight cache must not end up in the file
+    r_float = export_torchscript(net, tmp_path / "f.pt", x)
+    r = export_torchscript(small, tmp_path / "q.pt", x)
+    ratio = r.file_bytes / r_float.file_bytes
+    assert ratio < (0.2 if config == "int4" else 0.32), ratio
+    assert r.agreement == 1.0

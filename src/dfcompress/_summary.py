@@ -30,6 +30,9 @@ from torch import nn
 
 __all__ = ["FloatLayersWarning", "FloatReason", "LayerRow", "ModelSummary", "summary"]
 
+PRUNED_MIN = 0.01
+"""Fraction of zero weights from which a float layer counts as ``"pruned"``."""
+
 FloatReason = Literal[
     "not selected",
     "unused in forward",
@@ -193,7 +196,8 @@ def _row(name: str, m: nn.Module) -> LayerRow | None:
             return None
         sparsity = _zero_fraction(weight)
         reason: FloatReason | None = getattr(m, _REASON_ATTR, "not selected")
-        action = "pruned" if sparsity > 0 else "float"
+        # A few exact zeros (weights that underflowed in a 16-bit checkpoint) are not pruning.
+        action = "pruned" if sparsity >= PRUNED_MIN else "float"
         if action == "pruned":
             reason = None
         return LayerRow(name, type(m).__name__, kind, weight.numel(), action, sparsity, reason)

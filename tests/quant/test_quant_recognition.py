@@ -198,6 +198,17 @@ def test_summary_of_a_float_model_says_not_selected() -> None:
     )
 
 
+def test_a_few_zero_weights_are_not_called_pruned() -> None:
+    """Weights that underflowed to 0 in a 16-bit checkpoint are not a pruned layer."""
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3))
+    with torch.no_grad():
+        net[0].weight.view(-1)[:1] = 0.0  # 1 of 216 weights
+        net[1].weight.view(-1)[:100] = 0.0  # 100 of 576
+    rows = {r.name: r for r in dfc.summary(net)}
+    assert (rows["0"].action, rows["0"].reason) == ("float", "not selected")
+    assert (rows["1"].action, rows["1"].reason) == ("pruned", None)
+
+
 def test_rule_kept_layers_are_reported_as_such() -> None:
     q = dfc.quantize(same_pad_net(), [("head", "float"), ("all", "int8-weight")], progress=False)
     rows = {r.name: r for r in dfc.summary(q)}
