@@ -56,21 +56,30 @@ def test_a_missing_checkpoint_says_how_to_make_one(tmp_path: Path) -> None:
         load_demo_detector(tmp_path / "none.safetensors")
 
 
-def test_the_deployed_demo_ships_int8_as_an_xnnpack_file_smaller_than_float(
+def test_the_deployed_demo_ships_each_variant_to_the_runtime_that_keeps_it_small(
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("executorch")
     from dfcompress.demo import run_demo
 
-    report = run_demo(tmp_path / "demo", quick=True, recipes=["q8", "q4"], progress=False)
-    base, q8, q4 = (report.variant(n) for n in ("baseline", "q8", "q4"))
-    assert base.deployed is not None and q8.deployed is not None and q4.deployed is not None
-    # int8 runs as XNNPACK integers; 4-bit weights have no phone kernels: TorchScript
-    assert (base.deployed.target, q8.deployed.target, q4.deployed.target) == (
+    recipes = ["q8", "q4", "q16", "p50"]
+    report = run_demo(tmp_path / "demo", quick=True, recipes=recipes, progress=False)
+    base, q8, q4, q16, p50 = (report.variant(n) for n in ("baseline", *recipes))
+    ships = [v.deployed for v in (base, q8, q4, q16, p50)]
+    assert all(d is not None for d in ships)
+    # int8 runs as XNNPACK integers; 16-bit and sparse weights are stored small in ONNX
+    # files; 4-bit weights have no phone kernels: TorchScript
+    assert [d.target for d in ships if d is not None] == [
         "xnnpack",
         "xnnpack",
         "torchscript",
-    )
-    assert q8.size_bytes < 0.35 * base.size_bytes  # the file, not the eager model
-    assert q8.deployed.agreement is not None and q8.deployed.agreement.passed
+        "onnxruntime",
+        "onnxruntime",
+    ]
+    # the files, not the eager models
+    assert q8.size_bytes < 0.35 * base.size_bytes
+    assert q4.size_bytes < 0.25 * base.size_bytes
+    assert q16.size_bytes < 0.55 * base.size_bytes
+    assert q8.deployed is not None and q8.deployed.agreement is not None
+    assert q8.deployed.agreement.passed
     assert (tmp_path / "demo" / "report.html").is_file()

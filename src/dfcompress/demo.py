@@ -43,6 +43,7 @@ __all__ = [
     "DEMO_SIZE",
     "DEMO_TRAIN",
     "DEMO_WIDTHS",
+    "SPARSE_FILE_MIN",
     "NprDetector",
     "checkpoint_path",
     "demo_detector",
@@ -321,17 +322,34 @@ def run_demo(
         torch.set_num_threads(old_threads)
 
 
+SPARSE_FILE_MIN = 0.2
+"""Fraction of zero conv/linear weights from which a float demo variant ships as ONNX,
+whose file stores pruned weights sparse (an ExecuTorch file stores every zero)."""
+
+
 def _runtime(model: nn.Module) -> str:
-    """Where a demo variant runs: its own target, else XNNPACK when it is float32."""
+    """Where a demo variant runs.
+
+    Its own target when it was quantized for one; ONNX Runtime for 16-bit weights
+    (stored in 16 bits, computed in float32 on CPUs without 16-bit arithmetic) and for
+    unstructured-pruned weights (stored sparse); TorchScript for fake-quantized layers
+    no phone runtime has kernels for (4-bit weights); else XNNPACK.
+    """
+    from dfcompress._summary import summary
     from dfcompress.deploy._targets import target_of
     from dfcompress.quant.modules import QuantLayer
 
     own = target_of(model)
     if own is not None:
         return own
-    low = any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters())
-    fake = any(isinstance(m, QuantLayer) for m in model.modules())
-    return "torchscript" if low or fake else "xnnpack"
+    if any(isinstance(m, QuantLayer) for m in model.modules()):
+        return "torchscript"
+    if any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters()):
+        return "onnxruntime"
+    rows = list(summary(model))
+    total = sum(r.params for r in rows)
+    zeros = sum(r.sparsity * r.params for r in rows)
+    return "onnxruntime" if total and zeros / total >= SPARSE_FILE_MIN else "xnnpack"
 
 
 def _run(
@@ -398,14 +416,25 @@ def _run(
             if cut and not rest:
                 pruned.setdefault(key, small)
         variants[r] = small
+    if any(r.startswith("ise") for r in recipes):
+        notes.append(
+            "ise8-4-8 is the BNext preset (stem at 8 bits, squeeze-and-excitation layers at "
+            "4, head at 8; a BNext's binary body convolutions are 1-bit already): on this "
+            "float SE-ResNet it leaves the body convolutions float, so its file stays near "
+            "the float size (see the Model section's per-variant summary)."
+        )
     test = loader("test", size=DEMO_SIZE, n=n_test, batch_size=100)
     targets = {name: _runtime(m) for name, m in variants.items()} if deployed else None
     if deployed:
         notes.append(
             "Deployed: int8 variants are quantized for XNNPACK and run as ExecuTorch .pte "
-            "files, float and pruned variants as float .pte files; 16-bit and 4-bit "
-            "variants, which phone runtimes have no kernels for, run as TorchScript files. "
-            "AUC, latency, file size and memory are those of the files."
+            "files, the float baseline and channel-pruned variants as float .pte files; "
+            "16-bit variants and unstructured-pruned float ones run as ONNX files in ONNX "
+            "Runtime (16-bit weights computed in float32 on this CPU; pruned weights stored "
+            "sparse, made dense when the file loads); 4-bit weights, which phone runtimes "
+            "have no convolution kernels for, run as TorchScript files. AUC, latency, file "
+            "size and memory are those of the files; speed-ups are against the baseline's "
+            "XNNPACK file."
         )
     report = compare(
         variants,

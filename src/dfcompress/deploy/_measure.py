@@ -227,20 +227,9 @@ def measure_artifacts(
         artifacts, example, batches=batches, repeats=repeats, warmup=warmup, threads=threads
     )
     used = threads if threads is not None else torch.get_num_threads()
+    rss = _peak_rss_all(artifacts, example, threads) if memory else {}
     out: dict[str, DeployedCost] = {}
     for name, art in artifacts.items():
-        rss: int | None = None
-        if memory:
-            try:
-                rss = fresh_peak_rss(
-                    art.target,
-                    art.path,
-                    tuple(example.shape[1:]),
-                    dtype=example.dtype,
-                    threads=threads,
-                )
-            except DfcompressError:
-                rss = None
         out[name] = DeployedCost(
             size_bytes=art.size_bytes,
             latency_ms_b1=lat[name][1],
@@ -248,6 +237,35 @@ def measure_artifacts(
             batch_n=batch_n,
             repeats=repeats,
             threads=used,
-            peak_rss_bytes=rss,
+            peak_rss_bytes=rss.get(name),
         )
     return out
+
+
+def _peak_rss_all(
+    artifacts: Mapping[str, Artifact], example: torch.Tensor, threads: int | None
+) -> dict[str, int | None]:
+    """:func:`fresh_peak_rss` of every file (None where the process failed).
+
+    The processes run side by side, as many as there are cores for their threads:
+    each one's own high-water mark is the figure, so they do not disturb each other's.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(art: Artifact) -> int | None:
+        try:
+            return fresh_peak_rss(
+                art.target,
+                art.path,
+                tuple(example.shape[1:]),
+                dtype=example.dtype,
+                threads=threads,
+            )
+        except DfcompressError:
+            return None
+
+    cores = os.cpu_count() or 1
+    workers = max(1, min(len(artifacts), cores // max(1, threads or cores)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        done = dict(zip(artifacts, pool.map(one, artifacts.values()), strict=True))
+    return done

@@ -21,6 +21,7 @@ from torch import nn
 from dfcompress._rebuild import register_module
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
+from dfcompress.quant.fake_quantizer import exporting
 
 __all__ = ["CastConv1d", "CastConv2d", "CastConv3d", "CastLayer", "CastLinear"]
 
@@ -98,6 +99,14 @@ class CastLayer(nn.Module):
             self.inner = inner.to(self.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.inner is None and x.device.type == "cpu" and not exporting():
+            # CPUs without 16-bit arithmetic (and ONNX Runtime's CPU kernels) round the
+            # input, weight and output to 16 bits and accumulate in float32; PyTorch's
+            # 16-bit CPU convolutions compute the same far more slowly.
+            b = None if self.bias is None else self.bias.float()
+            xr = x.to(self.dtype).float()
+            y = _layers.layer_forward(self.layer_kind, self.args, xr, self.weight.float(), b)
+            return y.to(self.dtype).to(x.dtype)
         if self.inner is None:
             y = _layers.layer_forward(
                 self.layer_kind, self.args, x.to(self.dtype), self.weight, self.bias
