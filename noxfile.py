@@ -120,7 +120,7 @@ def report(session: nox.Session) -> None:
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         session.error("chromium not found: apt-get install chromium")
-    _install(session, ".[demo,report]")
+    _install(session, ".[demo,report,mobile,onnx]")
     session.run("dfcompress", "demo", "--out", "report")
     html = Path("report/report.html").resolve()
     session.run(

@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--eager",
         action="store_true",
-        help="evaluate the eager models only (default: the deployed files, needs [mobile])",
+        help="evaluate the eager models only (default: the deployed files, needs [mobile,onnx])",
     )
     _common(demo)
     demo.set_defaults(func=_demo)

@@ -295,7 +295,7 @@ def run_demo(
             one thread is kind to a shared CPU. None
             keeps torch's setting.
         progress: Show progress bars.
-        deployed: Evaluate every variant as it ships (the ``mobile`` extra):
+        deployed: Evaluate every variant as it ships (the ``mobile`` and ``onnx`` extras):
             int8 variants are quantized for XNNPACK and written as ExecuTorch
             ``.pte`` files, float and pruned ones as float ``.pte`` files, and the
             variants no phone runtime has kernels for (16-bit casts, 4-bit weights)
@@ -308,7 +308,9 @@ def run_demo(
     from dfcompress._extras import require_extras
     from dfcompress.recipe import parse_recipe
 
-    require_extras("report", "demo", *(("mobile",) if deployed else ()), what="dfcompress demo")
+    require_extras(
+        "report", "demo", *(("mobile", "onnx") if deployed else ()), what="dfcompress demo"
+    )
     for r in recipes:
         parse_recipe(r)  # fail on a typo before any work
     if threads is not None and threads < 1:
