@@ -109,12 +109,14 @@ def _quantize(
     from dfcompress.quant.api import quantize
 
     config: Any = step.config_name if isinstance(step, Quantize) else step.rules()
-    if opts.get("target") is not None:
-        # A target's quantized form is its runtime's own; packing is dfcompress's storage.
-        opts.pop("pack", None)
-    else:
+    own = opts.get("target") is None
+    if own:
         opts.setdefault("pack", True)
-    return quantize(model, config, calibration, inplace=True, progress=progress, **opts)
+    else:
+        # A target's quantized form is a new graph in its runtime's own terms; packing
+        # is dfcompress's storage.
+        opts.pop("pack", None)
+    return quantize(model, config, calibration, inplace=own, progress=progress, **opts)
 
 
 def apply_step(

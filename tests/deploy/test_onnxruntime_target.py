@@ -7,11 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _deploy_nets import NETS, inputs, se_silu_net
+from _deploy_nets import NETS, inputs, resnet_net, se_silu_net
 from torch import nn
 
 import dfcompress as dfc
 from dfcompress.deploy._onnx_quant import WEIGHT_BITS, tie_requantization
+from dfcompress.deploy._targets import target_of
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import QuantLayer
 
@@ -118,3 +119,30 @@ def test_default_int8_exports_within_the_default_check(tmp_path: Path, name: str
     kernels = art.details["int8_kernels"]
     assert kernels["QLinearConv"] >= 1
     assert "QLinearSigmoid" not in kernels and "QLinearMul" not in kernels  # float, as in eager
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("inplace", True),
+        ("pack", True),
+        ("fold_bn", False),
+        ("bn_reestimation", True),
+        ("rounding", "adaptive"),
+        ("cross_layer_equalization", True),
+    ],
+)
+def test_options_a_target_cannot_honour_are_refused_by_name(option: str, value: object) -> None:
+    net = resnet_net()
+    x = inputs(4, 16, 0)
+    with pytest.raises(DfcompressError, match=rf"{option}={value!r} cannot be used with target="):
+        dfc.quantize(net, "int8", x, target="onnxruntime", progress=False, **{option: value})
+
+
+def test_compress_with_a_target_leaves_the_callers_model_alone() -> None:
+    net = resnet_net()
+    x = inputs(8, 16, 0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    small = dfc.compress(net, "q8", x, target="onnxruntime", progress=False)
+    assert small is not net and target_of(small) == "onnxruntime"
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())

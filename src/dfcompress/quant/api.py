@@ -76,6 +76,32 @@ def _mixed_rules(
     return ([(by_name(*sorted(high)), HIGH)] if high else []) + [(scope, LOW)]
 
 
+def _target_options(target: str, **given: Any) -> None:
+    """Refuse the options a runtime target's quantized model cannot honour."""
+    defaults: dict[str, Any] = {
+        "inplace": False,
+        "fold_bn": True,
+        "bn_reestimation": False,
+        "pack": False,
+        "rounding": "nearest",
+        "cross_layer_equalization": False,
+    }
+    why = {
+        "inplace": "the target's model is a new graph; use the returned model",
+        "fold_bn": "the runtime folds BatchNorm into the convolutions before it",
+        "bn_reestimation": "BatchNorm is folded into the runtime's convolutions",
+        "pack": "the exported file stores the integer weights itself",
+        "rounding": "the target rounds weights to nearest",
+        "cross_layer_equalization": "not available for runtime targets yet",
+    }
+    for key, value in given.items():
+        if value != defaults[key]:
+            raise DfcompressError(
+                f"{key}={value!r} cannot be used with target={target!r}: {why[key]} "
+                f"(leave it at {defaults[key]!r}, or quantize without a target)"
+            )
+
+
 def quantize(
     model: nn.Module,
     config: Config | str | Sequence[Rule] = "int8",
@@ -165,10 +191,29 @@ def quantize(
     """
     check_model(model)
     has_layers(model, what="quantize")
+    for flag, value in (
+        ("cross_layer_equalization", cross_layer_equalization),
+        ("inplace", inplace),
+        ("progress", progress),
+        ("fold_bn", fold_bn),
+        ("bn_reestimation", bn_reestimation),
+        ("pack", pack),
+    ):
+        check_bool(value, flag)
     if target is not None:
         from dfcompress.deploy._targets import check_target, target_module
 
-        module = target_module(check_target(target))
+        name = check_target(target)
+        _target_options(
+            name,
+            inplace=inplace,
+            fold_bn=fold_bn,
+            bn_reestimation=bn_reestimation,
+            pack=pack,
+            rounding=rounding,
+            cross_layer_equalization=cross_layer_equalization,
+        )
+        module = target_module(name)
         if not hasattr(module, "quantize"):
             raise DfcompressError(
                 f"target={target!r} has no quantized form; export the float or "
@@ -186,15 +231,6 @@ def quantize(
             finetune=finetune,
         )
         return made
-    for flag, value in (
-        ("cross_layer_equalization", cross_layer_equalization),
-        ("inplace", inplace),
-        ("progress", progress),
-        ("fold_bn", fold_bn),
-        ("bn_reestimation", bn_reestimation),
-        ("pack", pack),
-    ):
-        check_bool(value, flag)
     input_shape = check_calibration_options(max_samples, bias_correction, input_shape, finetune)
     mixed = isinstance(config, str) and config.lower() == "int4-mixed"
     if mixed:
