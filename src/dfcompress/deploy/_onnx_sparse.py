@@ -7,8 +7,8 @@ codes) fills enough of it to save 10 % of its bytes (:data:`MAX_RATIO`) is repla
 
 * ``mask``: one bit per element, packed 8 to a uint8 byte (element ``8i + j`` is bit
   ``j`` of byte ``i``), set where the element differs from the common value;
-* ``values``: the common value, then the other elements in order (bit patterns kept:
-  ``-0.0`` and NaN come back as they were);
+* ``values``: the common value, then the other elements in order (bit patterns kept,
+  NaN payloads included; ``-0.0`` is stored as ``0.0``, see :func:`_patterns`);
 
 and a few standard operators that rebuild the dense tensor under its old name::
 
@@ -46,6 +46,19 @@ _MATMULS = ("Gemm", "MatMul")
 _CONVS = ("Conv", "ConvTranspose")
 
 
+def _patterns(w: np.ndarray) -> np.ndarray:
+    """The elements of ``w`` as unsigned integers of their width; -0.0 is read as 0.0.
+
+    A BatchNorm folded with a negative scale turns a pruned channel's zeros into -0.0;
+    stored as 0.0 they cost nothing, and every product with them is the same number.
+    Other bit patterns (NaN payloads included) are kept.
+    """
+    flat = np.ascontiguousarray(w).reshape(-1)
+    if flat.dtype.kind == "f":
+        flat = np.where(flat == 0, np.zeros((), flat.dtype), flat)
+    return flat.view(f"u{flat.dtype.itemsize}")
+
+
 def encode(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(mask, values)`` of ``w``: packed ``[ceil(n / 8), 1]`` uint8 bits, common value first.
 
@@ -53,15 +66,14 @@ def encode(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     >>> mask.ravel().tolist(), values.tolist()
     ([18], [0.0, 2.0, 3.0])
     """
-    flat = np.ascontiguousarray(w).reshape(-1)
-    if flat.size == 0:
-        return np.zeros((0, 1), np.uint8), np.zeros(1, flat.dtype)
-    bits = flat.view(f"u{flat.dtype.itemsize}")  # compare bit patterns: -0.0 and NaN are kept
+    if w.size == 0:
+        return np.zeros((0, 1), np.uint8), np.zeros(1, w.dtype)
+    bits = _patterns(w)
     codes, counts = np.unique(bits, return_counts=True)
     common = codes[int(np.argmax(counts))]
     keep = bits != common
     mask = np.packbits(keep, bitorder="little").reshape(-1, 1)
-    values = np.concatenate([np.asarray([common], bits.dtype), bits[keep]]).view(flat.dtype)
+    values = np.concatenate([np.asarray([common], bits.dtype), bits[keep]]).view(w.dtype)
     return mask, values
 
 
@@ -69,8 +81,7 @@ def worth_encoding(w: np.ndarray) -> bool:
     """Whether ``w`` is big and sparse enough for the encoding to save 10 % of its bytes."""
     if w.size < MIN_ELEMENTS or w.size >= 2**31:  # int32 ranks
         return False
-    bits = np.ascontiguousarray(w).reshape(-1).view(f"u{w.dtype.itemsize}")
-    kept = w.size - int(np.unique(bits, return_counts=True)[1].max())
+    kept = w.size - int(np.unique(_patterns(w), return_counts=True)[1].max())
     encoded = math.ceil(w.size / 8) + (kept + 1) * w.dtype.itemsize + _NODE_BYTES
     return encoded <= MAX_RATIO * w.nbytes
 
