@@ -293,3 +293,32 @@ def scored_samples(
     levels = st.sampled_from([0.0, 0.1, 0.25, 0.5, 0.5, 0.75, 0.9, 1.0, -3.0, 7.5])
     scores = [draw(st.lists(levels, min_size=n, max_size=n)) for _ in range(rows)]
     return labels, scores
+
+
+_SPECIAL_FLOATS = [0.0, -0.0, float("nan"), float("inf"), -float("inf"), 1e-30, 65504.0]
+
+
+@st.composite
+def sparse_arrays(draw: st.DrawFn) -> Any:
+    """A float32/float16/int8/uint8 numpy array of a random shape, mostly one value.
+
+    The common value is 0 (or -0.0, or uint8's zero point 128) and fills a random
+    fraction; float arrays also hold NaN, infinities and signed zeros.
+    """
+    import numpy as np
+
+    dtype = np.dtype(draw(st.sampled_from(["float32", "float16", "int8", "uint8"])))
+    shape = draw(shapes(min_dims=1, max_dims=4, max_side=9))
+    fill_fraction = draw(st.floats(0.0, 1.0))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if dtype.kind == "f":
+        w = rng.standard_normal(shape).astype(dtype)
+        special = rng.random(shape) < 0.05
+        w[special] = rng.choice(np.array(_SPECIAL_FLOATS, dtype), int(special.sum()))
+        fill = draw(st.sampled_from([0.0, -0.0]))
+    else:
+        info = np.iinfo(dtype)
+        w = rng.integers(info.min, info.max, shape, endpoint=True).astype(dtype)
+        fill = draw(st.sampled_from([0, 128] if dtype == np.uint8 else [0, -1]))
+    w[rng.random(shape) < fill_fraction] = fill
+    return w

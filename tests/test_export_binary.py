@@ -53,7 +53,14 @@ def test_exact_binary_export_reproduces_eager_with_one_byte_weights(tmp_path: Pa
     net = small_bnext()
     x = torch.randn(8, 3, 32, 32)
     f = export_onnx(net, tmp_path / "f.onnx", x)
-    b = export_onnx(net, tmp_path / "b.onnx", x, binary="int8", quantize_conv_outputs=False)
+    b = export_onnx(
+        net,
+        tmp_path / "b.onnx",
+        x,
+        binary="int8",
+        quantize_conv_outputs=False,
+        sparse_weights="off",
+    )
     assert b.kind == "int8" and b.agreement == 1.0 and b.max_abs_diff < 1e-4
     codes = int8_initializers(b.path)
     assert len(codes) == n_binary(net)
@@ -61,6 +68,9 @@ def test_exact_binary_export_reproduces_eager_with_one_byte_weights(tmp_path: Pa
     binary_params = sum(m.weight_numel for m in net.modules() if isinstance(m, BinaryConv2d))
     # 3 bytes saved per binary weight (4-byte floats become 1-byte codes)
     assert f.file_bytes - b.file_bytes > 2.5 * binary_params
+    # Stored sparse, the +-1 codes take less still (a bit mask and one byte per +1)
+    s = export_onnx(net, tmp_path / "s.onnx", x, binary="int8", quantize_conv_outputs=False)
+    assert s.agreement == 1.0 and s.sparse_tensors >= 1 and s.file_bytes < b.file_bytes
 
 
 def test_binary_convs_run_as_qlinearconv(tmp_path: Path) -> None:

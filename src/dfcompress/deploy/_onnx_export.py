@@ -20,6 +20,7 @@ from dfcompress._calibration import calibration_inputs
 from dfcompress._data import iter_inputs, model_float_dtype
 from dfcompress._validate import check_bool, check_int, refused_input
 from dfcompress.deploy._artifact import Agreement
+from dfcompress.deploy._onnx_sparse import write_sparse
 from dfcompress.deploy._onnx_torch import to_onnx
 from dfcompress.deploy._result import (
     ExportResult,
@@ -59,6 +60,7 @@ def _check_options(opts: dict[str, Any]) -> None:
     _check_choice(opts["range_observer"], "range_observer", ("minmax", "mse"))
     _check_choice(opts["binary"], "binary", ("auto", "int8", "float"))
     _check_choice(opts["exporter"], "exporter", ("auto", "torchscript", "dynamo"))
+    _check_choice(opts["sparse_weights"], "sparse_weights", ("auto", "off"))
 
 
 def write_onnx(
@@ -77,6 +79,7 @@ def write_onnx(
     quantize_elementwise: bool = True,
     binary: Literal["auto", "int8", "float"] = "auto",
     range_observer: Literal["minmax", "mse"] = "minmax",
+    sparse_weights: Literal["auto", "off"] = "auto",
     atol: float | None = None,
     rtol: float | None = None,
     min_agreement: float | None = None,
@@ -135,8 +138,22 @@ def write_onnx(
             onnx.checker.check_model(graph)  # type: ignore[attr-defined]
         except Exception as e:
             raise DfcompressError(f"the exported graph is not valid ONNX: {e}") from e
-        path.write_bytes(graph.SerializeToString())
-        result = ExportResult(path, "onnx", kind, path.stat().st_size, opset, used, weights=weights)
+        n_sparse, saved = 0, 0
+        if sparse_weights == "auto":
+            n_sparse, saved = write_sparse(graph, path, quantized=kind == "int8")
+        else:
+            path.write_bytes(graph.SerializeToString())
+        result = ExportResult(
+            path,
+            "onnx",
+            kind,
+            path.stat().st_size,
+            opset,
+            used,
+            weights=weights,
+            sparse_tensors=n_sparse,
+            sparse_bytes_saved=saved,
+        )
         if not check:
             return result, None
         try:

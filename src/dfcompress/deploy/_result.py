@@ -50,6 +50,8 @@ class ExportResult:
             one-logit head, else argmax); None when the output is not a score.
         int8_kernels: Integer operators ONNX Runtime runs after its fusions, by type.
         weights: Storage of the int8 weight codes (``"int8"`` or ``"uint8"``), else None.
+        sparse_tensors: Weights stored as a bit mask and their non-zero values (ONNX).
+        sparse_bytes_saved: How many bytes smaller that made the file.
     """
 
     path: Path
@@ -62,6 +64,8 @@ class ExportResult:
     agreement: float | None = None
     int8_kernels: dict[str, int] = field(default_factory=dict)
     weights: str | None = None
+    sparse_tensors: int = 0
+    sparse_bytes_saved: int = 0
 
 
 def check_paths(model: Any, path: Any, example: Any) -> Path:
@@ -126,4 +130,7 @@ def to_artifact(
         details["weights"] = result.weights
     if result.int8_kernels:
         details["int8_kernels"] = dict(result.int8_kernels)
+    if result.sparse_tensors:
+        details["sparse_tensors"] = result.sparse_tensors
+        details["sparse_bytes_saved"] = result.sparse_bytes_saved
     return Artifact(result.path, target, result.file_bytes, agreement, details, runner)
