@@ -83,4 +83,7 @@ def test_the_deployed_demo_ships_each_variant_to_the_runtime_that_keeps_it_small
     assert p50.size_bytes <= 0.60 * base.size_bytes  # zeros stored sparse
     assert q8.deployed is not None and q8.deployed.agreement is not None
     assert q8.deployed.agreement.passed
+    # the float model in ONNX Runtime too, so the runtime's own speed is in the table
+    ort = report.variant("baseline-ort").deployed
+    assert ort is not None and ort.target == "onnxruntime"
     assert (tmp_path / "demo" / "report.html").is_file()
