@@ -13,7 +13,7 @@ from torch import nn
 pytest.importorskip("executorch")
 
 import dfcompress
-from dfcompress.deploy import xnnpack
+from dfcompress.deploy import Artifact, xnnpack
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import Float, IntQuant, PerTensor
 
@@ -30,10 +30,29 @@ def quantized() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def int8_file(quantized: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    art = dfcompress.export(quantized, tmp_path_factory.mktemp("x") / "q.pte", TEST)
-    assert art.agreement is not None and art.agreement.max_abs_diff <= art.agreement.bound
-    return art.path
+def int8_artifact(quantized: nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Artifact:
+    return dfcompress.export(quantized, tmp_path_factory.mktemp("x") / "q.pte", TEST)
+
+
+@pytest.fixture(scope="module")
+def int8_file(int8_artifact: Artifact) -> Path:
+    return int8_artifact.path
+
+
+def test_int8_file_computes_what_the_eager_model_computes(
+    quantized: nn.Module, int8_artifact: Artifact
+) -> None:
+    # The ResNet-like case of test_xnnpack_models' model list, on this module's export.
+    art = int8_artifact
+    assert art.target == "xnnpack" and art.details["quantized"]
+    assert art.agreement is not None and art.agreement.passed
+    assert art.agreement.max_abs_diff <= art.agreement.bound
+    assert art.agreement.agreement is not None and art.agreement.agreement >= 0.995
+    assert art.details["delegated_ops"] > 0
+    # The eager int8 model stays close to the float one (it is a quantized copy of it).
+    with torch.no_grad():
+        ref, got = resnet_like()(TEST), quantized(TEST)
+    assert (ref - got).abs().max() <= 0.25 * ref.abs().max() + 0.05
 
 
 def test_float_model_exports_and_matches(tmp_path: Path) -> None:
@@ -150,11 +169,13 @@ def test_bias_correction_lowers_the_error_it_targets() -> None:
     assert err_fixed < err_plain
 
 
-def test_qat_by_distillation_trains_the_graph_and_still_deploys(tmp_path: Path) -> None:
+def test_qat_by_distillation_trains_the_graph_and_still_deploys(
+    quantized: nn.Module, tmp_path: Path
+) -> None:
     net = resnet_like()
     ft = dfcompress.distill_finetune(net, [CALIB], epochs=1, lr=1e-3, progress=False)
+    ptq = quantized  # the same float net and calibration, without the finetune
     kw = {"calibration": CALIB, "target": "xnnpack", "progress": False}
-    ptq = dfcompress.quantize(net, "int8", **kw)
     qat = dfcompress.quantize(net, "int8", finetune=ft, **kw)
     assert qat.details["qat"] is True  # type: ignore[index]
     with torch.no_grad():
