@@ -182,3 +182,12 @@ def test_bad_arguments_are_clear_errors() -> None:
         compare({"baseline": _detector(False)}, (x, y + 2), progress=False)
     with pytest.raises(DfcompressError, match="unknown recipe token"):
         compare({"baseline": _detector(False), "v": "q9"}, (x, y), progress=False)
+
+
+def test_macs_are_counted_per_image_whatever_the_example_batch() -> None:
+    x, y, _ = _data()
+    net = _detector(False)
+    # conv 3->4, 3x3 on 12x12 (10x10 out): 4*27*100 = 10,800; head 4 -> 1: 4
+    for batch in (1, 8):
+        rep = compare({"baseline": net}, (x, y), example=x[:batch], progress=False, gradcam=False)
+        assert rep.cost()[0]["MACs/img"] == "10,804"

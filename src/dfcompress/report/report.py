@@ -154,7 +154,7 @@ class Report:
         return rows
 
     def cost(self) -> list[dict[str, str]]:
-        """Latency per sample, peak memory, parameters and MACs per variant.
+        """Latency per sample, peak memory, parameters and MACs per sample, per variant.
 
         Deployed variants show their file's latency at batch 1 and N in its runtime and
         the peak RSS of a fresh process that loads it and runs one image; eager ones the
@@ -178,7 +178,8 @@ class Report:
             params = v.params if v.params is not None else (m.params if m else None)
             row["Params"] = "n/a" if params is None else f"{params:,}"
             row["Non-zero params"] = f"{m.nonzero_params:,}" if m else "n/a"
-            row["MACs"] = f"{m.macs:,}" if m and m.macs is not None else "n/a"
+            per_img = m.macs // max(1, m.batch_size or 1) if m and m.macs is not None else None
+            row["MACs/img"] = "n/a" if per_img is None else f"{per_img:,}"
             row["Input dtype"] = v.input_dtype
             rows.append(row)
         return rows
