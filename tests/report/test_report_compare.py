@@ -191,3 +191,27 @@ def test_macs_are_counted_per_image_whatever_the_example_batch() -> None:
     for batch in (1, 8):
         rep = compare({"baseline": net}, (x, y), example=x[:batch], progress=False, gradcam=False)
         assert rep.cost()[0]["MACs/img"] == "10,804"
+
+
+class _FunctionalConv(nn.Module):
+    """Its convolution is a function call, as in an exported graph: no module to hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.full((4, 3, 3, 3), 1.0 / 27.0))
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = torch.relu(torch.nn.functional.conv2d(x, self.w)).mean(dim=(2, 3))
+        out: torch.Tensor = self.head(f)
+        return out
+
+
+def test_a_model_without_feature_maps_gets_a_note_instead_of_grad_cam() -> None:
+    x, y, _ = _data()
+    rep = compare(
+        {"baseline": _detector(False), "graph": _FunctionalConv()}, (x, y), progress=False
+    )
+    graph = rep.variant("graph")
+    assert any("no Grad-CAM" in n for n in graph.notes)
+    assert not any(graph.cams.values()) and any(rep.variant("baseline").cams.values())

@@ -27,7 +27,14 @@ from torch import nn
 
 from dfcompress.errors import DfcompressError
 
-__all__ = ["GradCam", "Target", "default_target_layer", "fake_logodds", "grad_cam"]
+__all__ = [
+    "GradCam",
+    "NoFeatureMapError",
+    "Target",
+    "default_target_layer",
+    "fake_logodds",
+    "grad_cam",
+]
 
 Target: TypeAlias = "Literal['logodds'] | int | Callable[[torch.Tensor], torch.Tensor]"
 """``"logodds"`` (fake vs real), a class index, or a function output -> one value per sample."""
@@ -123,9 +130,14 @@ def _record_4d_outputs(
     return output, seen
 
 
+class NoFeatureMapError(DfcompressError):
+    """No module of the model produced a 4-D ``[N, C, H, W]`` activation to explain
+    (a token model, or an exported graph whose operators are not modules)."""
+
+
 def _pick_default(seen: list[tuple[str, torch.Tensor]]) -> tuple[str, torch.Tensor]:
     if not seen:
-        raise DfcompressError(
+        raise NoFeatureMapError(
             "no module produced a 4-D [N, C, H, W] activation: pass target_layer= "
             "(models on tokens need a layer whose output is reshaped to a map)"
         )

@@ -10,7 +10,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from dfcompress.evaluate.gradcam import grad_cam
+from dfcompress.evaluate.gradcam import NoFeatureMapError, grad_cam
 from dfcompress.report.result import CATEGORIES, CamPanel, Category, VariantResult
 
 __all__ = ["cams", "panel_images", "pick"]
@@ -61,18 +61,19 @@ def cams(
         return {cat: [] for cat in CATEGORIES}
     x = inputs[chosen]
     target: nn.Module = model
-    if getattr(model, "dfc_save_refusal", None) is not None:
-        # An exported graph (a model quantized for a runtime) has no layers to hook.
-        notes.append("no Grad-CAM: this model is an exported graph with no layers to hook")
-        return {cat: [] for cat in CATEGORIES}
     if dtype != torch.float32:
         target = _float32_copy(model)
         notes.append(f"Grad-CAM ran on a float32 copy of this {dtype} model")
     try:
-        cam = grad_cam(target, x.float())
-    except RuntimeError:
-        cam = grad_cam(_float32_copy(model), x.float())
-        notes.append("Grad-CAM ran on a float32 copy of this model")
+        try:
+            cam = grad_cam(target, x.float())
+        except RuntimeError:
+            cam = grad_cam(_float32_copy(model), x.float())
+            notes.append("Grad-CAM ran on a float32 copy of this model")
+    except NoFeatureMapError:
+        # e.g. a model quantized for a runtime: an exported graph of operators, not modules
+        notes.append("no Grad-CAM: no layer of this model outputs a [N, C, H, W] map to explain")
+        return {cat: [] for cat in CATEGORIES}
     maps = cam.maps.detach().float().numpy()
     flat = cam.flat.numpy()
     out: dict[Category, list[CamPanel]] = {}
