@@ -342,8 +342,8 @@ def _runtime(model: nn.Module) -> str:
     unstructured-pruned weights (stored sparse); TorchScript for fake-quantized layers
     no phone runtime has kernels for (4-bit weights); else XNNPACK.
     """
-    from dfcompress._summary import summary
     from dfcompress.deploy._targets import target_of
+    from dfcompress.prune import sparsity
     from dfcompress.quant.modules import QuantLayer
 
     own = target_of(model)
@@ -353,10 +353,7 @@ def _runtime(model: nn.Module) -> str:
         return "torchscript"
     if any(p.dtype in (torch.float16, torch.bfloat16) for p in model.parameters()):
         return "onnxruntime"
-    rows = list(summary(model))
-    total = sum(r.params for r in rows)
-    zeros = sum(r.sparsity * r.params for r in rows)
-    return "onnxruntime" if total and zeros / total >= SPARSE_FILE_MIN else "xnnpack"
+    return "onnxruntime" if sparsity(model) >= SPARSE_FILE_MIN else "xnnpack"
 
 
 def _run(

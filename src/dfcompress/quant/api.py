@@ -77,15 +77,11 @@ def _mixed_rules(
 
 
 def _target_options(target: str, **given: Any) -> None:
-    """Refuse the options a runtime target's quantized model cannot honour."""
-    defaults: dict[str, Any] = {
-        "inplace": False,
-        "fold_bn": True,
-        "bn_reestimation": False,
-        "pack": False,
-        "rounding": "nearest",
-        "cross_layer_equalization": False,
-    }
+    """Refuse the options a runtime target's quantized model cannot honour (any value
+    but :func:`quantize`'s default)."""
+    import inspect
+
+    defaults = {k: p.default for k, p in inspect.signature(quantize).parameters.items()}
     why = {
         "inplace": "the target's model is a new graph; use the returned model",
         "fold_bn": "the runtime folds BatchNorm into the convolutions before it",
