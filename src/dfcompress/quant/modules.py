@@ -306,24 +306,21 @@ class QuantLayer(nn.Module):
         """The fake-quantized (or unpacked and dequantized) float weight."""
         wq = self.weight_quant
         if self.weight_packed is not None:
-            if exporting():
-                # Never the cached float weight: a tracer would store it as a constant
-                # beside the packed codes. Unpacking is recorded instead, and the
-                # (idempotent) re-quantization lets an exporter see the
-                # QuantizeLinear/DequantizeLinear pair.
-                w = dequantize(
-                    self.int_weight(), wq.scale, wq.zero_point_int32(), wq.axis, wq.group_size
-                )
-                if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
-                    return wq.quantize_with(w, wq.scale, wq.zero_point_int32())
-                return w
+            # While exporting, never the cached float weight: a tracer would store it as
+            # a constant beside the packed codes. The unpacking is recorded instead.
+            traced = exporting()
             versions = _versions(self.weight_packed, wq.scale)
             key = (*versions, id(self.weight_packed)) if versions is not None else None
-            if key is not None and self._cache is not None and self._cache[0] == key:
+            if not traced and key is not None and self._cache is not None and self._cache[0] == key:
                 return self._cache[1]
             w = dequantize(
                 self.int_weight(), wq.scale, wq.zero_point_int32(), wq.axis, wq.group_size
             )
+            if traced:
+                if torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling():
+                    # Idempotent; lets an exporter see the QuantizeLinear/DequantizeLinear pair.
+                    return wq.quantize_with(w, wq.scale, wq.zero_point_int32())
+                return w
             self._cache = (key, w) if key is not None and _cacheable(w) else None
             return w
         if self.weight is None:  # pragma: no cover
