@@ -129,6 +129,7 @@ def test_default_int8_exports_within_the_default_check(tmp_path: Path, name: str
         ("fold_bn", False),
         ("bn_reestimation", True),
         ("rounding", "adaptive"),
+        ("rounding", "gptq"),
         ("cross_layer_equalization", True),
     ],
 )

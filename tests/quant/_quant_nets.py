@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from dfcompress.quant.modules import QuantLayer
 
 
 class TinyResNet(nn.Module):
@@ -115,3 +118,50 @@ def resnet34_like(width: int = 64, num_classes: int = 2) -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(*layers)
     return randomize_bn(net)
+
+
+def dw_net() -> nn.Module:
+    """Conv, depthwise conv, pointwise conv and a Linear head (seeded)."""
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32),
+        nn.ReLU(),
+        nn.Conv2d(32, 16, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 4),
+    ).eval()
+
+
+def layer_inputs(net: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, a, n=n: seen.__setitem__(n, a[0]))
+        for n, m in net.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    ]
+    with torch.no_grad():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+def layer_weight_errors(net: nn.Module, q: nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """Each layer's output error, on the float model's input to it, from its weight alone."""
+    layers = dict(q.named_modules())
+    errors = {}
+    for name, xin in layer_inputs(net, x).items():
+        f, ql = net.get_submodule(name), layers[name]
+        assert isinstance(ql, QuantLayer)
+        with torch.no_grad():
+            if isinstance(f, nn.Linear):
+                out = F.linear(xin, ql.quantized_weight()) - F.linear(xin, f.weight)
+            else:
+                out = f._conv_forward(xin, ql.quantized_weight(), None) - f._conv_forward(
+                    xin, f.weight, None
+                )
+        errors[name] = float(out.pow(2).mean())
+    return errors

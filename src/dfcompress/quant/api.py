@@ -168,6 +168,10 @@ def quantize(
             learns on the calibration data whether to round each weight up or
             down (AdaRound-style, a few hundred steps per layer; needs
             ``calibration``). Helps most at 4 bits and on depthwise convs.
+            ``"gptq"``: each layer rounds its weights one input column at a
+            time and corrects the columns not yet rounded for the error, from
+            the Gram matrix of its calibration inputs (GPTQ-style; seconds,
+            needs ``calibration``).
         cross_layer_equalization: Rescale consecutive convolutions (conv ->
             ReLU/ReLU6 -> conv, depthwise included) so that their per-channel
             weight ranges are even, without changing the float model; data-free.
@@ -243,9 +247,9 @@ def quantize(
         rules = list(cast("Sequence[Rule]", config))
     # read once: a generator serves calibration, bias correction and BN re-estimation
     calibration = calibration_inputs(calibration, limit=max_samples)
-    if rounding == "adaptive" and calibration is None:
+    if rounding in ("adaptive", "gptq") and calibration is None:
         raise DfcompressError(
-            "rounding='adaptive' learns each layer's rounding from data: pass calibration= "
+            f"rounding={rounding!r} chooses each layer's rounding from data: pass calibration= "
             "(a loader or a tensor of inputs), or use rounding='nearest'"
         )
     if mixed:
@@ -281,7 +285,7 @@ def quantize(
         data = synthesize_inputs(model, shape, n)
     prepared = qz.prepare(model, inplace=inplace)
     extra_pass = (
-        bias_correction or bn_reestimation or rounding == "adaptive"
+        bias_correction or bn_reestimation or rounding != "nearest"
     ) and calibration is not None
     if data is not None and (_needs_calibration(prepared) or extra_pass):
         qz.calibrate(prepared, data, progress=progress, max_samples=max_samples)

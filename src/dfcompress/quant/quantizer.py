@@ -41,6 +41,7 @@ from dfcompress.quant import _layers
 from dfcompress.quant._adaround import adaround_model
 from dfcompress.quant._bnfold import _set_submodule, fold_batchnorms
 from dfcompress.quant._crosslayer import equalize_pairs
+from dfcompress.quant._gptq import gptq_model
 from dfcompress.quant._passes import correct_biases, quant_layers, reestimate_bn, run
 from dfcompress.quant.cast import CAST_CLASSES, CastLayer
 from dfcompress.quant.config import BF16, FP16, Config, Float, IntQuant, resolve_config
@@ -54,7 +55,7 @@ _log = logging.getLogger("dfcompress")
 Rule = tuple[SelectorLike, Config | str]
 
 #: The weight rounding modes (see :class:`Quantizer`).
-ROUNDINGS: tuple[str, ...] = ("nearest", "adaptive")
+ROUNDINGS: tuple[str, ...] = ("nearest", "adaptive", "gptq")
 
 
 def _unwrappable(name: str, module: nn.Module, parents: dict[str, nn.Module]) -> FloatReason | None:
@@ -100,7 +101,11 @@ class Quantizer:
             whether to round each weight up or down so that its output on the
             calibration data changes least (AdaRound-style; a few hundred Adam
             steps per layer on sampled inputs, kept only where it lowers that
-            error).
+            error); or ``"gptq"``: after calibration, each Conv2d/Linear layer
+            rounds its weights one input column at a time and corrects the
+            columns not yet rounded for the error (GPTQ-style, from the Gram
+            matrix of its calibration inputs; seconds per network, kept only
+            where it lowers the output error).
         cross_layer_equalization: Before wrapping, rescale consecutive
             convolutions (conv -> ReLU/ReLU6/identity -> conv, depthwise
             included) so that each channel's weight range is shared evenly
@@ -273,7 +278,7 @@ class Quantizer:
             for q in (m.input_quant, m.output_quant)
             if q is not None and q.mode != "dynamic"
         ]
-        adaptive = self.rounding == "adaptive"
+        adaptive = self.rounding != "nearest"
         if not inputs and not (self.bias_correction or self.bn_reestimation or adaptive):
             return  # nothing to calibrate: weights are quantized from themselves
         for q in inputs:
@@ -311,8 +316,10 @@ class Quantizer:
         for q in inputs:
             q.freeze()
         rounded: dict[str, torch.Tensor] = {}
-        if adaptive:
+        if self.rounding == "adaptive":
             rounded = adaround_model(model, data, progress, max_samples)
+        elif self.rounding == "gptq":
+            rounded = gptq_model(model, data, progress, max_samples)
         if self.bias_correction:
             correct_biases(model, data, progress, max_samples, reference=rounded)
         if self.bn_reestimation:
