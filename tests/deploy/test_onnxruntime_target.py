@@ -129,7 +129,6 @@ def test_default_int8_exports_within_the_default_check(tmp_path: Path, name: str
         ("fold_bn", False),
         ("bn_reestimation", True),
         ("rounding", "adaptive"),
-        ("rounding", "gptq"),
         ("cross_layer_equalization", True),
     ],
 )
@@ -147,3 +146,21 @@ def test_compress_with_a_target_leaves_the_callers_model_alone() -> None:
     small = dfc.compress(net, "q8", x, target="onnxruntime", progress=False)
     assert small is not net and target_of(small) == "onnxruntime"
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
+
+
+def test_gptq_rounding_exports_the_codes_it_chose(tmp_path: Path) -> None:
+    net = resnet_net()
+    x = inputs(16, 16, 0)
+    q = dfc.quantize(net, "int8", x, target="onnxruntime", rounding="gptq", progress=False)
+    plain = dfc.quantize(net, "int8", x, target="onnxruntime", progress=False)
+    changed = sum(
+        int((a.int_weight() != b.int_weight()).sum())
+        for a, b in zip(
+            (m for m in q.modules() if isinstance(m, QuantLayer)),
+            (m for m in plain.modules() if isinstance(m, QuantLayer)),
+            strict=True,
+        )
+    )
+    assert changed > 0
+    art = dfc.export(q, tmp_path / "gptq.onnx", x[:4])
+    assert art.agreement is not None and art.agreement.passed

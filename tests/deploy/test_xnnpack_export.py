@@ -182,3 +182,27 @@ def test_qat_by_distillation_trains_the_graph_and_still_deploys(
         assert not torch.equal(qat(TEST), ptq(TEST))  # the weights were trained
     art = dfcompress.export(qat, tmp_path / "qat.pte", TEST)
     assert art.agreement is not None and art.agreement.passed
+
+
+def test_gptq_rounding_chooses_the_codes_the_file_holds(tmp_path: Path) -> None:
+    # MSE activation ranges, as above: what remains is mostly the weights' rounding.
+    net = resnet_like()
+    cfg = IntQuant(8, activations=IntQuant(8, PerTensor(), False, "mse"))
+    kw = {"calibration": CALIB, "target": "xnnpack", "progress": False, "bias_correction": False}
+    plain = dfcompress.quantize(net, cfg, **kw)
+    gptq = dfcompress.quantize(net, cfg, rounding="gptq", **kw)
+    assert gptq.details["gptq_rounded_layers"] >= 4  # type: ignore[index]
+    with torch.no_grad():
+        ref = net(CALIB)
+        assert (gptq(CALIB) - ref).pow(2).mean() < (plain(CALIB) - ref).pow(2).mean()
+    art = dfcompress.export(gptq, tmp_path / "gptq.pte", TEST)
+    assert art.agreement is not None and art.agreement.passed
+    with torch.no_grad():
+        torch.testing.assert_close(art.run(TEST), gptq(TEST), rtol=0, atol=0.05)
+
+
+def test_adaptive_rounding_is_refused_and_gptq_needs_data() -> None:
+    with pytest.raises(DfcompressError, match="rounding='adaptive' cannot be used"):
+        dfcompress.quantize(resnet_like(), "int8", CALIB, target="xnnpack", rounding="adaptive")
+    with pytest.raises(DfcompressError, match="rounding='gptq' chooses"):
+        dfcompress.quantize(resnet_like(), "int8", target="xnnpack", rounding="gptq")

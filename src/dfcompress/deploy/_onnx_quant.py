@@ -94,6 +94,7 @@ def quantize(
     input_shape: Sequence[int] | None = None,
     bias_correction: bool | None = False,
     finetune: Callable[[nn.Module, int], None] | None = None,
+    rounding: str = "nearest",
 ) -> nn.Module:
     """An eager model computing what ONNX Runtime computes from its exported file.
 
@@ -125,6 +126,7 @@ def quantize(
         input_shape=input_shape,
         bias_correction=bias_correction,
         finetune=finetune,
+        rounding=rounding,
     )
     tie_requantization(made, probe)
     setattr(made, TARGET_ATTR, TARGET)

@@ -31,6 +31,7 @@ from dfcompress._summary import warn_float
 from dfcompress._validate import check_bool, check_int, check_number
 from dfcompress.deploy._artifact import Artifact, check_agreement, flat_outputs
 from dfcompress.deploy._pt2e_bias import correct_bias, float_weights
+from dfcompress.deploy._pt2e_gptq import gptq_graph
 from dfcompress.deploy._xnnpack_model import XnnpackQuantized
 from dfcompress.deploy._xnnpack_plan import make_plan, make_quantizer, summary_rows
 from dfcompress.deploy._xnnpack_runtime import export_program, lower, runner
@@ -92,6 +93,7 @@ def quantize(
     input_shape: Sequence[int] | None = None,
     bias_correction: bool | None = None,
     finetune: Callable[[nn.Module, int], None] | None = None,
+    rounding: str = "nearest",
 ) -> nn.Module:
     """An int8 model that computes what XNNPACK computes (``quantize(..., target="xnnpack")``).
 
@@ -112,6 +114,9 @@ def quantize(
         finetune: Quantization-aware training: ``finetune(model, 0)`` trains the
             calibrated graph (fake quantizers with the calibrated ranges, kept fixed)
             in place before it is converted.
+        rounding: ``"nearest"``, or ``"gptq"``: the int8 codes of each conv2d/linear
+            layer are chosen GPTQ-style from the inputs the converted graph gives it
+            (see :mod:`dfcompress.quant._gptq`); needs ``calibration``.
 
     Returns:
         An ``nn.Module`` running the converted graph on any batch size; ``summary``
@@ -149,12 +154,14 @@ def quantize(
         prepared.eval()
     weights = float_weights(prepared)
     converted: fx.GraphModule = convert_pt2e(prepared)
+    rounded = gptq_graph(converted, weights, data) if rounding == "gptq" else 0
     use_bc = real if bias_correction is None else bias_correction
     corrected = correct_bias(converted, weights, data) if use_bc else 0
     details = {
         "activation_observer": plan.act_observer,
         "weight_observer": plan.weight_observer,
         "bias_corrected_layers": corrected,
+        "gptq_rounded_layers": rounded,
         "qat": qat,
         "calibration_samples": sum(int(x.shape[0]) for x in data),
     }

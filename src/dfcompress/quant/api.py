@@ -87,15 +87,31 @@ def _target_options(target: str, **given: Any) -> None:
         "fold_bn": "the runtime folds BatchNorm into the convolutions before it",
         "bn_reestimation": "BatchNorm is folded into the runtime's convolutions",
         "pack": "the exported file stores the integer weights itself",
-        "rounding": "the target rounds weights to nearest",
+        "rounding": "the target's weights are rounded to nearest or with 'gptq'",
         "cross_layer_equalization": "not available for runtime targets yet",
     }
     for key, value in given.items():
+        if key == "rounding" and value == "gptq":
+            continue  # chosen in the target's own graph (needs calibration data)
         if value != defaults[key]:
             raise DfcompressError(
                 f"{key}={value!r} cannot be used with target={target!r}: {why[key]} "
                 f"(leave it at {defaults[key]!r}, or quantize without a target)"
             )
+
+
+def _check_rounding(rounding: object, calibration: object) -> None:
+    from dfcompress.quant.quantizer import ROUNDINGS
+
+    if rounding not in ROUNDINGS:
+        raise DfcompressError(
+            f"rounding={rounding!r} is unknown: use one of {', '.join(map(repr, ROUNDINGS))}"
+        )
+    if rounding != "nearest" and calibration is None:
+        raise DfcompressError(
+            f"rounding={rounding!r} chooses each layer's rounding from data: pass calibration= "
+            "(a loader or a tensor of inputs), or use rounding='nearest'"
+        )
 
 
 def quantize(
@@ -213,6 +229,7 @@ def quantize(
             rounding=rounding,
             cross_layer_equalization=cross_layer_equalization,
         )
+        _check_rounding(rounding, calibration)
         module = target_module(name)
         if not hasattr(module, "quantize"):
             raise DfcompressError(
@@ -229,6 +246,7 @@ def quantize(
             input_shape=input_shape,
             bias_correction=bias_correction,
             finetune=finetune,
+            **({} if rounding == "nearest" else {"rounding": rounding}),
         )
         return made
     input_shape = check_calibration_options(max_samples, bias_correction, input_shape, finetune)
@@ -247,11 +265,7 @@ def quantize(
         rules = list(cast("Sequence[Rule]", config))
     # read once: a generator serves calibration, bias correction and BN re-estimation
     calibration = calibration_inputs(calibration, limit=max_samples)
-    if rounding in ("adaptive", "gptq") and calibration is None:
-        raise DfcompressError(
-            f"rounding={rounding!r} chooses each layer's rounding from data: pass calibration= "
-            "(a loader or a tensor of inputs), or use rounding='nearest'"
-        )
+    _check_rounding(rounding, calibration)
     if mixed:
         rules = _mixed_rules(model, calibration, select, input_shape)
     qz = Quantizer(
