@@ -123,3 +123,15 @@ def test_obs_prune_never_worse_than_magnitude_and_keeps_the_count(
     assert zeros >= k  # as many pruned weights (more only where a kept one is exactly 0)
     if not choose:
         assert bool((new[~keep] == 0).all())
+
+
+def test_a_layer_seen_on_too_few_samples_keeps_magnitude_pruning() -> None:
+    # 8 calibration rows for 16 weights per output row: a fit would match those 8 only.
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(16, 4)).eval()
+    few, many = torch.randn(8, 16), torch.randn(128, 16)
+    plain = dfc.prune(net, 0.5, calibration=few, progress=False)
+    kept = dfc.prune(net, 0.5, calibration=few, reconstruct=True, progress=False)
+    assert torch.equal(kept[0].weight, plain[0].weight)
+    fitted = dfc.prune(net, 0.5, calibration=many, reconstruct=True, progress=False)
+    assert not torch.equal(fitted[0].weight, plain[0].weight)

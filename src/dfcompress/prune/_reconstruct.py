@@ -21,8 +21,10 @@ saliency), over the whole layer. The number of weights each layer loses is
 unchanged, so global, capped or sensitivity-allocated amounts are kept.
 
 A layer keeps magnitude pruning's result where reconstruction does not lower
-that error. Conv2d layers with zero padding and Linear layers are
-reconstructed; others keep magnitude pruning.
+that error, or where the calibration data gives it fewer than
+:data:`MIN_SAMPLES_PER_INPUT` input samples per weight of an output row.
+Conv2d layers with zero padding and Linear layers are reconstructed; others
+keep magnitude pruning.
 """
 
 from __future__ import annotations
@@ -38,6 +40,12 @@ from dfcompress.quant._gptq import MAX_COLUMNS, Geometry, _inverse_factor, _outp
 __all__ = ["obs_prune", "reconstruct"]
 
 _BLOCK = 128
+
+#: A layer is reconstructed only from at least this many input samples (output
+#: positions over the calibration data) per weight of an output row: fitted on
+#: fewer, it matches the calibration data and not the data after it (a classifier
+#: head seen on 64 images has 64 samples for 1,280 weights per row).
+MIN_SAMPLES_PER_INPUT = 4
 
 
 def _geometry(m: nn.Module) -> Geometry | bool:
@@ -142,6 +150,17 @@ def obs_prune(
     return chosen.reshape(w.shape).to(w.dtype), err_plain, kept
 
 
+def _positions(x: torch.Tensor, geom: Geometry) -> int:
+    """How many input columns (output positions) a layer reads from ``x``."""
+    if geom is None:
+        return x.numel() // x.shape[-1]
+    kernel, stride, padding, dilation = geom[0], geom[1], geom[2], geom[3]
+    n = x.shape[0]
+    for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation, strict=True):
+        n *= (size + 2 * p - d * (k - 1) - 1) // s + 1
+    return n
+
+
 def _weight_of(m: nn.Module) -> torch.Tensor:
     w = m.weight
     assert isinstance(w, torch.Tensor)
@@ -229,16 +248,18 @@ def reconstruct(
             m, d, geom = targets[name]
             h: torch.Tensor | None = None
             c: torch.Tensor | None = None
+            seen = 0
             for x in batches:
                 x0, x1 = _input_of(dense, d, x), _input_of(pruned, m, x)
                 if x0 is None or x1 is None or x0.shape != x1.shape:
                     h = None
                     break
+                seen += _positions(x1, geom)
                 hg, cg = cross_gram(x1, x1, geom), cross_gram(x0, x1, geom)
                 h = hg if h is None else h + hg
                 c = cg if c is None else c + cg
-            if h is None or c is None:
-                continue
+            if h is None or c is None or seen < MIN_SAMPLES_PER_INPUT * h.shape[-1]:
+                continue  # too few input samples to fit this many weights without overfitting
             w0 = _weight_of(d).detach()
             weight = _weight_of(m)
             groups = h.shape[0]
