@@ -99,12 +99,17 @@ def plain_artifact(kind: str, path: Path) -> Artifact:
     else:
         import openvino as ov
 
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": "1"})
+        # f32: on a CPU with bf16 instructions OpenVINO otherwise runs float layers in bf16
+        config = {"INFERENCE_NUM_THREADS": "1", "INFERENCE_PRECISION_HINT": "f32"}
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
 
         def run(x: torch.Tensor) -> torch.Tensor:
             return torch.from_numpy(np.asarray(compiled(x.float().numpy())[0]))
 
-    return Artifact(path, kind, path.stat().st_size, None, {"runner": "plain"}, run)
+    size = path.stat().st_size
+    if kind == "openvino":  # the IR is the .xml graph and the .bin weights beside it
+        size += path.with_suffix(".bin").stat().st_size
+    return Artifact(path, kind, size, None, {"runner": "plain"}, run)
 
 
 def constant_binary_weights(model: nn.Module) -> tuple[nn.Module, int]:
@@ -205,9 +210,10 @@ def nncf_openvino(src: Path, out: Path, calib: torch.Tensor) -> dict[str, Path]:
 
     model = ov.convert_model(str(src))
     files = {"float": out / f"{src.stem}-ov.xml", "NNCF int8": out / f"{src.stem}-nncf.xml"}
-    ov.save_model(model, str(files["float"]))
+    # compress_to_fp16=False: the float IR keeps float32 weights (save_model's default halves them)
+    ov.save_model(model, str(files["float"]), compress_to_fp16=False)
     data = nncf.Dataset([calib[i : i + 8].numpy() for i in range(0, len(calib), 8)])
-    ov.save_model(nncf.quantize(model, data), str(files["NNCF int8"]))
+    ov.save_model(nncf.quantize(model, data), str(files["NNCF int8"]), compress_to_fp16=False)
     return files
 
 
