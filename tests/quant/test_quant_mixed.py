@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from dfcompress.quant import quantize
@@ -44,7 +46,8 @@ def test_int4_mixed_keeps_the_most_sensitive_layers_at_8_bits_and_beats_int4() -
     worst = max(scores, key=scores.__getitem__)
     assert worst == "10" and bits[worst] == 8
     assert 4 in bits.values()  # not everything fell back
-    assert {n for n, b in bits.items() if b == 8} == mixed_plan(scores)
+    sizes = {n: net.get_submodule(n).weight.numel() for n in scores}
+    assert {n for n, b in bits.items() if b == 8} == mixed_plan(scores, sizes=sizes)
     with torch.no_grad():
         ref = net(x)
         assert float((mixed(x) - ref).pow(2).mean()) < float((four(x) - ref).pow(2).mean())
@@ -53,3 +56,41 @@ def test_int4_mixed_keeps_the_most_sensitive_layers_at_8_bits_and_beats_int4() -
 def test_mixed_plan_keeps_nothing_when_the_sum_is_within_budget() -> None:
     assert mixed_plan({"a": 0.001, "b": 0.002}, budget=0.01) == set()
     assert mixed_plan({"a": 0.02, "b": 0.002}, budget=0.01) == {"a"}
+
+
+def test_mixed_plan_spends_8_bits_where_they_remove_most_noise_per_weight() -> None:
+    # a wide layer with a little more noise than a small one: the small one goes to
+    # 8 bits (10 weights), the wide one stays at 4 (1,000 weights)
+    scores, sizes = {"wide": 0.012, "dw": 0.010, "rest": 0.001}, {"wide": 1000, "dw": 10, "rest": 5}
+    assert mixed_plan(scores, budget=0.015, sizes=sizes) == {"dw"}
+    assert mixed_plan(scores, budget=0.015) == {"wide"}  # by noise alone
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.dictionaries(
+        st.text("abcdef", min_size=1, max_size=3),
+        st.tuples(st.floats(0.0, 1.0), st.integers(1, 10_000)),
+        min_size=1,
+        max_size=12,
+    ),
+    st.floats(0.0, 0.5),
+)
+def test_mixed_plan_leaves_at_most_the_budget_and_takes_the_densest_layers(
+    layers: dict[str, tuple[float, int]], budget: float
+) -> None:
+    scores = {n: s for n, (s, _) in layers.items()}
+    sizes = {n: k for n, (_, k) in layers.items()}
+    high = mixed_plan(scores, budget=budget, sizes=sizes)
+    assert sum(s for n, s in scores.items() if n not in high) <= budget + 1e-9
+    # every layer kept at 8 bits is at least as dense as every layer left at 4
+    if high and len(high) < len(scores):
+        kept = min(scores[n] / sizes[n] for n in high)
+        left = max(scores[n] / sizes[n] for n in scores if n not in high)
+        assert kept >= left
+    # nothing kept that was not needed: before the last layer taken (one of the least
+    # dense kept), the rest was over the budget
+    if high:
+        least = min(scores[n] / sizes[n] for n in high)
+        last = max(scores[n] for n in high if scores[n] / sizes[n] == least)
+        assert sum(s for n, s in scores.items() if n not in high) + last > budget - 1e-9

@@ -5,10 +5,14 @@ linear layer on its own, how much the model's output changes when only that
 layer's weights (BatchNorm folded) are rounded to the 4-bit config: the mean
 squared change of the output over the output's variance, on a few calibration
 inputs. Rounding noise of different layers adds up roughly independently, so
-the layers are taken from the most sensitive down and kept at 8 bits until the
-sum over the layers left at 4 bits is within ``budget``. No name list is
-involved: in a depthwise network the depthwise convolutions, the stem and the
-classifier come out on top by themselves.
+the layers are kept at 8 bits until the sum over the layers left at 4 bits is
+within ``budget``, taken in order of noise per weight: a layer's 8 bits cost
+file bytes in proportion to its weights, so a small depthwise convolution that
+makes much of the noise goes first and a wide 1x1 convolution or classifier
+that makes a little of it stays at 4 bits (a greedy knapsack). No name list is
+involved: in a depthwise network the depthwise convolutions and the stem come
+out on top by themselves. On ImageNet MobileNetV2 the order by noise alone
+kept 85 % of the weights at 8 bits for the same budget, this order 45 %.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ LOW = IntQuant(4, PerGroup(32, fallback=PerChannel(0)))
 HIGH = IntQuant(8, PerChannel(0))
 
 #: The default output noise budget (mean squared change over variance) of ``"int4-mixed"``.
-MIXED_BUDGET = 0.01
+#: On ImageNet MobileNetV2 (300 crops, GPTQ rounding and bias correction) 0.01 kept
+#: 0.907 top-1 agreement at 0.194x the float file, 0.005 kept 0.960 at 0.202x.
+MIXED_BUDGET = 0.005
 
 
 def _rounded(weight: torch.Tensor, config: IntQuant, name: str) -> torch.Tensor:
@@ -92,15 +98,29 @@ def layer_sensitivity(
     return scores
 
 
-def mixed_plan(scores: dict[str, float], budget: float = MIXED_BUDGET) -> set[str]:
-    """The layers kept at 8 bits: most sensitive first, until the rest sum to ``budget``.
+def mixed_plan(
+    scores: dict[str, float],
+    budget: float = MIXED_BUDGET,
+    sizes: dict[str, int] | None = None,
+) -> set[str]:
+    """The layers kept at 8 bits, until the rest's noise sums to at most ``budget``.
+
+    Layers are taken in order of ``scores[name] / sizes[name]`` (noise per
+    weight; by score alone when ``sizes`` is None), so the 8-bit bytes go where
+    they remove the most noise.
 
     >>> sorted(mixed_plan({"a": 0.5, "b": 0.004, "c": 0.003}, budget=0.01))
     ['a']
+    >>> sorted(mixed_plan({"big": 0.02, "dw": 0.015}, 0.025, {"big": 1000, "dw": 10}))
+    ['dw']
     """
     high: set[str] = set()
     left = sum(scores.values())
-    for name, s in sorted(scores.items(), key=lambda kv: -kv[1]):
+
+    def density(kv: tuple[str, float]) -> float:
+        return kv[1] / max(1, sizes[kv[0]]) if sizes is not None else kv[1]
+
+    for name, s in sorted(scores.items(), key=density, reverse=True):
         if left <= budget:
             break
         high.add(name)

@@ -56,6 +56,11 @@ def _needs_calibration(model: nn.Module) -> bool:
     )
 
 
+def _weight_count(layer: nn.Module) -> int:
+    w = layer.weight
+    return int(w.numel()) if isinstance(w, torch.Tensor) else 0
+
+
 def _mixed_rules(
     model: nn.Module,
     calibration: Iterable[Any] | torch.Tensor | None,
@@ -71,7 +76,8 @@ def _mixed_rules(
     if calibration is None:
         shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
         calibration = synthesize_inputs(model, shape, 8)
-    high = mixed_plan(layer_sensitivity(model, calibration, names))
+    sizes = {n: _weight_count(model.get_submodule(n)) for n in names}
+    high = mixed_plan(layer_sensitivity(model, calibration, names), sizes=sizes)
     _log.info("dfcompress: int4-mixed keeps %d of %d layers at 8 bits", len(high), len(names))
     return ([(by_name(*sorted(high)), HIGH)] if high else []) + [(scope, LOW)]
 
