@@ -64,6 +64,9 @@ TARGETS = {
     "p50 + sensitivity + reconstruction": 0.90,
 }
 
+#: Variant name -> largest file ratio of its target (int4 mixed: at most 0.20x float).
+SIZE_TARGETS = {n: 0.20 for n in TARGETS if n.startswith("int4-mixed")}
+
 #: The int8 PTQ target of the deployed rows (also: no peer's agreement higher).
 DEPLOYED_TARGET = 0.97
 
@@ -181,11 +184,17 @@ def scores(ref: torch.Tensor, out: torch.Tensor) -> tuple[float, float, float]:
     return agree, top5, float(kl.sum(1).mean())
 
 
-def _target_cell(name: str, agree: float) -> str:
+def _target_cell(name: str, agree: float, ratio: float) -> str:
     want = TARGETS.get(name)
     if want is None:
         return ""
-    return f">= {want:.3f}: " + ("yes" if agree >= want else f"NO ({agree:.3f})")
+    size = SIZE_TARGETS.get(name)
+    if size is None:
+        return f">= {want:.3f}: " + ("yes" if agree >= want else f"NO ({agree:.3f})")
+    ok = agree >= want and ratio <= size
+    return f">= {want:.3f} at <= {size:.2f}x: " + (
+        "yes" if ok else f"NO ({agree:.3f} at {ratio:.3f}x)"
+    )
 
 
 LOOSE: dict[str, Any] = {"atol": 1e3, "min_agreement": 0.0}
@@ -321,7 +330,9 @@ def main(argv: list[str] | None = None) -> int:
         built = time.perf_counter() - t
         agree, top5, kl = scores(ref, logits(variant, x_eval))
         ratio = dio.serialized_size(variant) / float_bytes
-        rows.append([name, agree, top5, kl, ratio, _target_cell(name, agree), f"{built:.0f}"])
+        rows.append(
+            [name, agree, top5, kl, ratio, _target_cell(name, agree, ratio), f"{built:.0f}"]
+        )
         print(f"{name}: agreement {agree:.4f}, top-5 {top5:.4f}, KL {kl:.4f}", flush=True)
     elapsed = time.perf_counter() - start
     table = markdown_table(
