@@ -193,6 +193,18 @@ def ort_quantize_static(src: Path, dst: Path, calib: torch.Tensor) -> None:
     )
 
 
+def target_missing(target: str) -> str | None:
+    """None when dfcompress's ``target`` runtime imports, else why not (one line)."""
+    from dfcompress.deploy._targets import target_module
+    from dfcompress.errors import DfcompressError
+
+    try:
+        target_module(target)
+    except DfcompressError as e:
+        return str(e).splitlines()[0]
+    return None
+
+
 def nncf_available() -> str | None:
     """None when NNCF and OpenVINO import, else why not."""
     try:

@@ -106,14 +106,6 @@ def baselines(quick: bool, only: list[str]) -> tuple[dict[str, tuple[nn.Module, 
     return out, skipped
 
 
-def target_missing(target: str) -> str | None:
-    try:
-        target_module(target)
-    except DfcompressError as e:
-        return str(e).splitlines()[0]
-    return None
-
-
 def export_to(model: nn.Module, path: Path, ex: torch.Tensor, target: str) -> Artifact:
     opts: dict[str, Any] = dict(LOOSE)
     if target == "xnnpack":
@@ -225,7 +217,7 @@ def bench_baseline(
     float_onnx: Path | None = None
     for target in targets:
         files: dict[str, tuple[nn.Module | None, Artifact]] = {}
-        missing = target_missing(target)
+        missing = peers.target_missing(target)
         sfx = SUFFIX[target]
         if missing is None:
             for name, make in dfc_models(target, model, pruned, calib, train).items():

@@ -209,7 +209,7 @@ def _deployed_files(
     files: dict[str, dict[str, Artifact]] = {}
     q = {"calibration": calib, "progress": False, "bias_correction": True}
     for runtime in ("xnnpack", "onnxruntime"):
-        missing = target_missing(runtime)
+        missing = peers.target_missing(runtime)
         if missing:
             print(f"{runtime} skipped: {missing}", flush=True)
             continue
@@ -438,17 +438,6 @@ def peers_flags() -> str:
     import _deploy_peers as peers
 
     return peers.cpu_flags().rstrip(".") + "."
-
-
-def target_missing(target: str) -> str | None:
-    from dfcompress.deploy._targets import target_module
-    from dfcompress.errors import DfcompressError
-
-    try:
-        target_module(target)
-    except DfcompressError as e:
-        return str(e).splitlines()[0]
-    return None
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ string padding or a padding mode other than zeros, keep nearest rounding.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -56,6 +56,32 @@ def _layer_input(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     if iq is not None and iq.mode == "fixed":
         xs = iq(xs)
     return xs
+
+
+def run_with_inputs(
+    model: nn.Module,
+    layers: dict[str, QuantLayer],
+    data: Iterable[Any] | torch.Tensor,
+    max_samples: int | None,
+    desc: str,
+    visit: Callable[[str, QuantLayer, torch.Tensor], None],
+) -> None:
+    """Run ``data`` through ``model``, calling ``visit(name, layer, x)`` with what each of
+    ``layers``' matrix products reads (:func:`_layer_input`) on every batch."""
+    handles = []
+    for name, layer in layers.items():
+
+        def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
+            if not isinstance(mod, QuantLayer) or not args:
+                return  # pragma: no cover
+            visit(name, mod, _layer_input(mod, args[0]))
+
+        handles.append(layer.register_forward_pre_hook(hook))
+    try:
+        run(model, data, False, max_samples, desc)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def sample_columns(
@@ -208,24 +234,13 @@ def adaround_model(
     layers = {n: m for n, m in quant_layers(model).items() if _supported(m)}
     samples: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
     gens = {n: torch.Generator().manual_seed(i) for i, n in enumerate(layers)}
-    handles = []
-    for name, layer in layers.items():
 
-        def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-            if not isinstance(mod, QuantLayer) or not args:
-                return  # pragma: no cover
-            have = sum(c.shape[-1] for c in samples[name])
-            if have >= positions:
-                return
-            x = _layer_input(mod, args[0])
-            samples[name].append(sample_columns(mod, x, positions - have, gens[name]))
+    def visit(name: str, layer: QuantLayer, x: torch.Tensor) -> None:
+        have = sum(c.shape[-1] for c in samples[name])
+        if have < positions:
+            samples[name].append(sample_columns(layer, x, positions - have, gens[name]))
 
-        handles.append(layer.register_forward_pre_hook(hook))
-    try:
-        run(model, data, False, max_samples, "adaptive rounding")
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_inputs(model, layers, data, max_samples, "adaptive rounding", visit)
     originals: dict[str, torch.Tensor] = {}
     from tqdm.auto import tqdm
 

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfcompress.quant._adaround import _layer_input, _scale_view, _supported
-from dfcompress.quant._passes import quant_layers, run
+from dfcompress.quant._adaround import _scale_view, _supported, run_with_inputs
+from dfcompress.quant._passes import quant_layers
 from dfcompress.quant.modules import QuantLayer
 
 __all__ = ["Geometry", "geometry", "gptq_layer", "gptq_model", "gptq_round", "gram", "input_gram"]
@@ -279,21 +279,12 @@ def gptq_model(
         if per <= max_columns:
             layers[name] = layer
     grams: dict[str, torch.Tensor] = {}
-    handles = []
-    for name, layer in layers.items():
 
-        def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-            if not isinstance(mod, QuantLayer) or not args:
-                return  # pragma: no cover
-            g = input_gram(mod, _layer_input(mod, args[0]))
-            grams[name] = g if name not in grams else grams[name] + g
+    def visit(name: str, layer: QuantLayer, x: torch.Tensor) -> None:
+        g = input_gram(layer, x)
+        grams[name] = g if name not in grams else grams[name] + g
 
-        handles.append(layer.register_forward_pre_hook(hook))
-    try:
-        run(model, data, False, max_samples, "GPTQ rounding")
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_inputs(model, layers, data, max_samples, "GPTQ rounding", visit)
     originals: dict[str, torch.Tensor] = {}
     from tqdm.auto import tqdm
 
