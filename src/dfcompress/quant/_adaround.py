@@ -58,6 +58,24 @@ def _layer_input(layer: QuantLayer, x: torch.Tensor) -> torch.Tensor:
     return xs
 
 
+def float_weight(
+    layer: QuantLayer, what: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``layer``'s weight, a float copy of it, and the scale and zero point (shaped
+    like it) its codes will be chosen for; a tracking weight quantizer takes its
+    scale from the weight first."""
+    weight = layer.weight
+    if weight is None:
+        raise DfcompressError(f"{what} needs the float weights (before packing)")
+    wq = layer.weight_quant
+    with torch.no_grad():
+        if wq.mode == "track":
+            wq.track(weight)
+        w = weight.detach().float()
+        s, z = _scale_view(layer, w)
+    return weight, w, s, z
+
+
 def run_with_inputs(
     model: nn.Module,
     layers: dict[str, QuantLayer],
@@ -169,15 +187,9 @@ def adaround_layer(
         the rounding kept. When the learned rounding is not better the weight
         is left as it was.
     """
-    weight = layer.weight
-    if weight is None:
-        raise DfcompressError("adaptive rounding needs the float weights (before packing)")
+    weight, w, s, z = float_weight(layer, "adaptive rounding")
     wq = layer.weight_quant
     with torch.no_grad():
-        if wq.mode == "track":
-            wq.track(weight)
-        w = weight.detach().float()
-        s, z = _scale_view(layer, w)
         lo, hi = wq.qmin - z, wq.qmax - z
         ref = _outputs(w, cols)
         norm = float(ref.pow(2).mean().clamp_min(1e-30))

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dfcompress.quant._adaround import _scale_view, _supported, run_with_inputs
+from dfcompress.quant._adaround import _supported, float_weight, run_with_inputs
 from dfcompress.quant._passes import quant_layers
 from dfcompress.quant.modules import QuantLayer
 
@@ -236,15 +236,9 @@ def gptq_layer(layer: QuantLayer, h: torch.Tensor) -> tuple[float, float]:
         The output error ``tr(dW H dW^T)`` of nearest rounding and of the
         rounding kept (groups where GPTQ does no better keep nearest rounding).
     """
-    weight = layer.weight
-    if weight is None:
-        raise ValueError("GPTQ rounding needs the float weights (before packing)")
+    weight, w, s, z = float_weight(layer, "GPTQ rounding")
     wq = layer.weight_quant
     with torch.no_grad():
-        if wq.mode == "track":
-            wq.track(weight)
-        w = weight.detach().float()
-        s, z = _scale_view(layer, w)
         chosen, e_near, e_kept = gptq_round(w, s, z, wq.qmin, wq.qmax, h)
         if bool((e_kept < e_near).any()):
             weight.copy_(chosen.to(weight.dtype))
