@@ -40,10 +40,13 @@ def test_quantize_with_pack_inside_inference_mode(config: str) -> None:
     with torch.inference_mode():
         q = dfc.quantize(_net(), config, calibration=X, pack=True, progress=False)
         assert q[0].weight_packed is not None and q[0].weight_packed.is_inference()
-        assert torch.equal(q(X), expected)
-        assert torch.equal(q(X), expected)  # a second forward (the cached weight)
+        first = q(X)
+        # inference mode may pick another float kernel: an activation lying on a
+        # rounding boundary can move by one code, nothing more
+        torch.testing.assert_close(first, expected, atol=1e-3, rtol=0)
+        assert torch.equal(q(X), first)  # a second forward (the cached weight)
     with torch.no_grad():
-        assert torch.equal(q(X), expected)  # and outside inference mode
+        torch.testing.assert_close(q(X), expected, atol=1e-3, rtol=0)  # outside it too
 
 
 def test_load_inside_inference_mode(tmp_path: Path) -> None:
