@@ -24,6 +24,7 @@ from torchao.quantization.pt2e.quantizer import (
 )
 
 from dfcompress._summary import FloatReason, LayerRow
+from dfcompress.deploy._xnnpack_clamp import annotate_conv_clamp
 from dfcompress.deploy._xnnpack_observers import ACT_RANGE, WEIGHT_RANGE, PT2EObserver
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
@@ -137,12 +138,26 @@ def _spec(observer: str, weights: bool, percentile: float, qat: bool) -> Quantiz
     )
 
 
+class _ClampFusingQuantizer(XNNPACKQuantizer):  # type: ignore[misc]
+    """ExecuTorch's quantizer, with conv (+BN) + ReLU6/Hardtanh fused like conv + ReLU."""
+
+    def annotate(self, model: fx.GraphModule) -> fx.GraphModule:
+        if self.global_config is not None:
+            annotate_conv_clamp(model, self.global_config, self.filter_fn)
+        out: fx.GraphModule = super().annotate(model)
+        return out
+
+
 def make_quantizer(plan: Plan, model: nn.Module, *, qat: bool = False) -> XNNPACKQuantizer:
-    """ExecuTorch's XNNPACK quantizer with dfcompress's observers, float layers taken out."""
+    """ExecuTorch's XNNPACK quantizer with dfcompress's observers, float layers taken out.
+
+    Convolutions followed by a ReLU6 or another Hardtanh get one int8 range after the
+    clamp (:mod:`dfcompress.deploy._xnnpack_clamp`).
+    """
     act = _spec(plan.act_observer, False, plan.percentile, qat)
     weight = _spec(plan.weight_observer, True, plan.percentile, qat)
     config = QuantizationConfig(act, act, weight, None, is_qat=qat)
-    quantizer = XNNPACKQuantizer().set_global(config)
+    quantizer = _ClampFusingQuantizer().set_global(config)
     # Layers outside every rule, or kept float by one, are left unannotated: float in
     # the graph, so float in the file (the partitioner lowers them in fp32).
     names = [n for n, m in model.named_modules() if _layers.layer_kind(m) and n not in plan.int8]
