@@ -164,3 +164,31 @@ def test_gptq_rounding_exports_the_codes_it_chose(tmp_path: Path) -> None:
     assert changed > 0
     art = dfc.export(q, tmp_path / "gptq.onnx", x[:4])
     assert art.agreement is not None and art.agreement.passed
+
+
+def _wide_depthwise() -> nn.Module:
+    """A depthwise conv with the large weights and biases of a folded pretrained one."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 8, 1)).eval()
+    with torch.no_grad():
+        net[0].weight.mul_(20)
+        net[0].bias.normal_(0, 2)
+    return net
+
+
+def test_biases_sit_on_the_int32_grid_the_file_adds_them_on(tmp_path: Path) -> None:
+    net = _wide_depthwise()
+    x = torch.randn(48, 16, 24, 24, generator=torch.Generator().manual_seed(1))
+    q = dfc.quantize(net, "int8", calibration=x[:32], target="onnxruntime", progress=False)
+    conv = q[0]
+    step = conv.input_quant.scale * conv.weight_quant.scale.reshape(-1)
+    codes = conv.bias.detach().double() / step.double()
+    assert torch.allclose(codes, codes.round(), atol=1e-3)
+    # the caller's float bias is untouched
+    assert not torch.equal(conv.bias.detach(), net[0].bias.detach())
+    art = dfc.export(q, tmp_path / "m.onnx", x[:2])
+    with torch.no_grad():
+        eager = q(x[32:])
+    # ONNX Runtime adds the same int32 bias: the files' codes are the eager model's
+    # (a float bias put one output in 200 a code away on this net)
+    assert float(((art.run(x[32:]) - eager).abs() > 1e-5).float().mean()) < 5e-4

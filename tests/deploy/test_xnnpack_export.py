@@ -206,3 +206,21 @@ def test_adaptive_rounding_is_refused_and_gptq_needs_data() -> None:
         dfcompress.quantize(resnet_like(), "int8", CALIB, target="xnnpack", rounding="adaptive")
     with pytest.raises(DfcompressError, match="rounding='gptq' chooses"):
         dfcompress.quantize(resnet_like(), "int8", target="xnnpack", rounding="gptq")
+
+
+def test_biases_sit_on_the_int32_grid_and_the_file_matches(tmp_path: Path) -> None:
+    # a depthwise conv with the large weights and biases of a folded pretrained one:
+    # a float bias in the graph put one output in 200 a code away from the file
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 8, 1)).eval()
+    with torch.no_grad():
+        net[0].weight.mul_(20)
+        net[0].bias.normal_(0, 2)
+    x = torch.randn(48, 16, 24, 24, generator=torch.Generator().manual_seed(1))
+    kw = {"calibration": x[:32], "target": "xnnpack", "progress": False}
+    q = dfcompress.quantize(net, "int8", bias_correction=False, **kw)
+    art = dfcompress.export(q, tmp_path / "m.pte", x[:2])
+    with torch.no_grad():
+        differ = (art.run(x[32:]) - q(x[32:])).abs() > 1e-6
+    # the same bias: only float rounding ties remain (a code or so in 10,000)
+    assert float(differ.float().mean()) < 5e-4

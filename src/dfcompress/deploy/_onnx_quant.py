@@ -41,7 +41,7 @@ from dfcompress.quant.config import (
 )
 from dfcompress.select import SelectorLike
 
-__all__ = ["WEIGHT_BITS", "onnx_config", "quantize"]
+__all__ = ["WEIGHT_BITS", "onnx_config", "quantize", "snap_biases"]
 
 TARGET = "onnxruntime"
 
@@ -129,8 +129,42 @@ def quantize(
         rounding=rounding,
     )
     tie_requantization(made, probe)
+    snap_biases(made)
     setattr(made, TARGET_ATTR, TARGET)
     return made
+
+
+@torch.no_grad()
+def snap_biases(model: nn.Module) -> int:
+    """Put each int8 layer's bias on the int32 grid ONNX Runtime adds it on.
+
+    QLinearConv and QGemm take the bias as int32 codes of step ``s_x * s_w`` (input
+    scale times each channel's weight scale), and the exporter writes it so. The
+    eager model's float bias is moved to the nearest such code, so both add the
+    same bias. The rounding is at most half a step of the accumulator: up to 5 % of
+    an output code on a pretrained depthwise convolution, whose weight scales are
+    large, enough to move one output in twenty by a code and, on MobileNetV2, to
+    change a fifth of the top-1 decisions between the eager model and its file.
+    Returns the number of biases moved onto the grid.
+    """
+    from dfcompress.quant.modules import QuantLayer
+
+    done = 0
+    for m in model.modules():
+        if not isinstance(m, QuantLayer) or m.bias is None or m.input_quant is None:
+            continue
+        s_x = m.input_quant.scale.detach().float().reshape(())
+        s_w = m.weight_quant.scale.detach().float().reshape(-1)
+        bias = m.bias.detach()
+        if s_w.numel() not in (1, bias.numel()):
+            continue
+        # float32 step, as the exporter computes it; the codes in float64, as it does
+        step = (s_x * s_w).expand(bias.shape).float()
+        step = torch.where(step > 0, step, torch.full_like(step, 1e-12))
+        codes = torch.round(bias.double() / step.double()).clamp(-(2**31), 2**31 - 1)
+        m.bias.copy_((codes.float() * step).to(bias.dtype))
+        done += 1
+    return done
 
 
 def _clamps_low(m: nn.Module) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import fx
 
-__all__ = ["LAYER_OPS", "correct_bias", "float_weights"]
+__all__ = ["LAYER_OPS", "correct_bias", "float_weights", "snap_biases"]
 
 LAYER_OPS = (
     torch.ops.aten.conv1d.default,
@@ -116,6 +116,63 @@ def correct_bias(
             node.args = tuple(args)
         else:
             continue
+        done += 1
+    gm.recompile()
+    return done
+
+
+def _scale_of(gm: fx.GraphModule, dq: object) -> torch.Tensor | None:
+    """The scale a dequantize node of the converted graph reads (tensor or float)."""
+    per_tensor = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+    per_channel = torch.ops.quantized_decomposed.dequantize_per_channel.default
+    if not isinstance(dq, fx.Node) or dq.op != "call_function":
+        return None
+    if dq.target not in (per_tensor, per_channel):
+        return None
+    scale = dq.args[1]
+    if isinstance(scale, fx.Node) and scale.op == "get_attr":
+        scale = _attr(gm, str(scale.target))
+    if isinstance(scale, (int, float)):
+        return torch.tensor([float(scale)], dtype=torch.float64)
+    return scale.detach().reshape(-1) if isinstance(scale, torch.Tensor) else None
+
+
+def snap_biases(gm: fx.GraphModule) -> int:
+    """Put each int8 layer's float bias on the int32 grid XNNPACK adds it on.
+
+    XNNPACK's int8 convolutions and linear layers take the bias as int32 codes of
+    step ``s_x * s_w`` (input scale times each channel's weight scale), and
+    ExecuTorch's lowering rounds the graph's float bias to them. The graph's bias
+    is moved to the nearest code, so the converted graph and the ``.pte`` add the
+    same bias. Returns the number of biases moved.
+    """
+    done = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node.target not in LAYER_OPS:
+            continue
+        bias_arg = node.args[2] if len(node.args) > 2 else None
+        s_x, s_w = _scale_of(gm, node.args[0]), _scale_of(gm, node.args[1])
+        if not isinstance(bias_arg, fx.Node) or bias_arg.op != "get_attr":
+            continue
+        if s_x is None or s_w is None or s_x.numel() != 1:
+            continue
+        old = _attr(gm, str(bias_arg.target))
+        if not isinstance(old, torch.Tensor) or s_w.numel() not in (1, old.numel()):
+            continue
+        # the step as the lowering computes it: the weight scales times the input scale
+        step = (s_w * float(s_x)).expand(old.shape).double()
+        step = torch.where(step > 0, step, torch.full_like(step, 1e-12))
+        codes = torch.round(old.detach().double() / step).clamp(-(2**31), 2**31 - 1)
+        new = (codes * step).to(old.dtype)
+        owner, _, leaf = str(bias_arg.target).rpartition(".")
+        parent = _attr(gm, owner) if owner else gm
+        setattr(
+            parent,
+            leaf,
+            torch.nn.Parameter(new, requires_grad=False)
+            if isinstance(old, torch.nn.Parameter)
+            else new,
+        )
         done += 1
     gm.recompile()
     return done

@@ -30,7 +30,7 @@ from dfcompress._datafree import default_input_shape, synthesize_inputs
 from dfcompress._summary import warn_float
 from dfcompress._validate import check_bool, check_int, check_number
 from dfcompress.deploy._artifact import Artifact, check_agreement, flat_outputs
-from dfcompress.deploy._pt2e_bias import correct_bias, float_weights
+from dfcompress.deploy._pt2e_bias import correct_bias, float_weights, snap_biases
 from dfcompress.deploy._pt2e_gptq import gptq_graph
 from dfcompress.deploy._xnnpack_model import XnnpackQuantized
 from dfcompress.deploy._xnnpack_plan import make_plan, make_quantizer, summary_rows
@@ -157,6 +157,8 @@ def quantize(
     rounded = gptq_graph(converted, weights, data) if rounding == "gptq" else 0
     use_bc = real if bias_correction is None else bias_correction
     corrected = correct_bias(converted, weights, data) if use_bc else 0
+    # the int32 bias codes the file adds, so the graph adds the same
+    snap_biases(converted)
     details = {
         "activation_observer": plan.act_observer,
         "weight_observer": plan.weight_observer,
