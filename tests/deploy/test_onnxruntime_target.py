@@ -14,7 +14,7 @@ import dfcompress as dfc
 from dfcompress.deploy._onnx_quant import WEIGHT_BITS, tie_requantization
 from dfcompress.deploy._targets import target_of
 from dfcompress.errors import DfcompressError
-from dfcompress.quant import QuantLayer
+from dfcompress.quant import IntQuant, PerTensor, QuantLayer
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -192,3 +192,18 @@ def test_biases_sit_on_the_int32_grid_the_file_adds_them_on(tmp_path: Path) -> N
     # ONNX Runtime adds the same int32 bias: the files' codes are the eager model's
     # (a float bias put one output in 200 a code away on this net)
     assert float(((art.run(x[32:]) - eager).abs() > 1e-5).float().mean()) < 5e-4
+
+
+def test_named_int8_ranges_ignore_a_rare_outlier() -> None:
+    # One calibration pixel 50x beyond the rest: the named config's percentile ranges
+    # keep the step the other 99.99 % need; min/max ranges widen it for that pixel.
+    net = resnet_net()
+    calib = inputs(16, 32, 0)
+    calib[0, 0, 0, 0] = 50 * float(calib.abs().max())
+    named = dfc.quantize(net, "int8", calibration=calib, progress=False, target="onnxruntime")
+    cfg = IntQuant(8, activations=IntQuant(8, PerTensor(), False, "minmax"))
+    plain = dfc.quantize(net, cfg, calibration=calib, progress=False, target="onnxruntime")
+    first = next(m for m in named.modules() if isinstance(m, QuantLayer))
+    first_plain = next(m for m in plain.modules() if isinstance(m, QuantLayer))
+    assert first.input_quant is not None and first_plain.input_quant is not None
+    assert float(first.input_quant.scale) < 0.2 * float(first_plain.input_quant.scale)
