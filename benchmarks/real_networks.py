@@ -288,6 +288,7 @@ def deployed_rows(
         runtimes = _deployed_files(model, x_calib, x_eval[:2], Path(tmp), eager)
         got: dict[str, dict[str, tuple[float, float, float]]] = {}
         same: dict[tuple[str, str], float] = {}
+        mine: dict[tuple[str, str], torch.Tensor] = {}
         lat: dict[str, dict[str, dict[int, float]]] = {}
         for runtime, files in runtimes.items():
             lat[runtime] = latencies(files, x_eval[:32], batches=(1,), repeats=20, threads=1)
@@ -295,16 +296,15 @@ def deployed_rows(
                 out = torch.cat([art.run(x_eval[i : i + 32]) for i in range(0, len(x_eval), 32)])
                 got.setdefault(runtime, {})[name] = scores(ref, out.float())
                 if (runtime, name) in eager:
-                    mine = logits(eager[(runtime, name)], x_eval)
-                    same[(runtime, name)] = scores(mine, out.float())[0]
+                    mine[(runtime, name)] = logits(eager[(runtime, name)], x_eval)
+                    same[(runtime, name)] = scores(mine[(runtime, name)], out.float())[0]
                 print(f"{runtime} {name}: agreement {got[runtime][name][0]:.4f}", flush=True)
         # How far the int8 network's own decisions move when the input moves by far less
         # than one input code (1e-6): a few codes that sat on a rounding tie flip.
         for (runtime, name), qm in eager.items():
             g = torch.Generator().manual_seed(0)
             nudged = x_eval + 1e-6 * torch.randn(x_eval.shape, generator=g)
-            mine = logits(qm, x_eval)
-            moved = scores(mine, logits(qm, nudged))[0]
+            moved = scores(mine[(runtime, name)], logits(qm, nudged))[0]
             notes.append(
                 f"{runtime} {name}, eager, input moved by 1e-6: top-1 agreement with "
                 f"itself {moved:.4f}"

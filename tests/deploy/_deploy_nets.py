@@ -153,3 +153,13 @@ def inputs(n: int, size: int, seed: int) -> Tensor:
     x = torch.randn(n, 3, size // 4, size // 4, generator=g)
     x = nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return x + 0.3 * torch.randn(n, 3, size, size, generator=g)
+
+
+def wide_depthwise() -> nn.Module:
+    """A depthwise conv with the large weights and biases of a folded pretrained one."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 8, 1)).eval()
+    with torch.no_grad():
+        net[0].weight.mul_(20)
+        net[0].bias.normal_(0, 2)
+    return net

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _deploy_nets import NETS, inputs, resnet_net, se_silu_net
+from _deploy_nets import NETS, inputs, resnet_net, se_silu_net, wide_depthwise
 from torch import nn
 
 import dfcompress as dfc
@@ -166,18 +166,8 @@ def test_gptq_rounding_exports_the_codes_it_chose(tmp_path: Path) -> None:
     assert art.agreement is not None and art.agreement.passed
 
 
-def _wide_depthwise() -> nn.Module:
-    """A depthwise conv with the large weights and biases of a folded pretrained one."""
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 8, 1)).eval()
-    with torch.no_grad():
-        net[0].weight.mul_(20)
-        net[0].bias.normal_(0, 2)
-    return net
-
-
 def test_biases_sit_on_the_int32_grid_the_file_adds_them_on(tmp_path: Path) -> None:
-    net = _wide_depthwise()
+    net = wide_depthwise()
     x = torch.randn(48, 16, 24, 24, generator=torch.Generator().manual_seed(1))
     q = dfc.quantize(net, "int8", calibration=x[:32], target="onnxruntime", progress=False)
     conv = q[0]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _deploy_nets import wide_depthwise
 from _xnnpack_nets import resnet_like
 from torch import nn
 
@@ -211,11 +212,7 @@ def test_adaptive_rounding_is_refused_and_gptq_needs_data() -> None:
 def test_biases_sit_on_the_int32_grid_and_the_file_matches(tmp_path: Path) -> None:
     # a depthwise conv with the large weights and biases of a folded pretrained one:
     # a float bias in the graph put one output in 200 a code away from the file
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.Conv2d(16, 8, 1)).eval()
-    with torch.no_grad():
-        net[0].weight.mul_(20)
-        net[0].bias.normal_(0, 2)
+    net = wide_depthwise()
     x = torch.randn(48, 16, 24, 24, generator=torch.Generator().manual_seed(1))
     kw = {"calibration": x[:32], "target": "xnnpack", "progress": False}
     q = dfcompress.quantize(net, "int8", bias_correction=False, **kw)

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfcompress.deploy._bias_grid import on_int32_grid
 from dfcompress.deploy._targets import TARGET_ATTR
 from dfcompress.errors import DfcompressError
 from dfcompress.quant.config import (
@@ -174,11 +175,8 @@ def snap_biases(model: nn.Module) -> int:
         bias = m.bias.detach()
         if s_w.numel() not in (1, bias.numel()):
             continue
-        # float32 step, as the exporter computes it; the codes in float64, as it does
-        step = (s_x * s_w).expand(bias.shape).float()
-        step = torch.where(step > 0, step, torch.full_like(step, 1e-12))
-        codes = torch.round(bias.double() / step.double()).clamp(-(2**31), 2**31 - 1)
-        m.bias.copy_((codes.float() * step).to(bias.dtype))
+        # the float32 step, as the exporter computes it
+        m.bias.copy_(on_int32_grid(bias, s_x * s_w))
         done += 1
     return done
 

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from torch import fx
 
+from dfcompress.deploy._bias_grid import on_int32_grid
+
 __all__ = ["LAYER_OPS", "correct_bias", "float_weights", "snap_biases"]
 
 LAYER_OPS = (
@@ -31,6 +33,15 @@ def _attr(gm: fx.GraphModule, target: str) -> Any:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def _replace_attr(gm: fx.GraphModule, target: str, new: torch.Tensor) -> None:
+    """Set the tensor a ``get_attr`` node reads (kept a frozen parameter if it was one)."""
+    owner, _, leaf = target.rpartition(".")
+    parent = _attr(gm, owner) if owner else gm
+    if isinstance(getattr(parent, leaf), torch.nn.Parameter):
+        new = torch.nn.Parameter(new, requires_grad=False)
+    setattr(parent, leaf, new)
 
 
 def _source_weight(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor | None:
@@ -100,12 +111,7 @@ def correct_bias(
         bias_arg = node.args[2] if len(node.args) > 2 else None
         if isinstance(bias_arg, fx.Node) and bias_arg.op == "get_attr":
             old = _attr(gm, str(bias_arg.target))
-            new = (old.detach() - mean.to(old.dtype)).clone()
-            owner, _, leaf = str(bias_arg.target).rpartition(".")
-            parent = _attr(gm, owner) if owner else gm
-            if isinstance(old, torch.nn.Parameter):
-                new = torch.nn.Parameter(new, requires_grad=False)
-            setattr(parent, leaf, new)
+            _replace_attr(gm, str(bias_arg.target), (old.detach() - mean.to(old.dtype)).clone())
         elif bias_arg is None:
             attr = f"_dfc_bias_{name}"
             gm.register_buffer(attr, -mean)
@@ -160,19 +166,7 @@ def snap_biases(gm: fx.GraphModule) -> int:
         if not isinstance(old, torch.Tensor) or s_w.numel() not in (1, old.numel()):
             continue
         # the step as the lowering computes it: the weight scales times the input scale
-        step = (s_w * float(s_x)).expand(old.shape).double()
-        step = torch.where(step > 0, step, torch.full_like(step, 1e-12))
-        codes = torch.round(old.detach().double() / step).clamp(-(2**31), 2**31 - 1)
-        new = (codes * step).to(old.dtype)
-        owner, _, leaf = str(bias_arg.target).rpartition(".")
-        parent = _attr(gm, owner) if owner else gm
-        setattr(
-            parent,
-            leaf,
-            torch.nn.Parameter(new, requires_grad=False)
-            if isinstance(old, torch.nn.Parameter)
-            else new,
-        )
+        _replace_attr(gm, str(bias_arg.target), on_int32_grid(old, s_w * float(s_x)))
         done += 1
     gm.recompile()
     return done
