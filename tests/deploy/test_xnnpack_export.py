@@ -185,6 +185,31 @@ def test_qat_by_distillation_trains_the_graph_and_still_deploys(
     assert art.agreement is not None and art.agreement.passed
 
 
+def _activation_scales(q: nn.Module) -> list[float]:
+    ops = torch.ops.quantized_decomposed
+    return [
+        float(n.args[1])
+        for n in q.graph.graph.nodes  # type: ignore[union-attr]
+        if n.target in (ops.quantize_per_tensor.default, ops.dequantize_per_tensor.default)
+    ]
+
+
+def test_qat_calibrates_the_ranges_ptq_calibrates(quantized: nn.Module) -> None:
+    # With nothing trained, QAT's model is PTQ's: each activation range is observed on
+    # the float values, not on values already rounded to the ranges before it.
+    untrained = dfcompress.quantize(
+        resnet_like(),
+        "int8",
+        calibration=CALIB,
+        target="xnnpack",
+        progress=False,
+        finetune=lambda model, step: None,
+    )
+    qat, ptq = _activation_scales(untrained), _activation_scales(quantized)
+    assert len(qat) == len(ptq) > 10
+    torch.testing.assert_close(torch.tensor(qat), torch.tensor(ptq), rtol=1e-5, atol=0.0)
+
+
 def test_gptq_rounding_chooses_the_codes_the_file_holds(tmp_path: Path) -> None:
     # MSE activation ranges, as above: what remains is mostly the weights' rounding.
     net = resnet_like()

@@ -142,13 +142,25 @@ def quantize(
     qat = finetune is not None
     quantizer = make_quantizer(plan, net, qat=qat)
     prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(graph, quantizer)
+    if qat:
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+        from torchao.quantization.pt2e.fake_quantize import disable_fake_quant
+
+        # Calibrate as PTQ does. The QAT graph's BatchNorm starts in training mode:
+        # it would normalize each calibration batch by its own statistics (ranges
+        # 2-10x PTQ's on a ResNet) and move its running statistics. And each range
+        # is observed on the float values, not on values already rounded to the
+        # ranges before it as they stood after the batches so far.
+        move_exported_model_to_eval(prepared)
+        prepared.apply(disable_fake_quant)
     with torch.no_grad():
         for x in data:
             prepared(x)
     if finetune is not None:
-        from torchao.quantization.pt2e.fake_quantize import disable_observer
+        from torchao.quantization.pt2e.fake_quantize import disable_observer, enable_fake_quant
 
         prepared.apply(disable_observer)
+        prepared.apply(enable_fake_quant)
         allow_exported_model_train_eval(prepared)
         finetune(prepared, 0)
         prepared.eval()
