@@ -142,7 +142,7 @@ def test_fused_clamp_runs_inside_xnnpack_as_in_eager(tmp_path: Path) -> None:
         torch.testing.assert_close(art.run(TEST), q(TEST), rtol=0, atol=0.02)
 
 
-def test_qat_graph_fuses_through_batchnorm(tmp_path: Path) -> None:
+def test_qat_graph_keeps_the_clamp_fusion(tmp_path: Path) -> None:
     net = mobilenet_like()
     ft = dfcompress.distill_finetune(net, [CALIB], epochs=1, lr=1e-4, progress=False)
     q = dfcompress.quantize(net, "int8", finetune=ft, **KW)

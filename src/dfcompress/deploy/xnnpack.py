@@ -134,12 +134,19 @@ def quantize(
     )
     data, real = _calibration(model, calibration, max_samples, input_shape)
     net = copy.deepcopy(model).eval()
+    qat = finetune is not None
+    if qat:
+        from dfcompress.quant._bnfold import fold_batchnorms
+
+        # QAT trains the folded weights the runtime runs. Left in the graph,
+        # BatchNorm would be simulated with each training batch's statistics
+        # (demo detector: -0.0037 AUC after one epoch of distillation; folded: -0.0002).
+        fold_batchnorms(net, set(plan.int8))
     program = export_program(net, data[0], 1 << 20)
     graph = program.module()
     # Weights computed from parameters (binarized, reparametrized) become constants,
     # so BatchNorm folds into the conv reading them.
     _fold_constants(graph)
-    qat = finetune is not None
     quantizer = make_quantizer(plan, net, qat=qat)
     prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(graph, quantizer)
     if qat:
