@@ -46,7 +46,7 @@ from dfcompress.data.imagenet import crops
 from dfcompress.deploy import Artifact
 from dfcompress.deploy._measure import latencies
 from dfcompress.models import pretrained_mobilenet_v2
-from dfcompress.quant import IntQuant, PerChannel, PerGroup, resolve_config
+from dfcompress.quant import IntQuant, Mixed, PerChannel, PerGroup, resolve_config
 
 #: Variant name -> minimum top-1 agreement with the float model.
 TARGETS = {
@@ -60,6 +60,7 @@ TARGETS = {
     "int4-mixed + bias correction": 0.95,
     "int4-mixed + GPTQ + bias correction": 0.95,
     "int4-mixed + adaptive rounding + bias correction": 0.95,
+    "int4-mixed (max_size 0.20) + GPTQ + bias correction": 0.95,
     "p50 + sensitivity": 0.90,
     "p50 + sensitivity + reconstruction": 0.90,
 }
@@ -73,7 +74,9 @@ DEPLOYED_TARGET = 0.97
 Build = Callable[[nn.Module, torch.Tensor], nn.Module]
 
 
-def _quant(config: str | IntQuant, bias_correction: bool | None = None, **options: Any) -> Build:
+def _quant(
+    config: str | IntQuant | Mixed, bias_correction: bool | None = None, **options: Any
+) -> Build:
     def build(model: nn.Module, calib: torch.Tensor) -> nn.Module:
         kw = dict(options)
         if bias_correction is not None:
@@ -143,6 +146,9 @@ VARIANTS: dict[str, Build] = {
     "int4-mixed + bias correction": _quant("int4-mixed", bias_correction=True),
     "int4-mixed + GPTQ + bias correction": _quant(
         "int4-mixed", bias_correction=True, rounding="gptq"
+    ),
+    "int4-mixed (max_size 0.20) + GPTQ + bias correction": _quant(
+        Mixed(max_size=0.20), bias_correction=True, rounding="gptq"
     ),
     "p30 global L1": _prune(0.3, False),
     "p50 global L1": _prune(0.5, False),

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from dfcompress.quant import quantize
-from dfcompress.quant._mixed import layer_sensitivity, mixed_plan
+from dfcompress.errors import DfcompressError
+from dfcompress.io import serialized_size
+from dfcompress.quant import IntQuant, Mixed, PerTensor, quantize
+from dfcompress.quant._mixed import HIGH, LOW, layer_sensitivity, mixed_plan, upgrade_costs
 from dfcompress.quant.modules import QuantLayer
 
 
@@ -94,3 +99,96 @@ def test_mixed_plan_leaves_at_most_the_budget_and_takes_the_densest_layers(
         least = min(scores[n] / sizes[n] for n in high)
         last = max(scores[n] for n in high if scores[n] / sizes[n] == least)
         assert sum(s for n, s in scores.items() if n not in high) + last > budget - 1e-9
+
+
+def _wide_net() -> nn.Module:
+    torch.manual_seed(1)
+    return nn.Sequential(
+        nn.Conv2d(3, 64, 3, padding=1),
+        nn.BatchNorm2d(64),
+        nn.ReLU6(),
+        nn.Conv2d(64, 64, 3, padding=1, groups=64),
+        nn.BatchNorm2d(64),
+        nn.ReLU6(),
+        nn.Conv2d(64, 128, 1),
+        nn.ReLU(),
+        nn.Conv2d(128, 128, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 256),
+    ).eval()
+
+
+def test_mixed_max_size_keeps_the_packed_file_within_the_limit() -> None:
+    net, x = _wide_net(), torch.randn(8, 3, 16, 16)
+    full = serialized_size(net)
+
+    def ratio(spec: Mixed) -> tuple[float, dict[str, int]]:
+        q = quantize(net, spec, calibration=x, pack=True, progress=False)
+        return serialized_size(q) / full, _bits(q)
+
+    all_high, bits_high = ratio(Mixed(budget=0.0))  # no limit: every layer at 8 bits
+    assert set(bits_high.values()) == {8}
+    all_low = serialized_size(quantize(net, "int4", pack=True, progress=False)) / full
+    limit = (all_low + all_high) / 2
+    got, bits = ratio(Mixed(budget=0.0, max_size=limit))
+    assert got <= limit
+    assert set(bits.values()) == {4, 8}  # some layers kept at 8 bits, not all
+    # the bytes the plan counted are the file's: all-int4 file + each 8-bit layer's cost
+    names = list(bits)
+    costs = upgrade_costs(net, names, LOW, HIGH)
+    predicted = all_low * full + sum(costs[n] for n, b in bits.items() if b == 8)
+    assert abs(predicted - got * full) <= 64 * len(names)
+
+
+def test_mixed_max_size_below_the_all_low_file_names_what_it_can_reach() -> None:
+    with pytest.raises(DfcompressError, match=r"max_size=0\.01 cannot be met: .* already 0\.\d+"):
+        quantize(_wide_net(), Mixed(max_size=0.01), calibration=torch.randn(4, 3, 16, 16))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.sampled_from(["budget", "max_size", "low", "high"]),
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True).filter(lambda v: not 0 < v <= 1),
+        st.booleans(),
+        st.text(max_size=3),
+        st.just(IntQuant(8, activations=IntQuant(8, PerTensor(), symmetric=False))),
+    ),
+)
+def test_mixed_refuses_bad_settings_by_name(field: str, value: object) -> None:
+    if field == "budget" and isinstance(value, float) and 0 <= value < float("inf"):
+        value = -1.0 - value  # a valid budget otherwise (>= 0): make it negative
+    with pytest.raises(DfcompressError, match=field):
+        Mixed(**{field: value})  # type: ignore[arg-type]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.dictionaries(
+        st.text("abcdef", min_size=1, max_size=3),
+        st.tuples(st.floats(0.0, 1.0), st.integers(1, 10_000), st.integers(0, 2_000)),
+        min_size=1,
+        max_size=8,
+    ),
+    st.floats(0.0, 0.5),
+    st.integers(0, 4_096),
+)
+def test_mixed_plan_within_a_room_removes_the_most_noise_that_fits(
+    layers: dict[str, tuple[float, int, int]], budget: float, room: int
+) -> None:
+    scores = {n: s for n, (s, _, _) in layers.items()}
+    sizes = {n: k for n, (_, k, _) in layers.items()}
+    costs = {n: c for n, (_, _, c) in layers.items()}
+    high = mixed_plan(scores, budget, sizes, costs=costs, room=room)
+    assert sum(costs[n] for n in high) <= room
+    if high != mixed_plan(scores, budget, sizes):  # the budget's own plan did not fit
+        names = list(scores)
+        best = max(
+            sum(scores[n] for n in sub)
+            for k in range(len(names) + 1)
+            for sub in itertools.combinations(names, k)
+            if sum(costs[n] for n in sub) <= room
+        )
+        assert sum(scores[n] for n in high) >= best - 1e-9

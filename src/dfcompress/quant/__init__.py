@@ -21,6 +21,7 @@ from dfcompress.quant.config import FP16 as FP16
 from dfcompress.quant.config import UINT8_OUTPUTS as UINT8_OUTPUTS
 from dfcompress.quant.config import Float as Float
 from dfcompress.quant.config import IntQuant as IntQuant
+from dfcompress.quant.config import Mixed as Mixed
 from dfcompress.quant.config import PerChannel as PerChannel
 from dfcompress.quant.config import PerGroup as PerGroup
 from dfcompress.quant.config import PerTensor as PerTensor
@@ -47,6 +48,7 @@ __all__ = [
     "Float",
     "FoldedBatchNorm",
     "IntQuant",
+    "Mixed",
     "PerChannel",
     "PerGroup",
     "PerTensor",

@@ -13,6 +13,13 @@ that makes a little of it stays at 4 bits (a greedy knapsack). No name list is
 involved: in a depthwise network the depthwise convolutions and the stem come
 out on top by themselves. On ImageNet MobileNetV2 the order by noise alone
 kept 85 % of the weights at 8 bits for the same budget, this order 45 %.
+
+With a size limit (``Mixed(max_size=...)``) each layer's cost is the bytes its
+8-bit weights add to the packed file, measured by packing that layer alone at
+both widths. When the order above would overrun the limit, the layers kept are
+those that remove the most noise within it (a 0/1 knapsack by dynamic
+programming): the greedy order would pass over one costly layer for several
+cheap ones that together remove less.
 """
 
 from __future__ import annotations
@@ -28,19 +35,19 @@ from dfcompress._data import iter_inputs
 from dfcompress._modes import eval_mode
 from dfcompress.quant import _layers
 from dfcompress.quant._bnfold import fold_batchnorms
-from dfcompress.quant.config import IntQuant, PerChannel, PerGroup
+from dfcompress.quant.config import IntQuant, Mixed
 from dfcompress.quant.fake_quantizer import FakeQuantizer
 
-__all__ = ["HIGH", "LOW", "MIXED_BUDGET", "layer_sensitivity", "mixed_plan"]
+__all__ = ["HIGH", "LOW", "MIXED_BUDGET", "layer_sensitivity", "mixed_plan", "upgrade_costs"]
 
 #: The 4-bit and 8-bit weight configs of ``"int4-mixed"``.
-LOW = IntQuant(4, PerGroup(32, fallback=PerChannel(0)))
-HIGH = IntQuant(8, PerChannel(0))
+LOW = Mixed().low
+HIGH = Mixed().high
 
 #: The default output noise budget (mean squared change over variance) of ``"int4-mixed"``.
 #: On ImageNet MobileNetV2 (300 crops, GPTQ rounding and bias correction) 0.01 kept
 #: 0.907 top-1 agreement at 0.194x the float file, 0.005 kept 0.960 at 0.202x.
-MIXED_BUDGET = 0.005
+MIXED_BUDGET = Mixed().budget
 
 
 def _rounded(weight: torch.Tensor, config: IntQuant, name: str) -> torch.Tensor:
@@ -98,21 +105,88 @@ def layer_sensitivity(
     return scores
 
 
+def _packed_bytes(layer: nn.Module, config: IntQuant, name: str) -> int:
+    from dfcompress.io import serialized_size
+    from dfcompress.quant.modules import QUANT_CLASSES
+
+    kind = _layers.layer_kind(layer)
+    if kind is None:
+        return 0
+    made = QUANT_CLASSES[kind].from_float(copy.deepcopy(layer), config, name, exact_max=True)
+    made.freeze_()
+    made.pack_()
+    return serialized_size(nn.Sequential(made))
+
+
+def upgrade_costs(
+    model: nn.Module, names: list[str], low: IntQuant, high: IntQuant
+) -> dict[str, int]:
+    """Bytes each layer adds to the packed file with ``high`` weights instead of ``low``.
+
+    Each layer is packed alone at both widths, so the figures are those of the
+    file format (codes, scales, headers), not an estimate from bit widths.
+    """
+    return {
+        n: _packed_bytes(model.get_submodule(n), high, n)
+        - _packed_bytes(model.get_submodule(n), low, n)
+        for n in names
+    }
+
+
+def _knapsack(
+    scores: dict[str, float], costs: dict[str, int], room: int, steps: int = 4096
+) -> set[str]:
+    """The layers whose scores sum highest with costs summing to at most ``room``.
+
+    A 0/1 knapsack by dynamic programming over ``steps`` cost units, each cost
+    rounded up to whole units (so the set found never exceeds ``room``).
+    """
+    unit = max(1, -(-room // steps))
+    cap = room // unit
+    best = [0.0] * (cap + 1)
+    took: list[list[bool]] = []
+    names = sorted(scores)
+    for name in names:
+        w = -(-max(0, costs.get(name, 0)) // unit)
+        row = [False] * (cap + 1)
+        for c in range(cap, w - 1, -1):
+            if best[c - w] + scores[name] > best[c]:
+                best[c] = best[c - w] + scores[name]
+                row[c] = True
+        took.append(row)
+    chosen: set[str] = set()
+    c = cap
+    for name, row in zip(reversed(names), reversed(took), strict=True):
+        if row[c]:
+            chosen.add(name)
+            c -= -(-max(0, costs.get(name, 0)) // unit)
+    return chosen
+
+
 def mixed_plan(
     scores: dict[str, float],
     budget: float = MIXED_BUDGET,
     sizes: dict[str, int] | None = None,
+    *,
+    costs: dict[str, int] | None = None,
+    room: int | None = None,
 ) -> set[str]:
     """The layers kept at 8 bits, until the rest's noise sums to at most ``budget``.
 
     Layers are taken in order of ``scores[name] / sizes[name]`` (noise per
     weight; by score alone when ``sizes`` is None), so the 8-bit bytes go where
-    they remove the most noise.
+    they remove the most noise. With ``costs`` (bytes a layer adds at 8 bits)
+    and ``room`` (bytes there are to spend): if that order meets the budget
+    within the room, it stands; otherwise the layers kept are those that remove
+    the most noise within the room (a 0/1 knapsack).
 
     >>> sorted(mixed_plan({"a": 0.5, "b": 0.004, "c": 0.003}, budget=0.01))
     ['a']
     >>> sorted(mixed_plan({"big": 0.02, "dw": 0.015}, 0.025, {"big": 1000, "dw": 10}))
     ['dw']
+    >>> sorted(mixed_plan({"a": 0.5, "b": 0.3, "c": 0.3}, 0.0, costs={"a": 9, "b": 5, "c": 5},
+    ...                   room=10))
+    ['b', 'c']
     """
     high: set[str] = set()
     left = sum(scores.values())
@@ -125,4 +199,6 @@ def mixed_plan(
             break
         high.add(name)
         left -= s
-    return high
+    if room is None or costs is None or sum(costs.get(n, 0) for n in high) <= room:
+        return high
+    return _knapsack(scores, costs, room)

@@ -14,7 +14,7 @@ from dfcompress._datafree import default_input_shape, synthesize_inputs
 from dfcompress._summary import warn_float
 from dfcompress._validate import check_bool, check_int, check_model, check_shape, has_layers
 from dfcompress.errors import DfcompressError
-from dfcompress.quant.config import Config, IntQuant, resolve_config
+from dfcompress.quant.config import Config, IntQuant, Mixed, resolve_config
 from dfcompress.quant.modules import QuantLayer
 from dfcompress.quant.quantizer import Quantizer, Rule
 from dfcompress.select import SelectorLike
@@ -61,25 +61,59 @@ def _weight_count(layer: nn.Module) -> int:
     return int(w.numel()) if isinstance(w, torch.Tensor) else 0
 
 
+def _packed_size(model: nn.Module, rules: list[Rule], fold_bn: bool) -> int:
+    """Bytes of ``model``'s packed file with weight-only ``rules`` (nothing calibrated)."""
+    from dfcompress.io import serialized_size
+
+    qz = Quantizer(rules, fold_bn=fold_bn)
+    qz.warn = False
+    made = qz.convert(qz.prepare(model, inplace=False), pack=True)
+    return serialized_size(made)
+
+
 def _mixed_rules(
     model: nn.Module,
     calibration: Iterable[Any] | torch.Tensor | None,
     select: SelectorLike | None,
     input_shape: Sequence[int] | None,
+    spec: Mixed,
+    fold_bn: bool,
 ) -> list[Rule]:
-    """``"int4-mixed"``: 8-bit weights for the layers a sensitivity scan finds too sensitive."""
-    from dfcompress.quant._mixed import HIGH, LOW, layer_sensitivity, mixed_plan
+    """Mixed precision: ``spec.high`` for the layers a sensitivity scan finds too sensitive."""
+    from dfcompress.io import serialized_size
+    from dfcompress.quant._mixed import layer_sensitivity, mixed_plan, upgrade_costs
     from dfcompress.select import by_name
 
     scope: SelectorLike = select if select is not None else "all"
-    names = [n for n, c in Quantizer([(scope, HIGH)]).plan(model).items()]
+    names = [n for n, c in Quantizer([(scope, spec.high)]).plan(model).items()]
+    room: int | None = None
+    costs: dict[str, int] | None = None
+    if spec.max_size is not None:
+        limit = int(spec.max_size * serialized_size(model))
+        floor = _packed_size(model, [(scope, spec.low)], fold_bn)
+        if floor > limit:
+            raise DfcompressError(
+                f"max_size={spec.max_size!r} cannot be met: with every layer at {spec.low!r} "
+                f"the file is already {floor / serialized_size(model):.3f} of the float file "
+                "(raise max_size, or use a smaller low config)"
+            )
+        room, costs = limit - floor, upgrade_costs(model, names, spec.low, spec.high)
     if calibration is None:
         shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
         calibration = synthesize_inputs(model, shape, 8)
     sizes = {n: _weight_count(model.get_submodule(n)) for n in names}
-    high = mixed_plan(layer_sensitivity(model, calibration, names), sizes=sizes)
-    _log.info("dfcompress: int4-mixed keeps %d of %d layers at 8 bits", len(high), len(names))
-    return ([(by_name(*sorted(high)), HIGH)] if high else []) + [(scope, LOW)]
+    scores = layer_sensitivity(model, calibration, names, spec.low)
+    high = mixed_plan(scores, spec.budget, sizes, costs=costs, room=room)
+    left = sum(s for n, s in scores.items() if n not in high)
+    _log.info(
+        "dfcompress: mixed precision keeps %d of %d layers at %d bits (noise left %.4g, budget %g)",
+        len(high),
+        len(names),
+        spec.high.bits,
+        left,
+        spec.budget,
+    )
+    return ([(by_name(*sorted(high)), spec.high)] if high else []) + [(scope, spec.low)]
 
 
 def _target_options(target: str, **given: Any) -> None:
@@ -122,7 +156,7 @@ def _check_rounding(rounding: object, calibration: object) -> None:
 
 def quantize(
     model: nn.Module,
-    config: Config | str | Sequence[Rule] = "int8",
+    config: Config | Mixed | str | Sequence[Rule] = "int8",
     calibration: Iterable[Any] | torch.Tensor | None = None,
     select: SelectorLike | None = None,
     *,
@@ -256,10 +290,11 @@ def quantize(
         )
         return made
     input_shape = check_calibration_options(max_samples, bias_correction, input_shape, finetune)
-    mixed = isinstance(config, str) and config.lower() == "int4-mixed"
-    if mixed:
+    mixed: Mixed | None = None
+    if isinstance(config, Mixed) or (isinstance(config, str) and config.lower() == "int4-mixed"):
+        mixed = config if isinstance(config, Mixed) else Mixed()
         rules: list[Rule] = []  # from the sensitivity scan below, once the data is read
-    elif isinstance(config, (str, IntQuant)) or not isinstance(config, Sequence):
+    elif isinstance(config, (str, IntQuant)) or not isinstance(config, (Sequence, Mixed)):
         cfg = resolve_config(config)
         rules = [(select if select is not None else "all", cfg)]
     else:
@@ -272,8 +307,8 @@ def quantize(
     # read once: a generator serves calibration, bias correction and BN re-estimation
     calibration = calibration_inputs(calibration, limit=max_samples)
     _check_rounding(rounding, calibration)
-    if mixed:
-        rules = _mixed_rules(model, calibration, select, input_shape)
+    if mixed is not None:
+        rules = _mixed_rules(model, calibration, select, input_shape, mixed, fold_bn)
     qz = Quantizer(
         rules,
         fold_bn=fold_bn,

@@ -42,6 +42,7 @@ __all__ = [
     "Float",
     "Granularity",
     "IntQuant",
+    "Mixed",
     "ObserverName",
     "PerChannel",
     "PerGroup",
@@ -271,6 +272,63 @@ class Float:
 
 
 Config = IntQuant | FP16 | BF16 | Float
+
+
+def _weight_only(name: str, value: object) -> None:
+    if not isinstance(value, IntQuant) or value.activations is not None:
+        raise DfcompressError(
+            f"{name}={value!r} must be a weight-only IntQuant (activations=None), "
+            "such as IntQuant(4, PerGroup(32))"
+        )
+
+
+@dataclass(frozen=True)
+class Mixed:
+    """Weight-only mixed precision chosen by a sensitivity scan (``"int4-mixed"`` is ``Mixed()``).
+
+    :func:`~dfcompress.quantize` rounds each conv and linear layer to ``low`` on
+    its own and measures how much the model's output changes on the calibration
+    data (mean squared change over the output's variance). Layers go to ``high``
+    in order of that noise per weight until the noise of the layers left at
+    ``low`` sums to at most ``budget``, or until the next layer would take the
+    packed file past ``max_size`` times the float model's file
+    (:func:`dfcompress.io.serialized_size`). A layer that does not fit is passed
+    over and smaller ones after it may still be taken.
+
+    Args:
+        low: The config of most layers (default: int4 in groups of 32).
+        high: The config of the sensitive ones (default: int8 per channel).
+        budget: The output noise the ``low`` layers may add together.
+        max_size: The largest packed file as a fraction of the float file, in
+            (0, 1], or None for no limit.
+
+    >>> Mixed(max_size=0.2).budget
+    0.005
+    >>> Mixed(max_size=2)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    dfcompress.errors.DfcompressError: max_size=2 is out of range: use a fraction ...
+    """
+
+    low: IntQuant = field(default_factory=lambda: IntQuant(4, PerGroup(32, PerChannel(0))))
+    high: IntQuant = field(default_factory=lambda: IntQuant(8, PerChannel(0)))
+    budget: float = 0.005
+    max_size: float | None = None
+
+    def __post_init__(self) -> None:
+        _weight_only("low", self.low)
+        _weight_only("high", self.high)
+        b = self.budget
+        if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b < float("inf"):
+            raise DfcompressError(f"budget={b!r} is out of range: use a finite number >= 0")
+        m = self.max_size
+        if m is not None and (
+            isinstance(m, bool) or not isinstance(m, (int, float)) or not 0.0 < m <= 1.0
+        ):
+            raise DfcompressError(
+                f"max_size={m!r} is out of range: use a fraction of the float file in (0, 1], "
+                "or None"
+            )
 
 
 #: The activation equalization strength of the named ``"int8"`` config.
