@@ -36,16 +36,19 @@ import torch
 from torch import nn
 
 from dfcompress.quant._gptq import MAX_COLUMNS, Geometry, _inverse_factor, _output_error
+from dfcompress.quant._sequential import MIN_SAMPLES_PER_INPUT as _MIN_SAMPLES
+from dfcompress.quant._sequential import forward_order as _order
+from dfcompress.quant._sequential import input_of as _input_of
+from dfcompress.quant._sequential import positions as _positions
 
 __all__ = ["obs_prune", "reconstruct"]
 
 _BLOCK = 128
 
 #: A layer is reconstructed only from at least this many input samples (output
-#: positions over the calibration data) per weight of an output row: fitted on
-#: fewer, it matches the calibration data and not the data after it (a classifier
-#: head seen on 64 images has 64 samples for 1,280 weights per row).
-MIN_SAMPLES_PER_INPUT = 4
+#: positions over the calibration data) per weight of an output row (the rule of
+#: :mod:`dfcompress.quant._sequential`).
+MIN_SAMPLES_PER_INPUT = _MIN_SAMPLES
 
 
 def _geometry(m: nn.Module) -> Geometry | bool:
@@ -150,64 +153,10 @@ def obs_prune(
     return chosen.reshape(w.shape).to(w.dtype), err_plain, kept
 
 
-def _positions(x: torch.Tensor, geom: Geometry) -> int:
-    """How many input columns (output positions) a layer reads from ``x``."""
-    if geom is None:
-        return x.numel() // x.shape[-1]
-    kernel, stride, padding, dilation = geom[0], geom[1], geom[2], geom[3]
-    n = x.shape[0]
-    for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation, strict=True):
-        n *= (size + 2 * p - d * (k - 1) - 1) // s + 1
-    return n
-
-
 def _weight_of(m: nn.Module) -> torch.Tensor:
     w = m.weight
     assert isinstance(w, torch.Tensor)
     return w
-
-
-class _Stop(Exception):
-    """Ends a forward pass once the layer being reconstructed has its input."""
-
-
-def _input_of(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """What ``layer`` receives when ``model`` runs on ``x`` (the forward stops there)."""
-    got: list[torch.Tensor] = []
-
-    def hook(mod: nn.Module, args: tuple[Any, ...]) -> None:
-        if args and isinstance(args[0], torch.Tensor):
-            got.append(args[0].detach())
-        raise _Stop
-
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        model(x)
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return got[0] if got else None
-
-
-def _order(model: nn.Module, names: set[str], x: torch.Tensor) -> list[str]:
-    """``names`` in the order a forward pass on ``x`` first reaches them."""
-    seen: list[str] = []
-    handles = []
-    for name, m in model.named_modules():
-        if name in names:
-
-            def hook(mod: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-                if name not in seen:
-                    seen.append(name)
-
-            handles.append(m.register_forward_pre_hook(hook))
-    try:
-        model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return seen
 
 
 def reconstruct(

@@ -28,18 +28,13 @@ with their own forward) keep nearest rounding, as do layers with more than
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
-
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from dfcompress.quant._adaround import _supported, float_weight, run_with_inputs
-from dfcompress.quant._passes import quant_layers
+from dfcompress.quant._adaround import float_weight
 from dfcompress.quant.modules import QuantLayer
 
-__all__ = ["Geometry", "geometry", "gptq_layer", "gptq_model", "gptq_round", "gram", "input_gram"]
+__all__ = ["Geometry", "geometry", "gptq_layer", "gptq_round", "gram", "input_gram"]
 
 #: Layers with more inputs per output than this keep nearest rounding (H is columns^2).
 MAX_COLUMNS = 8192
@@ -245,50 +240,3 @@ def gptq_layer(layer: QuantLayer, h: torch.Tensor) -> tuple[float, float]:
             wq.mode = "fixed"  # the scale the codes were chosen for
             layer._cache = None
     return float(e_near.sum()), float(e_kept.sum())
-
-
-def gptq_model(
-    model: nn.Module,
-    data: Iterable[Any] | torch.Tensor,
-    progress: bool,
-    max_samples: int | None,
-    *,
-    max_columns: int = MAX_COLUMNS,
-) -> dict[str, torch.Tensor]:
-    """GPTQ rounding of every supported quantized layer of a calibrated model (in place).
-
-    One pass over ``data`` accumulates each layer's input Gram matrix (through
-    the model as quantized so far, with nearest rounding), then each layer is
-    rounded on its own.
-
-    Returns:
-        The float weights before rounding, by layer name, for bias correction
-        to measure the weight error against.
-    """
-    layers: dict[str, QuantLayer] = {}
-    for name, layer in quant_layers(model).items():
-        if not _supported(layer) or layer.weight is None:
-            continue
-        per = layer.weight[0].numel()
-        if per <= max_columns:
-            layers[name] = layer
-    grams: dict[str, torch.Tensor] = {}
-
-    def visit(name: str, layer: QuantLayer, x: torch.Tensor) -> None:
-        g = input_gram(layer, x)
-        grams[name] = g if name not in grams else grams[name] + g
-
-    run_with_inputs(model, layers, data, max_samples, "GPTQ rounding", visit)
-    originals: dict[str, torch.Tensor] = {}
-    from tqdm.auto import tqdm
-
-    for name in tqdm(list(layers), desc="GPTQ rounding", disable=not progress):
-        g = grams.pop(name, None)
-        layer = layers[name]
-        if g is None or layer.weight is None:
-            continue
-        before = layer.weight.detach().clone()
-        e0, e1 = gptq_layer(layer, g)
-        if e1 < e0:
-            originals[name] = before
-    return originals

@@ -72,6 +72,7 @@ def correct_biases(
     *,
     activations: bool = True,
     reference: dict[str, torch.Tensor] | None = None,
+    skip: set[str] | None = None,
 ) -> None:
     """Empirical bias correction, all layers in one pass over ``data``.
 
@@ -81,14 +82,17 @@ def correct_biases(
     where those are quantized. Errors coming from earlier layers are theirs to
     correct, so one pass serves every layer. ``reference`` gives the float
     weights of layers whose weight already holds its rounded values (adaptive
-    rounding), by name.
+    rounding), by name. Layers in ``skip`` without an output quantizer are left
+    as they are (their weights were already fitted to the float model's output,
+    mean included).
     """
     refs = reference or {}
+    skipped = skip or set()
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     handles = []
     for name, layer in quant_layers(model).items():
-        if layer.weight is None:
+        if layer.weight is None or (name in skipped and layer.output_quant is None):
             continue
 
         def hook(mod: nn.Module, args: tuple[Any, ...], out: Any, name: str = name) -> None:

@@ -41,8 +41,9 @@ from dfcompress.quant import _layers
 from dfcompress.quant._adaround import adaround_model
 from dfcompress.quant._bnfold import _set_submodule, fold_batchnorms
 from dfcompress.quant._crosslayer import equalize_pairs
-from dfcompress.quant._gptq import gptq_model
+from dfcompress.quant._gptq import MAX_COLUMNS
 from dfcompress.quant._passes import correct_biases, quant_layers, reestimate_bn, run
+from dfcompress.quant._sequential import gptq_sequential
 from dfcompress.quant.cast import CAST_CLASSES, CastLayer
 from dfcompress.quant.config import BF16, FP16, Config, Float, IntQuant, resolve_config
 from dfcompress.quant.modules import QUANT_CLASSES, QuantLayer
@@ -316,12 +317,15 @@ class Quantizer:
         for q in inputs:
             q.freeze()
         rounded: dict[str, torch.Tensor] = {}
+        fitted: set[str] = set()
         if self.rounding == "adaptive":
             rounded = adaround_model(model, data, progress, max_samples)
         elif self.rounding == "gptq":
-            rounded = gptq_model(model, data, progress, max_samples)
+            rounded, fitted = gptq_sequential(
+                model, data, progress, max_samples, max_columns=MAX_COLUMNS
+            )
         if self.bias_correction:
-            correct_biases(model, data, progress, max_samples, reference=rounded)
+            correct_biases(model, data, progress, max_samples, reference=rounded, skip=fitted)
         if self.bn_reestimation:
             reestimate_bn(model, data, progress, max_samples)
 
