@@ -102,11 +102,12 @@ class Quantizer:
             whether to round each weight up or down so that its output on the
             calibration data changes least (AdaRound-style; a few hundred Adam
             steps per layer on sampled inputs, kept only where it lowers that
-            error); or ``"gptq"``: after calibration, each Conv2d/Linear layer
-            rounds its weights one input column at a time and corrects the
-            columns not yet rounded for the error (GPTQ-style, from the Gram
-            matrix of its calibration inputs; seconds per network, kept only
-            where it lowers the output error).
+            error); or ``"gptq"``: after calibration, the Conv2d/Linear layers
+            in forward order, each fitted to the float model's output on the
+            inputs the model quantized so far gives it and rounded one input
+            column at a time, the columns not yet rounded corrected for the
+            error (GPTQ-style; kept per group only where it lands closer to the
+            float output than nearest rounding).
         cross_layer_equalization: Before wrapping, rescale consecutive
             convolutions (conv -> ReLU/ReLU6/identity -> conv, depthwise
             included) so that each channel's weight range is shared evenly
