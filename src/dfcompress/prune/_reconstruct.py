@@ -38,8 +38,7 @@ from torch import nn
 from dfcompress.quant._gptq import MAX_COLUMNS, Geometry, _inverse_factor, _output_error
 from dfcompress.quant._sequential import MIN_SAMPLES_PER_INPUT as _MIN_SAMPLES
 from dfcompress.quant._sequential import forward_order as _order
-from dfcompress.quant._sequential import input_of as _input_of
-from dfcompress.quant._sequential import positions as _positions
+from dfcompress.quant._sequential import paired_grams
 
 __all__ = ["obs_prune", "reconstruct"]
 
@@ -175,7 +174,6 @@ def reconstruct(
         layers reconstructed.
     """
     from dfcompress._modes import eval_mode
-    from dfcompress.quant._gptq import cross_gram
 
     batches = [x for x in data if isinstance(x, torch.Tensor)]
     if not batches:
@@ -195,19 +193,11 @@ def reconstruct(
     with torch.no_grad(), eval_mode(dense), eval_mode(pruned):
         for name in _order(dense, set(targets), batches[0]):
             m, d, geom = targets[name]
-            h: torch.Tensor | None = None
-            c: torch.Tensor | None = None
-            seen = 0
-            for x in batches:
-                x0, x1 = _input_of(dense, d, x), _input_of(pruned, m, x)
-                if x0 is None or x1 is None or x0.shape != x1.shape:
-                    h = None
-                    break
-                seen += _positions(x1, geom)
-                hg, cg = cross_gram(x1, x1, geom), cross_gram(x0, x1, geom)
-                h = hg if h is None else h + hg
-                c = cg if c is None else c + cg
-            if h is None or c is None or seen < MIN_SAMPLES_PER_INPUT * h.shape[-1]:
+            grams = paired_grams(pruned, m, dense, d, batches, geom)
+            if grams is None:
+                continue
+            h, c, seen = grams
+            if seen < MIN_SAMPLES_PER_INPUT * h.shape[-1]:
                 continue  # too few input samples to fit this many weights without overfitting
             w0 = _weight_of(d).detach()
             weight = _weight_of(m)

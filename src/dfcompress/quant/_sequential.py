@@ -29,7 +29,8 @@ from 0.0024 (GPTQ per layer) to 0.0005.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -49,6 +50,7 @@ __all__ = [
     "forward_order",
     "gptq_sequential",
     "input_of",
+    "paired_grams",
     "positions",
 ]
 
@@ -113,6 +115,36 @@ def positions(x: torch.Tensor, geom: Geometry) -> int:
     for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation, strict=True):
         n *= (size + 2 * p - d * (k - 1) - 1) // s + 1
     return n
+
+
+def paired_grams(
+    model: nn.Module,
+    layer: nn.Module,
+    ref_model: nn.Module,
+    ref_layer: nn.Module,
+    batches: list[Any],
+    geom: Geometry,
+    prepare: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+    prepare_ref: Callable[[torch.Tensor], torch.Tensor] = lambda t: t,
+) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    """``H = sum x x^T`` over ``layer``'s inputs in ``model``, ``C = sum x0 x^T`` with
+    ``x0`` ``ref_layer``'s inputs in ``ref_model`` at the same positions, and the
+    number of positions, over ``batches`` (each input passed through ``prepare``
+    or ``prepare_ref`` first). None if a layer gets no input or the shapes differ.
+    """
+    h: torch.Tensor | None = None
+    c: torch.Tensor | None = None
+    seen = 0
+    for x in batches:
+        xq, xf = input_of(model, layer, x), input_of(ref_model, ref_layer, x)
+        if xq is None or xf is None or xq.shape != xf.shape:
+            return None
+        x1, x0 = prepare(xq), prepare_ref(xf)
+        hg, cg = cross_gram(x1, x1, geom), cross_gram(x0, x1, geom)
+        h = hg if h is None else h + hg
+        c = cg if c is None else c + cg
+        seen += positions(x1, geom)
+    return None if h is None or c is None else (h, c, seen)
 
 
 def compensated_weight(w: torch.Tensor, c: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -196,21 +228,19 @@ def gptq_sequential(
             layer = layers[name]
             ref: Any = twin.get_submodule(name)
             geom = geometry(layer)
-            h: torch.Tensor | None = None
-            c: torch.Tensor | None = None
-            seen = 0
-            for x in batches:
-                xq, xf = input_of(model, layer, x), input_of(twin, ref, x)
-                if xq is None or xf is None or xq.shape != xf.shape:
-                    h = None
-                    break
-                x1, x0 = _layer_input(layer, xq), ref.smoothed_input(xf)
-                hg, cg = cross_gram(x1, x1, geom), cross_gram(x0, x1, geom)
-                h = hg if h is None else h + hg
-                c = cg if c is None else c + cg
-                seen += positions(x1, geom)
-            if h is None or c is None:
+            grams = paired_grams(
+                model,
+                layer,
+                twin,
+                ref,
+                batches,
+                geom,
+                functools.partial(_layer_input, layer),
+                ref.smoothed_input,
+            )
+            if grams is None:
                 continue
+            h, c, seen = grams
             weight, w, s, z = float_weight(layer, "GPTQ rounding")
             groups = h.shape[0]
             wg = w.reshape(groups, w.shape[0] // groups, -1).double()
