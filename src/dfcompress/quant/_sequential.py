@@ -255,7 +255,7 @@ def gptq_sequential(
             if compensated:
                 target = compensated_weight(wg, c, h)
             else:
-                c = h  # too few samples to fit: each layer for its own error only
+                c = h  # not fitted: the layer is rounded for its own error only
             wq = layer.weight_quant
             chosen, _, _ = gptq_round(target.reshape(w.shape).float(), s, z, wq.qmin, wq.qmax, h)
             near = torch.clamp(torch.round(w / s), wq.qmin - z, wq.qmax - z) * s

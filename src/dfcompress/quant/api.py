@@ -89,12 +89,13 @@ def _mixed_rules(
     room: int | None = None
     costs: dict[str, int] | None = None
     if spec.max_size is not None:
-        limit = int(spec.max_size * serialized_size(model))
+        float_bytes = serialized_size(model)
+        limit = int(spec.max_size * float_bytes)
         floor = _packed_size(model, [(scope, spec.low)], fold_bn)
         if floor > limit:
             raise DfcompressError(
                 f"max_size={spec.max_size!r} cannot be met: with every layer at {spec.low!r} "
-                f"the file is already {floor / serialized_size(model):.3f} of the float file "
+                f"the file is already {floor / float_bytes:.3f} of the float file "
                 "(raise max_size, or use a smaller low config)"
             )
         room, costs = limit - floor, upgrade_costs(model, names, spec.low, spec.high)
