@@ -137,6 +137,9 @@ VARIANTS: dict[str, Build] = {
     "int8 (auto smoothing) + GPTQ + bias correction": _quant(
         INT8_AUTO, bias_correction=True, rounding="gptq"
     ),
+    "int8 + range equalization + bias correction": _quant(
+        "int8", bias_correction=True, cross_layer_equalization="activations"
+    ),
     "int8 + cross-layer equalization + bias correction": _quant(
         "int8", bias_correction=True, cross_layer_equalization=True
     ),
@@ -255,9 +258,13 @@ def _deployed_files(
         opts = dict(LOOSE, **({"max_batch": peers.MAX_BATCH} if runtime == "xnnpack" else {}))
         made = files.setdefault(runtime, {})
         made["float"] = dfc.export(model, out / f"float{suffix}", ex, target=runtime, **opts)
-        for name, rounding in (("dfc int8", "nearest"), ("dfc int8 + GPTQ", "gptq")):
+        for name, extra in (
+            ("dfc int8", {}),
+            ("dfc int8 + GPTQ", {"rounding": "gptq"}),
+            ("dfc int8 + range equalization", {"cross_layer_equalization": "activations"}),
+        ):
             t = time.perf_counter()
-            qm = dfc.quantize(model, "int8", target=runtime, rounding=rounding, **q)
+            qm = dfc.quantize(model, "int8", target=runtime, **extra, **q)  # type: ignore[arg-type]
             path = out / f"{name.replace(' ', '_').replace('+', '')}{suffix}"
             made[name] = dfc.export(qm, path, ex, **opts)
             eager[(runtime, name)] = qm
@@ -480,7 +487,8 @@ def _deployed_section(
         f"({args.eval} scored, {args.calib} to calibrate); each file is run by its runtime "
         "and scored against the float eager model. dfcompress rows: "
         "`quantize(model, 'int8', calibration, target=runtime, bias_correction=True)`, "
-        "with `rounding='gptq'` where the row says so, then `dfcompress.export`. Peers: "
+        "with `rounding='gptq'` or `cross_layer_equalization='activations'` (range "
+        "equalization) where the row says so, then `dfcompress.export`. Peers: "
         "ExecuTorch's XNNPACKQuantizer PT2E flow (per-channel) lowered to XNNPACK; "
         "ONNX Runtime's `quantize_static` (QDQ, per-channel int8 weights, uint8 "
         "activations) on dfcompress's float `.onnx`; NNCF's `nncf.quantize` (default "

@@ -26,7 +26,9 @@ model's output is unchanged; otherwise every change is undone.
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -36,7 +38,13 @@ from dfcompress._rebuild import register_module
 from dfcompress.quant._bnfold import FoldedBatchNorm, _probe_input, _run_probe, _same
 from dfcompress.quant._equalize import scale_weight_columns, weight_column_max
 
-__all__ = ["ChannelClamp", "equalize_pairs", "find_pairs"]
+__all__ = [
+    "RANGE_CAP",
+    "ChannelClamp",
+    "equalize_activation_ranges",
+    "equalize_pairs",
+    "find_pairs",
+]
 
 _log = logging.getLogger("dfcompress")
 
@@ -79,20 +87,29 @@ class ChannelClamp(nn.Module):
         return cls(torch.full((int(spec["channels"]),), float("inf")))
 
 
-def _passes_scaling(mod: nn.Module) -> bool:
-    """Whether ``mod`` is an elementwise activation that equalization can cross."""
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _passes_scaling(mod: nn.Module, batchnorm: bool = False) -> bool:
+    """Whether ``mod`` is an elementwise activation that equalization can cross
+    (with ``batchnorm``, also an affine BatchNorm, whose weight and bias carry the factor)."""
     if isinstance(mod, FoldedBatchNorm):
         return mod.act is None or _passes_scaling(mod.act)
     if isinstance(mod, (nn.ReLU, nn.Identity, nn.LeakyReLU, nn.Dropout, ChannelClamp)):
         return True
+    if batchnorm and isinstance(mod, _BATCHNORMS):
+        return bool(mod.affine)
     return isinstance(mod, nn.ReLU6)
 
 
-def find_pairs(model: nn.Module, names: set[str]) -> list[tuple[str, list[str], str]]:
+def find_pairs(
+    model: nn.Module, names: set[str], through_batchnorm: bool = False
+) -> list[tuple[str, list[str], str]]:
     """``(first, between, second)``: layers of ``names`` that equalization may rescale together.
 
-    ``between`` lists the activation modules in between (in order). Empty when
-    the model cannot be traced.
+    ``between`` lists the activation modules in between (in order), and with
+    ``through_batchnorm`` the affine BatchNorm layers there (a float model whose
+    BatchNorm is not folded). Empty when the model cannot be traced.
     """
     modules = dict(model.named_modules())
     try:
@@ -128,7 +145,7 @@ def find_pairs(model: nn.Module, names: set[str]) -> list[tuple[str, list[str], 
             if target in names and isinstance(mod, (*_CONVS, nn.Linear)):
                 pairs.append((first, between, target))
                 break
-            if mod is None or not _passes_scaling(mod):
+            if mod is None or not _passes_scaling(mod, through_batchnorm):
                 break
             between.append(target)
             cur = user
@@ -202,8 +219,6 @@ def equalize_pairs(
     probe = _probe_input(model)
     reference = None if probe is None else _run_probe(model, probe)
     saved = {n: m for n, m in model.named_modules() if n in names or any(n in p[1] for p in pairs)}
-    import copy
-
     backup = {n: copy.deepcopy(m) for n, m in saved.items()}
     for _ in range(iterations):
         for first, between, second in pairs:
@@ -217,3 +232,130 @@ def equalize_pairs(
         return []
     _log.info("dfcompress: cross-layer equalized %d pairs of layers", len(pairs))
     return [(f, s) for f, _b, s in pairs]
+
+
+#: The largest factor :func:`equalize_activation_ranges` multiplies a channel by.
+RANGE_CAP = 16.0
+
+
+def _depthwise(layer: nn.Module) -> bool:
+    return isinstance(layer, _CONVS) and 1 < layer.groups == layer.in_channels
+
+
+def _lines_up(first: nn.Module, second: nn.Module) -> bool:
+    """Whether ``first``'s output channels are ``second``'s input channels."""
+    w = getattr(first, "weight", None)
+    return isinstance(w, torch.Tensor) and w.shape[0] == getattr(second, "in_channels", -1)
+
+
+def _channel_maxima(
+    model: nn.Module, data: Iterable[Any] | torch.Tensor, layers: list[str], max_samples: int
+) -> dict[str, torch.Tensor]:
+    """The largest ``|x|`` of each input channel of ``layers`` over ``data``."""
+    from dfcompress._data import iter_inputs
+    from dfcompress._modes import eval_mode
+
+    seen: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def record(_mod: nn.Module, inputs: tuple[Any, ...]) -> None:
+            x = inputs[0].detach()
+            m = x.abs().transpose(0, 1).reshape(x.shape[1], -1).amax(dim=1).float()
+            seen[name] = torch.maximum(seen[name], m) if name in seen else m
+
+        return record
+
+    handles = [model.get_submodule(n).register_forward_pre_hook(hook(n)) for n in layers]
+    try:
+        with eval_mode(model), torch.no_grad():
+            for x in iter_inputs(data, limit=max_samples):
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+@torch.no_grad()
+def _scale_channels(
+    model: nn.Module, first: str, between: list[str], second: str, k: torch.Tensor
+) -> None:
+    """Multiply channel ``i`` between ``first`` and ``second`` by ``k[i]``; ``second`` undoes it."""
+    bns = [model.get_submodule(n) for n in between]
+    bn: Any = next((m for m in bns if isinstance(m, _BATCHNORMS)), None)
+    if bn is not None:  # the last affine map before the activation carries the factor
+        bn.weight.mul_(k.to(bn.weight.dtype))
+        bn.bias.mul_(k.to(bn.bias.dtype))
+    else:
+        a: Any = model.get_submodule(first)
+        a.weight.mul_(k.to(a.weight.dtype).reshape(-1, *([1] * (a.weight.dim() - 1))))
+        if a.bias is not None:
+            a.bias.mul_(k.to(a.bias.dtype))
+    for m in bns:
+        inner = m.act if isinstance(m, FoldedBatchNorm) else m
+        if isinstance(inner, ChannelClamp):
+            inner.upper.mul_(k.to(inner.upper.device))
+    b: Any = model.get_submodule(second)
+    b.weight.copy_(scale_weight_columns(b.weight, 1.0 / k, int(b.groups)))
+
+
+def equalize_activation_ranges(
+    model: nn.Module,
+    data: Iterable[Any] | torch.Tensor,
+    names: set[str],
+    *,
+    cap: float = RANGE_CAP,
+    max_samples: int = 256,
+) -> list[tuple[str, str]]:
+    """Even out the per-channel ranges of the inputs of depthwise convolutions (in place).
+
+    For each layer of ``names`` whose output reaches a depthwise convolution of
+    ``names`` through nothing but an affine BatchNorm and ReLU/ReLU6/LeakyReLU
+    (:func:`find_pairs`), the channels' largest values ``m_i`` are measured on
+    ``data``; channel ``i`` is multiplied by ``k_i = min(R / m_i, cap)`` (``R``
+    the largest ``m_i``) in the first layer (or its BatchNorm's weight and bias)
+    and divided out of the depthwise filter that reads it. The per-tensor input
+    quantizer then gives every channel about as many codes as the widest one.
+
+    The float model's output is unchanged wherever a channel stays within its
+    calibrated range: a ReLU6 clips the scaled channel at ``6 / k_i`` of its old
+    units, which is at least the largest value calibration saw there (beyond
+    it, the channel is clipped as a per-tensor quantizer clips beyond its
+    range). With per-output-channel weights the factors cost the weights
+    nothing: they land on whole rows of the first layer and whole filters of
+    the depthwise one. Returns the pairs equalized; when the output on the
+    first calibration batch changes, everything is undone and the list is empty.
+    """
+    from dfcompress._data import iter_inputs
+
+    pairs = [
+        p
+        for p in find_pairs(model, names, through_batchnorm=True)
+        if _depthwise(model.get_submodule(p[2]))
+        and _lines_up(model.get_submodule(p[0]), model.get_submodule(p[2]))
+    ]
+    if not pairs:
+        return []
+    maxima = _channel_maxima(model, data, [p[2] for p in pairs], max_samples)
+    probe = next(iter(iter_inputs(data, limit=max_samples)), None)
+    reference = None if probe is None else _run_probe(model, probe)
+    touched = {n for f, b, s in pairs for n in (f, s, *b)}
+    backup = {n: copy.deepcopy(model.get_submodule(n)) for n in touched}
+    done = []
+    for first, between, second in pairs:
+        m = maxima.get(second)
+        if m is None or not bool(m.max() > 0):
+            continue
+        r = m.max()
+        k = (r / m.clamp_min(float(r) / cap)).clamp(1.0, cap)
+        _scale_channels(model, first, between, second, k)
+        done.append((first, second))
+    if probe is not None and not _same(_run_probe(model, probe), reference):
+        from dfcompress.quant._bnfold import _set_submodule
+
+        for n, mod in backup.items():
+            _set_submodule(model, n, mod)
+        _log.info("dfcompress: activation range equalization changed the model's output; undone")
+        return []
+    _log.info("dfcompress: equalized the input ranges of %d depthwise convolutions", len(done))
+    return done

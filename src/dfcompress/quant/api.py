@@ -14,6 +14,7 @@ from dfcompress._datafree import default_input_shape, synthesize_inputs
 from dfcompress._summary import warn_float
 from dfcompress._validate import check_bool, check_int, check_model, check_shape, has_layers
 from dfcompress.errors import DfcompressError
+from dfcompress.quant import _layers
 from dfcompress.quant.config import Config, IntQuant, Mixed, resolve_config
 from dfcompress.quant.modules import QuantLayer
 from dfcompress.quant.quantizer import Quantizer, Rule
@@ -129,11 +130,14 @@ def _target_options(target: str, **given: Any) -> None:
         "bn_reestimation": "BatchNorm is folded into the runtime's convolutions",
         "pack": "the exported file stores the integer weights itself",
         "rounding": "the target's weights are rounded to nearest or with 'gptq'",
-        "cross_layer_equalization": "not available for runtime targets yet",
+        "cross_layer_equalization": "the weight-range form would put a per-channel clamp in "
+        "the graph; 'activations' is available",
     }
     for key, value in given.items():
         if key == "rounding" and value == "gptq":
             continue  # chosen in the target's own graph (needs calibration data)
+        if key == "cross_layer_equalization" and value == "activations":
+            continue  # changes the float weights only
         if value != defaults[key]:
             raise DfcompressError(
                 f"{key}={value!r} cannot be used with target={target!r}: {why[key]} "
@@ -155,6 +159,50 @@ def _check_rounding(rounding: object, calibration: object) -> None:
         )
 
 
+#: The values of ``quantize(cross_layer_equalization=...)``.
+EQUALIZATIONS: tuple[object, ...] = (False, True, "weights", "activations")
+
+
+def _check_equalization(value: object, calibration: object) -> str | None:
+    """``"weights"``, ``"activations"`` or None from a ``cross_layer_equalization`` value."""
+    if not any(value is v or (isinstance(v, str) and value == v) for v in EQUALIZATIONS):
+        raise DfcompressError(
+            f"cross_layer_equalization={value!r} is unknown: use one of "
+            f"{', '.join(map(repr, EQUALIZATIONS))}"
+        )
+    if value == "activations" and calibration is None:
+        raise DfcompressError(
+            "cross_layer_equalization='activations' measures each channel's range on data: "
+            "pass calibration= (a loader or a tensor of inputs), or use 'weights'"
+        )
+    if value is False:
+        return None
+    return "weights" if value is True else str(value)
+
+
+def _range_equalized(
+    model: nn.Module, calibration: Iterable[Any] | torch.Tensor, names: set[str], inplace: bool
+) -> nn.Module:
+    """``model`` (a copy unless ``inplace``) with the depthwise inputs' ranges equalized."""
+    import copy
+
+    from dfcompress.quant._crosslayer import equalize_activation_ranges
+
+    base = model if inplace else copy.deepcopy(model)
+    equalize_activation_ranges(base, calibration, names)
+    return base
+
+
+def _per_row_weights(config: object) -> bool:
+    """Whether ``config`` rounds weights with one scale per output row (or finer)."""
+    from dfcompress.quant.config import PerChannel, PerGroup
+
+    if not isinstance(config, IntQuant):
+        return False
+    g = config.granularity
+    return isinstance(g, PerGroup) or (isinstance(g, PerChannel) and g.axis == 0)
+
+
 def quantize(
     model: nn.Module,
     config: Config | Mixed | str | Sequence[Rule] = "int8",
@@ -172,7 +220,7 @@ def quantize(
     finetune: Callable[[nn.Module, int], None] | None = None,
     target: str | None = None,
     rounding: str = "nearest",
-    cross_layer_equalization: bool = False,
+    cross_layer_equalization: bool | str = False,
 ) -> nn.Module:
     """Quantize a model: prepare, calibrate and convert in one call.
 
@@ -235,7 +283,14 @@ def quantize(
             ReLU/ReLU6 -> conv, depthwise included) so that their per-channel
             weight ranges are even, without changing the float model; data-free.
             Mostly for per-tensor weights; ReLU6 between such layers becomes a
-            per-channel clamp.
+            per-channel clamp. ``"weights"`` is the same as True.
+            ``"activations"``: instead even out the per-channel ranges of each
+            depthwise convolution's input, measured on ``calibration``: the
+            layer before it (conv -> BatchNorm -> ReLU/ReLU6) scales its narrow
+            channels up and the depthwise filters scale them back down, so the
+            per-tensor input scale serves every channel. Free for per-channel
+            weights, nothing added to the graph, and available with a
+            ``target`` (see the quantization docs).
 
     Returns:
         The quantized model, frozen (scales fixed).
@@ -250,8 +305,8 @@ def quantize(
     """
     check_model(model)
     has_layers(model, what="quantize")
+    equalize = _check_equalization(cross_layer_equalization, calibration)
     for flag, value in (
-        ("cross_layer_equalization", cross_layer_equalization),
         ("inplace", inplace),
         ("progress", progress),
         ("fold_bn", fold_bn),
@@ -279,6 +334,11 @@ def quantize(
                 f"target={target!r} has no quantized form; export the float or "
                 "16-bit model to it, or quantize for 'xnnpack' or 'onnxruntime'"
             )
+        if equalize == "activations":
+            # read once: the ranges and the target's calibration see the same samples
+            calibration = calibration_inputs(calibration, limit=max_samples)
+            layers = {n for n, m in model.named_modules() if _layers.layer_kind(m) is not None}
+            model = _range_equalized(model, cast("list[torch.Tensor]", calibration), layers, False)
         made: nn.Module = module.quantize(
             model,
             config,
@@ -317,11 +377,15 @@ def quantize(
         fold_bn=fold_bn,
         bn_reestimation=bn_reestimation,
         rounding=rounding,
-        cross_layer_equalization=cross_layer_equalization,
+        cross_layer_equalization=equalize == "weights",
         qat=finetune is not None,
     )
     qz.warn = False  # one warning for the whole call, below
     plan = qz.plan(model)
+    if equalize == "activations" and calibration is not None:
+        per_row = {n for n, c in plan.items() if _per_row_weights(c)}
+        model = _range_equalized(model, calibration, per_row, inplace)
+        inplace = True  # ``model`` is now the caller's own (inplace) or a copy made here
     if bias_correction is None:  # on for integer weights when real data is given
         bias_correction = calibration is not None and any(
             isinstance(c, IntQuant) for c in plan.values()
