@@ -192,6 +192,24 @@ def _equalize_pair(
                 _set_submodule(model, name, clamp)
 
 
+def _undone_if_changed(
+    model: nn.Module,
+    probe: torch.Tensor | None,
+    reference: Any,
+    backup: dict[str, nn.Module],
+    what: str,
+) -> bool:
+    """Put the ``backup`` modules back when the output on ``probe`` moved; whether it did."""
+    if probe is None or _same(_run_probe(model, probe), reference):
+        return False
+    from dfcompress.quant._bnfold import _set_submodule
+
+    for n, m in backup.items():
+        _set_submodule(model, n, m)
+    _log.info("dfcompress: %s changed the model's output; undone", what)
+    return True
+
+
 def equalize_pairs(
     model: nn.Module, names: set[str], iterations: int = 4, ratio_cap: float = 1e4
 ) -> list[tuple[str, str]]:
@@ -223,12 +241,7 @@ def equalize_pairs(
     for _ in range(iterations):
         for first, between, second in pairs:
             _equalize_pair(model, first, between, second, ratio_cap)
-    if probe is not None and not _same(_run_probe(model, probe), reference):
-        from dfcompress.quant._bnfold import _set_submodule
-
-        for n, m in backup.items():
-            _set_submodule(model, n, m)
-        _log.info("dfcompress: cross-layer equalization changed the model's output; undone")
+    if _undone_if_changed(model, probe, reference, backup, "cross-layer equalization"):
         return []
     _log.info("dfcompress: cross-layer equalized %d pairs of layers", len(pairs))
     return [(f, s) for f, _b, s in pairs]
@@ -350,12 +363,7 @@ def equalize_activation_ranges(
         k = (r / m.clamp_min(float(r) / cap)).clamp(1.0, cap)
         _scale_channels(model, first, between, second, k)
         done.append((first, second))
-    if probe is not None and not _same(_run_probe(model, probe), reference):
-        from dfcompress.quant._bnfold import _set_submodule
-
-        for n, mod in backup.items():
-            _set_submodule(model, n, mod)
-        _log.info("dfcompress: activation range equalization changed the model's output; undone")
+    if _undone_if_changed(model, probe, reference, backup, "activation range equalization"):
         return []
     _log.info("dfcompress: equalized the input ranges of %d depthwise convolutions", len(done))
     return done
