@@ -36,7 +36,7 @@ from torch import nn
 
 from dfcompress._rebuild import register_module
 from dfcompress.quant._bnfold import FoldedBatchNorm, _probe_input, _run_probe, _same
-from dfcompress.quant._equalize import scale_weight_columns, weight_column_max
+from dfcompress.quant._equalize import channel_minmax, scale_weight_columns, weight_column_max
 
 __all__ = [
     "RANGE_CAP",
@@ -251,10 +251,6 @@ def equalize_pairs(
 RANGE_CAP = 16.0
 
 
-def _depthwise(layer: nn.Module) -> bool:
-    return isinstance(layer, _CONVS) and 1 < layer.groups == layer.in_channels
-
-
 def _lines_up(first: nn.Module, second: nn.Module) -> bool:
     """Whether ``first``'s output channels are ``second``'s input channels."""
     w = getattr(first, "weight", None)
@@ -272,8 +268,8 @@ def _channel_maxima(
 
     def hook(name: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
         def record(_mod: nn.Module, inputs: tuple[Any, ...]) -> None:
-            x = inputs[0].detach()
-            m = x.abs().transpose(0, 1).reshape(x.shape[1], -1).amax(dim=1).float()
+            lo, hi = channel_minmax(inputs[0], 1)
+            m = torch.maximum(-lo, hi).float()
             seen[name] = torch.maximum(seen[name], m) if name in seen else m
 
         return record
@@ -296,7 +292,7 @@ def _scale_channels(
     """Multiply channel ``i`` between ``first`` and ``second`` by ``k[i]``; ``second`` undoes it."""
     bns = [model.get_submodule(n) for n in between]
     bn: Any = next((m for m in bns if isinstance(m, _BATCHNORMS)), None)
-    if bn is not None:  # the last affine map before the activation carries the factor
+    if bn is not None:  # the BatchNorm's affine map carries the factor
         bn.weight.mul_(k.to(bn.weight.dtype))
         bn.bias.mul_(k.to(bn.bias.dtype))
     else:
@@ -340,11 +336,12 @@ def equalize_activation_ranges(
     first calibration batch changes, everything is undone and the list is empty.
     """
     from dfcompress._data import iter_inputs
+    from dfcompress.prune._caps import is_depthwise
 
     pairs = [
         p
         for p in find_pairs(model, names, through_batchnorm=True)
-        if _depthwise(model.get_submodule(p[2]))
+        if is_depthwise(model.get_submodule(p[2]))
         and _lines_up(model.get_submodule(p[0]), model.get_submodule(p[2]))
     ]
     if not pairs:
