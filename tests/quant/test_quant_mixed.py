@@ -12,8 +12,15 @@ from torch import nn
 
 from dfcompress.errors import DfcompressError
 from dfcompress.io import serialized_size
-from dfcompress.quant import IntQuant, Mixed, PerTensor, quantize
-from dfcompress.quant._mixed import HIGH, LOW, layer_sensitivity, mixed_plan, upgrade_costs
+from dfcompress.quant import IntQuant, Mixed, PerChannel, PerGroup, PerTensor, quantize
+from dfcompress.quant._mixed import (
+    LOW,
+    coarser_configs,
+    layer_sensitivity,
+    mixed_plan,
+    sized_plan,
+    upgrade_costs,
+)
 from dfcompress.quant.modules import QuantLayer
 
 
@@ -135,11 +142,60 @@ def test_mixed_max_size_keeps_the_packed_file_within_the_limit() -> None:
     got, bits = ratio(Mixed(budget=0.0, max_size=limit))
     assert got <= limit
     assert set(bits.values()) == {4, 8}  # some layers kept at 8 bits, not all
-    # the bytes the plan counted are the file's: all-int4 file + each 8-bit layer's cost
-    names = list(bits)
-    costs = upgrade_costs(net, names, LOW, HIGH)
-    predicted = all_low * full + sum(costs[n] for n, b in bits.items() if b == 8)
-    assert abs(predicted - got * full) <= 64 * len(names)
+    # the bytes the plan counted are the file's: all-int4 file + each layer's change
+    # (8 bits, or 4 bits in coarser groups)
+    q = quantize(net, Mixed(budget=0.0, max_size=limit), calibration=x, pack=True)
+    configs = {n: m.config for n, m in q.named_modules() if isinstance(m, QuantLayer)}
+    predicted = all_low * full + sum(
+        upgrade_costs(net, [n], LOW, c)[n] for n, c in configs.items() if c != LOW
+    )
+    assert abs(predicted - got * full) <= 64 * len(configs)
+
+
+def _wide_head_net() -> nn.Module:
+    torch.manual_seed(2)
+    net = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 512),
+        nn.ReLU(),
+        nn.Linear(512, 512),
+        nn.ReLU(),
+        nn.Linear(512, 10),
+    )
+    with torch.no_grad():
+        net[4].running_var.copy_(torch.logspace(-5, 0, 32))
+    return net.eval()
+
+
+def test_mixed_max_size_spends_coarser_groups_bytes_on_8_bit_layers() -> None:
+    net, x, xe = _wide_head_net(), torch.randn(16, 3, 16, 16), torch.randn(64, 3, 16, 16)
+    full = serialized_size(net)
+    limit = serialized_size(quantize(net, "int4", pack=True, progress=False)) / full + 0.001
+    with torch.no_grad():
+        ref = net(xe)
+
+    def made(spec: Mixed) -> tuple[float, dict[str, IntQuant], float]:
+        q = quantize(net, spec, calibration=x, pack=True, progress=False)
+        configs = {n: m.config for n, m in q.named_modules() if isinstance(m, QuantLayer)}
+        with torch.no_grad():
+            err = float((q(xe) - ref).pow(2).mean() / ref.var())
+        return serialized_size(q) / full, configs, err
+
+    size, configs, err = made(Mixed(max_size=limit))
+    size_plain, configs_plain, err_plain = made(Mixed(max_size=limit, coarser_groups=()))
+    assert size <= limit and size_plain <= limit
+    coarse = [c for c in configs.values() if c.bits == 4]
+    assert coarse and all(c.granularity == PerGroup(64, PerChannel(0)) for c in coarse)
+    eights = sum(c.bits == 8 for c in configs.values())
+    assert eights > sum(c.bits == 8 for c in configs_plain.values())
+    assert err < 0.8 * err_plain  # the bytes saved went where they remove noise
 
 
 def test_mixed_max_size_below_the_all_low_file_names_what_it_can_reach() -> None:
@@ -192,3 +248,57 @@ def test_mixed_plan_within_a_room_removes_the_most_noise_that_fits(
             if sum(costs[n] for n in sub) <= room
         )
         assert sum(scores[n] for n in high) >= best - 1e-9
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(-500, 2_000)), min_size=1, max_size=3),
+        min_size=1,
+        max_size=5,
+    ),
+    st.integers(-1_000, 4_096),
+)
+def test_sized_plan_leaves_the_least_noise_that_fits(
+    layers: list[list[tuple[float, int]]], room: int
+) -> None:
+    options = {f"l{i}": o for i, o in enumerate(layers)}
+    plan = sized_plan(options, room, steps=20_000)  # one byte per unit: exact
+    assert set(plan) == set(options)
+    cost = sum(options[n][j][1] for n, j in plan.items())
+    noise = sum(options[n][j][0] for n, j in plan.items())
+    fits = [
+        combo
+        for combo in itertools.product(*(range(len(o)) for o in layers))
+        if sum(o[j][1] for o, j in zip(layers, combo, strict=True)) <= room
+    ]
+    if not fits:  # nothing fits: each layer at its smallest
+        assert all(options[n][j][1] == min(c for _, c in options[n]) for n, j in plan.items())
+        return
+    assert cost <= room
+    best = min(sum(o[j][0] for o, j in zip(layers, combo, strict=True)) for combo in fits)
+    assert noise <= best + 1e-9
+
+
+def test_coarser_configs_keep_low_bits_and_fallback_in_larger_groups() -> None:
+    assert [c.granularity for c in coarser_configs(LOW, (64, 32, 128, 64))] == [
+        PerGroup(64, PerChannel(0)),
+        PerGroup(128, PerChannel(0)),
+    ]
+    assert all(c.bits == LOW.bits for c in coarser_configs(LOW, (64,)))
+    assert coarser_configs(IntQuant(4, PerChannel(0)), (64, 128)) == []
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.one_of(
+        st.lists(st.integers(-4, 0), min_size=1, max_size=3).map(tuple),
+        st.just((64, True)),
+        st.just([64, 128]),
+        st.text(max_size=3),
+        st.just((64.0,)),
+    )
+)
+def test_mixed_refuses_bad_coarser_groups_by_name(value: object) -> None:
+    with pytest.raises(DfcompressError, match=r"coarser_groups=.* positive integer"):
+        Mixed(coarser_groups=value)  # type: ignore[arg-type]

@@ -15,9 +15,11 @@ out on top by themselves. On ImageNet MobileNetV2 the order by noise alone
 kept 85 % of the weights at 8 bits for the same budget, this order 45 %.
 
 With a size limit (``Mixed(max_size=...)``) each layer's cost is the bytes its
-8-bit weights add to the packed file, measured by packing that layer alone at
-both widths. When the order above would overrun the limit, the layers kept are
-those that remove the most noise within it (a 0/1 knapsack by dynamic
+8-bit weights add to the packed file, measured by packing that layer alone
+with both configs. When the order above would overrun the limit, each layer
+gets one of 8 bits, 4 bits, or 4 bits in coarser groups (fewer scales, fewer
+bytes, a little more noise, scanned like the rest), chosen so that the noise
+sums least within the limit (a multiple-choice knapsack by dynamic
 programming): the greedy order would pass over one costly layer for several
 cheap ones that together remove less.
 """
@@ -25,6 +27,7 @@ cheap ones that together remove less.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 from typing import Any
 
@@ -35,10 +38,19 @@ from dfcompress._data import iter_inputs
 from dfcompress._modes import eval_mode
 from dfcompress.quant import _layers
 from dfcompress.quant._bnfold import fold_batchnorms
-from dfcompress.quant.config import IntQuant, Mixed
+from dfcompress.quant.config import IntQuant, Mixed, PerGroup
 from dfcompress.quant.fake_quantizer import FakeQuantizer
 
-__all__ = ["HIGH", "LOW", "MIXED_BUDGET", "layer_sensitivity", "mixed_plan", "upgrade_costs"]
+__all__ = [
+    "HIGH",
+    "LOW",
+    "MIXED_BUDGET",
+    "coarser_configs",
+    "layer_sensitivity",
+    "mixed_plan",
+    "sized_plan",
+    "upgrade_costs",
+]
 
 #: The 4-bit and 8-bit weight configs of ``"int4-mixed"``.
 LOW = Mixed().low
@@ -123,8 +135,9 @@ def upgrade_costs(
 ) -> dict[str, int]:
     """Bytes each layer adds to the packed file with ``high`` weights instead of ``low``.
 
-    Each layer is packed alone at both widths, so the figures are those of the
-    file format (codes, scales, headers), not an estimate from bit widths.
+    Each layer is packed alone with both configs, so the figures are those of
+    the file format (codes, scales, headers), not an estimate from bit widths.
+    Negative where ``high`` packs smaller (coarser groups).
     """
     return {
         n: _packed_bytes(model.get_submodule(n), high, n)
@@ -133,34 +146,71 @@ def upgrade_costs(
     }
 
 
-def _knapsack(
-    scores: dict[str, float], costs: dict[str, int], room: int, steps: int = 4096
-) -> set[str]:
-    """The layers whose scores sum highest with costs summing to at most ``room``.
+def coarser_configs(low: IntQuant, sizes: tuple[int, ...]) -> list[IntQuant]:
+    """``low`` in each group size of ``sizes`` but its own (none unless ``low`` is per group).
 
-    A 0/1 knapsack by dynamic programming over ``steps`` cost units, each cost
-    rounded up to whole units (so the set found never exceeds ``room``).
+    >>> from dfcompress.quant.config import PerGroup
+    >>> [c.granularity.size for c in coarser_configs(IntQuant(4, PerGroup(32)), (32, 64, 128))]
+    [64, 128]
     """
-    unit = max(1, -(-room // steps))
-    cap = room // unit
-    best = [0.0] * (cap + 1)
-    took: list[list[bool]] = []
-    names = sorted(scores)
+    g = low.granularity
+    if not isinstance(g, PerGroup):
+        return []
+    return [
+        dataclasses.replace(low, granularity=dataclasses.replace(g, size=k))
+        for k in dict.fromkeys(sizes)
+        if k != g.size
+    ]
+
+
+def sized_plan(
+    options: dict[str, list[tuple[float, int]]], room: int, steps: int = 4096
+) -> dict[str, int]:
+    """For each layer, the index of the ``(noise, bytes)`` option that leaves the least noise.
+
+    Each layer takes exactly one of its options; the noises sum least with the
+    bytes summing to at most ``room`` (a multiple-choice knapsack, by dynamic
+    programming over ``steps`` cost units). Bytes are counted from any
+    reference and may be negative (an option smaller than the reference); each
+    layer's are taken from its cheapest option and rounded up to whole units,
+    so the plan found never exceeds ``room``. When even the cheapest options
+    overrun ``room``, those are returned. Ties go to the earlier option.
+
+    >>> sized_plan({"a": [(0.5, 0), (0.0, 9)], "b": [(0.3, 0), (0.0, 5), (0.1, -2)]}, 8)
+    {'a': 1, 'b': 2}
+    """
+    names = sorted(options)
+    base = {n: min(c for _, c in options[n]) for n in names}
+    spare = room - sum(base.values())
+    if spare < 0:
+        return {
+            n: min(range(len(o)), key=[c for _, c in o].__getitem__) for n, o in options.items()
+        }
+    unit = max(1, -(-spare // steps))
+    cap = spare // unit
+    best = torch.zeros(cap + 1, dtype=torch.float64)  # least noise within c units
+    choices: list[torch.Tensor] = []
     for name in names:
-        w = -(-max(0, costs.get(name, 0)) // unit)
-        row = [False] * (cap + 1)
-        for c in range(cap, w - 1, -1):
-            if best[c - w] + scores[name] > best[c]:
-                best[c] = best[c - w] + scores[name]
-                row[c] = True
-        took.append(row)
-    chosen: set[str] = set()
+        new = torch.full_like(best, float("inf"))
+        pick = torch.zeros(cap + 1, dtype=torch.long)
+        for j, (noise, cost) in enumerate(options[name]):
+            w = -(-(cost - base[name]) // unit)
+            if w > cap:
+                continue
+            cand = torch.full_like(best, float("inf"))
+            cand[w:] = best[: cap + 1 - w] + noise
+            better = cand < new
+            new = torch.where(better, cand, new)
+            pick = torch.where(better, torch.full_like(pick, j), pick)
+        best = new
+        choices.append(pick)
+    chosen: dict[str, int] = {}
     c = cap
-    for name, row in zip(reversed(names), reversed(took), strict=True):
-        if row[c]:
-            chosen.add(name)
-            c -= -(-max(0, costs.get(name, 0)) // unit)
-    return chosen
+    for name, pick in zip(reversed(names), reversed(choices), strict=True):
+        j = int(pick[c])
+        chosen[name] = j
+        c -= -(-(options[name][j][1] - base[name]) // unit)
+    return dict(sorted(chosen.items()))
 
 
 def mixed_plan(
@@ -201,4 +251,5 @@ def mixed_plan(
         left -= s
     if room is None or costs is None or sum(costs.get(n, 0) for n in high) <= room:
         return high
-    return _knapsack(scores, costs, room)
+    plan = sized_plan({n: [(s, 0), (0.0, costs.get(n, 0))] for n, s in scores.items()}, room)
+    return {n for n, j in plan.items() if j == 1}

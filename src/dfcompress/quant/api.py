@@ -80,42 +80,76 @@ def _mixed_rules(
     spec: Mixed,
     fold_bn: bool,
 ) -> list[Rule]:
-    """Mixed precision: ``spec.high`` for the layers a sensitivity scan finds too sensitive."""
+    """Mixed precision: ``spec.high`` for the layers a sensitivity scan finds too sensitive
+    (and, under a size limit the budget's plan overruns, ``spec.low``'s bits in coarser
+    groups where those leave the least noise)."""
     from dfcompress.io import serialized_size
-    from dfcompress.quant._mixed import layer_sensitivity, mixed_plan, upgrade_costs
+    from dfcompress.quant._mixed import (
+        coarser_configs,
+        layer_sensitivity,
+        mixed_plan,
+        sized_plan,
+        upgrade_costs,
+    )
     from dfcompress.select import by_name
 
     scope: SelectorLike = select if select is not None else "all"
     names = [n for n, c in Quantizer([(scope, spec.high)]).plan(model).items()]
-    room: int | None = None
-    costs: dict[str, int] | None = None
-    if spec.max_size is not None:
-        float_bytes = serialized_size(model)
-        limit = int(spec.max_size * float_bytes)
-        floor = _packed_size(model, [(scope, spec.low)], fold_bn)
-        if floor > limit:
-            raise DfcompressError(
-                f"max_size={spec.max_size!r} cannot be met: with every layer at {spec.low!r} "
-                f"the file is already {floor / float_bytes:.3f} of the float file "
-                "(raise max_size, or use a smaller low config)"
-            )
-        room, costs = limit - floor, upgrade_costs(model, names, spec.low, spec.high)
     if calibration is None:
         shape = tuple(input_shape) if input_shape is not None else default_input_shape(model)
         calibration = synthesize_inputs(model, shape, 8)
     sizes = {n: _weight_count(model.get_submodule(n)) for n in names}
-    scores = layer_sensitivity(model, calibration, names, spec.low)
-    high = mixed_plan(scores, spec.budget, sizes, costs=costs, room=room)
-    left = sum(s for n, s in scores.items() if n not in high)
+    chosen: dict[str, IntQuant] = {}
+    if spec.max_size is None:
+        scores = layer_sensitivity(model, calibration, names, spec.low)
+        chosen = dict.fromkeys(mixed_plan(scores, spec.budget, sizes), spec.high)
+    else:
+        float_bytes = serialized_size(model)
+        limit = int(spec.max_size * float_bytes)
+        floor = _packed_size(model, [(scope, spec.low)], fold_bn)
+        coarser = coarser_configs(spec.low, spec.coarser_groups)
+        costs = {c: upgrade_costs(model, names, spec.low, c) for c in [spec.high, *coarser]}
+        least = floor + sum(min([0, *(costs[c][n] for c in coarser)]) for n in names)
+        if least > limit:
+            raise DfcompressError(
+                f"max_size={spec.max_size!r} cannot be met: with every layer at its smallest "
+                f"config ({spec.low!r}"
+                + (f" in groups of up to {max(spec.coarser_groups)}" if coarser else "")
+                + f") the file is already {least / float_bytes:.3f} of the float file "
+                "(raise max_size, or use a smaller low config)"
+            )
+        scores = layer_sensitivity(model, calibration, names, spec.low)
+        high = mixed_plan(scores, spec.budget, sizes)
+        if floor + sum(costs[spec.high][n] for n in high) <= limit:
+            chosen = dict.fromkeys(high, spec.high)
+        else:  # the least noise within the limit, each layer at one of the configs
+            configs = [spec.low, spec.high, *coarser]
+            noise = {spec.low: scores, spec.high: dict.fromkeys(names, 0.0)}
+            noise |= {c: layer_sensitivity(model, calibration, names, c) for c in coarser}
+            plan = sized_plan(
+                {
+                    n: [(noise[c][n], 0 if c == spec.low else costs[c][n]) for c in configs]
+                    for n in names
+                },
+                limit - floor,
+            )
+            chosen = {n: configs[j] for n, j in plan.items() if j != 0}
+    left = sum(s for n, s in scores.items() if n not in chosen)
     _log.info(
-        "dfcompress: mixed precision keeps %d of %d layers at %d bits (noise left %.4g, budget %g)",
-        len(high),
+        "dfcompress: mixed precision keeps %d of %d layers at %d bits, %d in coarser groups "
+        "(noise of the %d-bit layers in their own groups %.4g, budget %g)",
+        sum(c == spec.high for c in chosen.values()),
         len(names),
         spec.high.bits,
+        sum(c != spec.high for c in chosen.values()),
+        spec.low.bits,
         left,
         spec.budget,
     )
-    return ([(by_name(*sorted(high)), spec.high)] if high else []) + [(scope, spec.low)]
+    rules: list[Rule] = []
+    for config in dict.fromkeys(chosen.values()):
+        rules.append((by_name(*sorted(n for n, c in chosen.items() if c == config)), config))
+    return [*rules, (scope, spec.low)]
 
 
 def _target_options(target: str, **given: Any) -> None:

@@ -290,10 +290,11 @@ class Mixed:
     its own and measures how much the model's output changes on the calibration
     data (mean squared change over the output's variance). Layers go to ``high``
     in order of that noise per weight until the noise of the layers left at
-    ``low`` sums to at most ``budget``, or until the next layer would take the
-    packed file past ``max_size`` times the float model's file
-    (:func:`dfcompress.io.serialized_size`). A layer that does not fit is passed
-    over and smaller ones after it may still be taken.
+    ``low`` sums to at most ``budget``. When that plan would take the packed
+    file past ``max_size`` times the float model's file
+    (:func:`dfcompress.io.serialized_size`), each layer gets instead the config
+    among ``high``, ``low`` and ``low``'s bits in ``coarser_groups`` that
+    together leave the least measured noise within the limit.
 
     Args:
         low: The config of most layers (default: int4 in groups of 32).
@@ -301,6 +302,10 @@ class Mixed:
         budget: The output noise the ``low`` layers may add together.
         max_size: The largest packed file as a fraction of the float file, in
             (0, 1], or None for no limit.
+        coarser_groups: Group sizes the size-limited plan may also give a layer
+            at ``low``'s bits when the budget's plan does not fit ``max_size``:
+            fewer scales, so fewer bytes, for a little more noise (ignored when
+            ``low`` is not per group; ``()`` for ``low``'s own groups only).
 
     >>> Mixed(max_size=0.2).budget
     0.005
@@ -314,10 +319,19 @@ class Mixed:
     high: IntQuant = field(default_factory=lambda: IntQuant(8, PerChannel(0)))
     budget: float = 0.005
     max_size: float | None = None
+    coarser_groups: tuple[int, ...] = (64, 128)
 
     def __post_init__(self) -> None:
         _weight_only("low", self.low)
         _weight_only("high", self.high)
+        g = self.coarser_groups
+        if not isinstance(g, tuple) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in g
+        ):
+            raise DfcompressError(
+                f"coarser_groups={g!r} must be a tuple of positive integer group sizes, "
+                "such as (64, 128), or ()"
+            )
         b = self.budget
         if isinstance(b, bool) or not isinstance(b, (int, float)) or not 0.0 <= b < float("inf"):
             raise DfcompressError(f"budget={b!r} is out of range: use a finite number >= 0")
