@@ -134,15 +134,15 @@ def _mixed_rules(
                 limit - floor,
             )
             chosen = {n: configs[j] for n, j in plan.items() if j != 0}
-    left = sum(s for n, s in scores.items() if n not in chosen)
+            scores = {n: noise[configs[j]][n] for n, j in plan.items()}
+    left = sum(s for n, s in scores.items() if chosen.get(n) != spec.high)
     _log.info(
         "dfcompress: mixed precision keeps %d of %d layers at %d bits, %d in coarser groups "
-        "(noise of the %d-bit layers in their own groups %.4g, budget %g)",
+        "(measured noise left %.4g, budget %g)",
         sum(c == spec.high for c in chosen.values()),
         len(names),
         spec.high.bits,
         sum(c != spec.high for c in chosen.values()),
-        spec.low.bits,
         left,
         spec.budget,
     )
