@@ -24,15 +24,19 @@ from dfcompress.quant._mixed import (
 from dfcompress.quant.modules import QuantLayer
 
 
+def _uneven_front() -> list[nn.Module]:
+    """Conv, BatchNorm, ReLU, then a depthwise conv whose BatchNorm makes its channels uneven."""
+    bn = nn.BatchNorm2d(32)
+    with torch.no_grad():
+        bn.running_var.copy_(torch.logspace(-5, 0, 32))
+    layers = [nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU()]
+    return [*layers, nn.Conv2d(32, 32, 3, padding=1, groups=32), bn, nn.ReLU()]
+
+
 def _net() -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, groups=32),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
+        *_uneven_front(),
         nn.Conv2d(32, 64, 1),
         nn.ReLU(),
         nn.AdaptiveAvgPool2d(1),
@@ -40,7 +44,6 @@ def _net() -> nn.Module:
         nn.Linear(64, 10),
     )
     with torch.no_grad():
-        net[4].running_var.copy_(torch.logspace(-5, 0, 32))  # uneven depthwise channels
         net[10].weight[:, 0].mul_(30.0)  # an outlier per row: 4-bit groups lose the rest
     return net.eval()
 
@@ -154,13 +157,8 @@ def test_mixed_max_size_keeps_the_packed_file_within_the_limit() -> None:
 
 def _wide_head_net() -> nn.Module:
     torch.manual_seed(2)
-    net = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1, groups=32),
-        nn.BatchNorm2d(32),
-        nn.ReLU(),
+    return nn.Sequential(
+        *_uneven_front(),
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(32, 512),
@@ -168,10 +166,7 @@ def _wide_head_net() -> nn.Module:
         nn.Linear(512, 512),
         nn.ReLU(),
         nn.Linear(512, 10),
-    )
-    with torch.no_grad():
-        net[4].running_var.copy_(torch.logspace(-5, 0, 32))
-    return net.eval()
+    ).eval()
 
 
 def test_mixed_max_size_spends_coarser_groups_bytes_on_8_bit_layers() -> None:
