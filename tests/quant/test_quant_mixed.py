@@ -217,36 +217,6 @@ def test_mixed_refuses_bad_settings_by_name(field: str, value: object) -> None:
 
 @settings(max_examples=80, deadline=None)
 @given(
-    st.dictionaries(
-        st.text("abcdef", min_size=1, max_size=3),
-        st.tuples(st.floats(0.0, 1.0), st.integers(1, 10_000), st.integers(0, 2_000)),
-        min_size=1,
-        max_size=8,
-    ),
-    st.floats(0.0, 0.5),
-    st.integers(0, 4_096),
-)
-def test_mixed_plan_within_a_room_removes_the_most_noise_that_fits(
-    layers: dict[str, tuple[float, int, int]], budget: float, room: int
-) -> None:
-    scores = {n: s for n, (s, _, _) in layers.items()}
-    sizes = {n: k for n, (_, k, _) in layers.items()}
-    costs = {n: c for n, (_, _, c) in layers.items()}
-    high = mixed_plan(scores, budget, sizes, costs=costs, room=room)
-    assert sum(costs[n] for n in high) <= room
-    if high != mixed_plan(scores, budget, sizes):  # the budget's own plan did not fit
-        names = list(scores)
-        best = max(
-            sum(scores[n] for n in sub)
-            for k in range(len(names) + 1)
-            for sub in itertools.combinations(names, k)
-            if sum(costs[n] for n in sub) <= room
-        )
-        assert sum(scores[n] for n in high) >= best - 1e-9
-
-
-@settings(max_examples=80, deadline=None)
-@given(
     st.lists(
         st.lists(st.tuples(st.floats(0.0, 1.0), st.integers(-500, 2_000)), min_size=1, max_size=3),
         min_size=1,

@@ -46,6 +46,7 @@ __all__ = [
     "LOW",
     "MIXED_BUDGET",
     "coarser_configs",
+    "layer_bytes",
     "layer_sensitivity",
     "mixed_plan",
     "sized_plan",
@@ -130,20 +131,19 @@ def _packed_bytes(layer: nn.Module, config: IntQuant, name: str) -> int:
     return serialized_size(nn.Sequential(made))
 
 
+def layer_bytes(model: nn.Module, names: list[str], config: IntQuant) -> dict[str, int]:
+    """Bytes of each layer packed alone with ``config``: the file format's figures
+    (codes, scales, headers), not an estimate from bit widths."""
+    return {n: _packed_bytes(model.get_submodule(n), config, n) for n in names}
+
+
 def upgrade_costs(
     model: nn.Module, names: list[str], low: IntQuant, high: IntQuant
 ) -> dict[str, int]:
-    """Bytes each layer adds to the packed file with ``high`` weights instead of ``low``.
-
-    Each layer is packed alone with both configs, so the figures are those of
-    the file format (codes, scales, headers), not an estimate from bit widths.
-    Negative where ``high`` packs smaller (coarser groups).
-    """
-    return {
-        n: _packed_bytes(model.get_submodule(n), high, n)
-        - _packed_bytes(model.get_submodule(n), low, n)
-        for n in names
-    }
+    """Bytes each layer adds to the packed file with ``high`` weights instead of ``low``
+    (:func:`layer_bytes` of both; negative where ``high`` packs smaller)."""
+    lo = layer_bytes(model, names, low)
+    return {n: b - lo[n] for n, b in layer_bytes(model, names, high).items()}
 
 
 def coarser_configs(low: IntQuant, sizes: tuple[int, ...]) -> list[IntQuant]:
@@ -188,13 +188,13 @@ def sized_plan(
         }
     unit = max(1, -(-spare // steps))
     cap = spare // unit
+    units = {n: [-(-(c - base[n]) // unit) for _, c in options[n]] for n in names}
     best = torch.zeros(cap + 1, dtype=torch.float64)  # least noise within c units
     choices: list[torch.Tensor] = []
     for name in names:
         new = torch.full_like(best, float("inf"))
         pick = torch.zeros(cap + 1, dtype=torch.long)
-        for j, (noise, cost) in enumerate(options[name]):
-            w = -(-(cost - base[name]) // unit)
+        for j, ((noise, _), w) in enumerate(zip(options[name], units[name], strict=True)):
             if w > cap:
                 continue
             cand = torch.full_like(best, float("inf"))
@@ -209,7 +209,7 @@ def sized_plan(
     for name, pick in zip(reversed(names), reversed(choices), strict=True):
         j = int(pick[c])
         chosen[name] = j
-        c -= -(-(options[name][j][1] - base[name]) // unit)
+        c -= units[name][j]
     return dict(sorted(chosen.items()))
 
 
@@ -217,26 +217,18 @@ def mixed_plan(
     scores: dict[str, float],
     budget: float = MIXED_BUDGET,
     sizes: dict[str, int] | None = None,
-    *,
-    costs: dict[str, int] | None = None,
-    room: int | None = None,
 ) -> set[str]:
     """The layers kept at 8 bits, until the rest's noise sums to at most ``budget``.
 
     Layers are taken in order of ``scores[name] / sizes[name]`` (noise per
     weight; by score alone when ``sizes`` is None), so the 8-bit bytes go where
-    they remove the most noise. With ``costs`` (bytes a layer adds at 8 bits)
-    and ``room`` (bytes there are to spend): if that order meets the budget
-    within the room, it stands; otherwise the layers kept are those that remove
-    the most noise within the room (a 0/1 knapsack).
+    they remove the most noise. Under a file-size limit this plan overruns,
+    :func:`sized_plan` chooses instead.
 
     >>> sorted(mixed_plan({"a": 0.5, "b": 0.004, "c": 0.003}, budget=0.01))
     ['a']
     >>> sorted(mixed_plan({"big": 0.02, "dw": 0.015}, 0.025, {"big": 1000, "dw": 10}))
     ['dw']
-    >>> sorted(mixed_plan({"a": 0.5, "b": 0.3, "c": 0.3}, 0.0, costs={"a": 9, "b": 5, "c": 5},
-    ...                   room=10))
-    ['b', 'c']
     """
     high: set[str] = set()
     left = sum(scores.values())
@@ -249,7 +241,4 @@ def mixed_plan(
             break
         high.add(name)
         left -= s
-    if room is None or costs is None or sum(costs.get(n, 0) for n in high) <= room:
-        return high
-    plan = sized_plan({n: [(s, 0), (0.0, costs.get(n, 0))] for n, s in scores.items()}, room)
-    return {n for n, j in plan.items() if j == 1}
+    return high

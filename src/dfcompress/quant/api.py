@@ -86,10 +86,10 @@ def _mixed_rules(
     from dfcompress.io import serialized_size
     from dfcompress.quant._mixed import (
         coarser_configs,
+        layer_bytes,
         layer_sensitivity,
         mixed_plan,
         sized_plan,
-        upgrade_costs,
     )
     from dfcompress.select import by_name
 
@@ -108,7 +108,11 @@ def _mixed_rules(
         limit = int(spec.max_size * float_bytes)
         floor = _packed_size(model, [(scope, spec.low)], fold_bn)
         coarser = coarser_configs(spec.low, spec.coarser_groups)
-        costs = {c: upgrade_costs(model, names, spec.low, c) for c in [spec.high, *coarser]}
+        low_bytes = layer_bytes(model, names, spec.low)
+        costs = {
+            c: {n: b - low_bytes[n] for n, b in layer_bytes(model, names, c).items()}
+            for c in [spec.high, *coarser]
+        }
         least = floor + sum(min([0, *(costs[c][n] for c in coarser)]) for n in names)
         if least > limit:
             raise DfcompressError(
