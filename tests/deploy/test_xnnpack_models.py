@@ -36,17 +36,7 @@ NETS: dict[str, tuple[Callable[[], nn.Module], int]] = {
 }
 
 
-BNEXT_RESHAPE = pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="ExecuTorch 1.5.1's XNNPACK delegate fails to propagate a new batch size "
-    "through BNext's int8 graph (xnn_status_invalid_parameter)",
-)
-
-
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=BNEXT_RESHAPE) if n == "bnext" else n for n in NETS]
-)
+@pytest.mark.parametrize("name", list(NETS))
 def test_int8_file_computes_what_the_eager_model_computes(name: str, tmp_path: Path) -> None:
     build, side = NETS[name]
     net = build()

@@ -29,17 +29,24 @@ def _trace_input(example: torch.Tensor) -> torch.Tensor:
     return x if x.shape[0] == 2 else torch.cat([x, x])
 
 
-def export_program(module: nn.Module, example: torch.Tensor, max_batch: int) -> Any:
+def export_program(
+    module: nn.Module, example: torch.Tensor, max_batch: int, *, training: bool = False
+) -> Any:
     """``torch.export`` of ``module`` with a dynamic batch dimension of 1..``max_batch``.
 
-    ``max_batch=1`` exports a static batch of one sample.
+    ``max_batch=1`` exports a static batch of one sample. The forward is traced with
+    gradients off (what inference runs: a model's ``torch.is_grad_enabled()`` branch
+    for training is left out) unless ``training``.
     """
     try:
-        if max_batch == 1:
-            x = example[:1].detach().to(torch.float32)
-            return torch.export.export(module, (x,))
-        batch = torch.export.Dim("batch", min=1, max=max_batch)
-        return torch.export.export(module, (_trace_input(example),), dynamic_shapes=({0: batch},))
+        with torch.set_grad_enabled(training):
+            if max_batch == 1:
+                x = example[:1].detach().to(torch.float32)
+                return torch.export.export(module, (x,))
+            batch = torch.export.Dim("batch", min=1, max=max_batch)
+            return torch.export.export(
+                module, (_trace_input(example),), dynamic_shapes=({0: batch},)
+            )
     except Exception as e:  # torch.export names the construct it cannot trace
         raise DfcompressError(
             f"torch.export cannot trace {type(module).__name__} for the 'xnnpack' target "

@@ -32,6 +32,7 @@ from dfcompress._validate import check_bool, check_int, check_number
 from dfcompress.deploy._artifact import Artifact, check_agreement, flat_outputs
 from dfcompress.deploy._pt2e_bias import correct_bias, float_weights, snap_biases
 from dfcompress.deploy._pt2e_gptq import gptq_graph
+from dfcompress.deploy._ste import drop_straight_through
 from dfcompress.deploy._xnnpack_model import XnnpackQuantized
 from dfcompress.deploy._xnnpack_plan import make_plan, make_quantizer, summary_rows
 from dfcompress.deploy._xnnpack_runtime import export_program, lower, runner
@@ -142,8 +143,11 @@ def quantize(
         # BatchNorm would be simulated with each training batch's statistics
         # (demo detector: -0.0037 AUC after one epoch of distillation; folded: -0.0002).
         fold_batchnorms(net, set(plan.int8))
-    program = export_program(net, data[0], 1 << 20)
+    # PTQ traces the inference forward (a model's no-grad branch, as the file runs it);
+    # QAT traces the training forward, and either graph loses its straight-through terms.
+    program = export_program(net, data[0], 1 << 20, training=qat)
     graph = program.module()
+    drop_straight_through(graph)
     # Weights computed from parameters (binarized, reparametrized) become constants,
     # so BatchNorm folds into the conv reading them.
     _fold_constants(graph)
@@ -178,6 +182,8 @@ def quantize(
     corrected = correct_bias(converted, weights, data) if use_bc else 0
     # the int32 bias codes the file adds, so the graph adds the same
     snap_biases(converted)
+    _break_average_ties(converted)
+    _split_shared_dequantize(converted)
     details = {
         "activation_observer": plan.act_observer,
         "weight_observer": plan.weight_observer,
@@ -187,6 +193,70 @@ def quantize(
         "calibration_samples": sum(int(x.shape[0]) for x in data),
     }
     return XnnpackQuantized(converted, summary_rows(model, plan), data[0], details)
+
+
+#: Averages whose int8 output XNNPACK requantizes itself (delegated, or at the next
+#: partition's input); their exact halves round differently there.
+_AVERAGES = (
+    torch.ops.aten.mean.dim,
+    torch.ops.aten.adaptive_avg_pool2d.default,
+    torch.ops.aten.avg_pool2d.default,
+)
+#: Relative change of an average's output scale that moves exact halves off the tie.
+_TIE_NUDGE = 2.0**-10
+
+
+def _break_average_ties(graph: fx.GraphModule) -> int:
+    """Widen by 2**-10 the output scale of averages that share their input's; the count.
+
+    An average of ``n`` int8 codes written with its input's scale and zero point
+    lands exactly half-way between two codes for one in ``n`` sums when ``n`` is even
+    (global pooling over 8x8: 1.6 % of the outputs). The graph rounds those halves to
+    the even code; XNNPACK's own requantization rounds many of them to the other one
+    (a conv then an 8x8 mean: 0.9 % of the file's outputs one code away), and a binary
+    network's next sign() can flip. With the scale 0.1 % wider no sum lands on a half,
+    and every code is the same in the graph and the file (0 of 2,048 differ).
+    """
+    qt = torch.ops.quantized_decomposed.quantize_per_tensor.default
+    dq = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+    done = 0
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.target not in _AVERAGES:
+            continue
+        src, users = node.args[0], list(node.users)
+        if not isinstance(src, fx.Node) or src.target is not dq or len(users) != 1:
+            continue
+        q = users[0]
+        if q.target is not qt or tuple(q.args[1:3]) != tuple(src.args[1:3]):
+            continue
+        scale = float(q.args[1]) * (1.0 + _TIE_NUDGE)
+        for n in [q, *(u for u in q.users if u.target is dq)]:
+            n.args = (n.args[0], scale, *n.args[2:])
+        done += 1
+    if done:
+        graph.recompile()
+    return done
+
+
+def _split_shared_dequantize(graph: fx.GraphModule) -> int:
+    """Give each reader of a per-tensor dequantize its own copy; the count of copies.
+
+    Same arithmetic. ExecuTorch 1.5.1's XNNPACK delegate cannot run a partition whose
+    dequantized tensor is both one of its outputs and read inside it (BNext: the
+    block input feeds a float PReLU and leaves the partition for an average pool the
+    delegate does not take): the file fails to propagate shapes at its first run.
+    """
+    copies = 0
+    dq = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+    for node in list(graph.graph.find_nodes(op="call_function", target=dq)):
+        for user in list(node.users)[1:]:
+            with graph.graph.inserting_after(node):
+                twin = graph.graph.node_copy(node)
+            user.replace_input_with(node, twin)
+            copies += 1
+    if copies:
+        graph.recompile()
+    return copies
 
 
 def _refuse_plain_quantized(model: nn.Module) -> None:

@@ -1,0 +1,95 @@
+"""Graph shapes XNNPACK runs differently from the eager graph, and what the target does."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from _xnnpack_nets import randomize_bn
+from torch import Tensor, nn
+
+pytest.importorskip("executorch")
+
+import dfcompress
+from dfcompress.deploy import xnnpack as xnnpack_target
+
+
+class _ResearchBinaryBlock(nn.Module):
+    """A binary block as research code writes it: an estimator with no inference branch.
+
+    Two branches concatenated, a sign activation trained through ``c - c.detach()``,
+    and a BNext-style shortcut: the block input average-pooled (ceil mode: ExecuTorch's
+    portable kernel runs it) and, through a float PReLU, pooled again.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(8, 8, 1)
+        self.b = nn.Conv2d(8, 8, 1)
+        self.binary = nn.Conv2d(16, 16, 3, stride=2, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(16)
+        self.act = nn.PReLU(16)
+        self.pool = nn.AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.cat([self.a(x), self.b(x)], dim=1)
+        c = x.clamp(-1.5, 1.5)
+        signs = torch.where(x >= 0, 1.0, -1.0) + (c - c.detach())
+        y = self.norm(self.binary(signs))
+        y = y * self.pool(self.act(x)) + self.pool(x)
+        out: Tensor = self.head(y.mean(dim=(2, 3)))
+        return out
+
+
+def test_research_binary_block_exports_and_runs_as_its_eager_model(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = randomize_bn(_ResearchBinaryBlock())
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randn(16, 8, 16, 16, generator=g)
+    test = torch.randn(64, 8, 16, 16, generator=g)
+    q = dfcompress.quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    graph_ops = {str(n.target) for n in q.graph.graph.nodes}
+    assert not any("detach" in t for t in graph_ops)
+    # Before: ExecuTorch 1.5.1 refused the file at its first run (shape propagation).
+    art = dfcompress.export(q, tmp_path / "block.pte", test)
+    assert art.agreement is not None and art.agreement.passed
+    with torch.no_grad():
+        ref, eager = net(test), q(test)
+    assert torch.equal(art.run(test).argmax(1), eager.argmax(1))
+    assert (eager.argmax(1) == ref.argmax(1)).float().mean() >= 0.9
+
+
+class _GlobalMean(nn.Module):
+    """A conv then a global mean over 8x8: the mean shares the conv output's range."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.conv(x).mean(dim=(2, 3), keepdim=True)
+        return out
+
+
+@pytest.mark.parametrize("nudge", [True, False])
+def test_global_mean_codes_are_the_files(
+    nudge: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not nudge:
+        monkeypatch.setattr(xnnpack_target, "_break_average_ties", lambda graph: 0)
+    torch.manual_seed(0)
+    net = _GlobalMean().eval()
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randn(32, 8, 8, 8, generator=g)
+    test = torch.randn(256, 8, 8, 8, generator=g)
+    q = dfcompress.quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    art = dfcompress.export(q, tmp_path / "mean.pte", test[:8], check=False)
+    with torch.no_grad():
+        eager = q(test)
+    differ = int(((art.run(test) - eager).abs() > 1e-6).sum())
+    if nudge:
+        assert differ == 0
+    else:  # the exact halves the graph and XNNPACK round apart
+        assert differ > 0
