@@ -229,13 +229,31 @@ def _break_average_ties(graph: fx.GraphModule) -> int:
         q = users[0]
         if q.target is not qt or tuple(q.args[1:3]) != tuple(src.args[1:3]):
             continue
-        scale = float(q.args[1]) * (1.0 + _TIE_NUDGE)
-        for n in [q, *(u for u in q.users if u.target is dq)]:
-            n.args = (n.args[0], scale, *n.args[2:])
+        _rescale(q, tuple(q.args[1:3]), float(q.args[1]) * (1.0 + _TIE_NUDGE))
         done += 1
     if done:
         graph.recompile()
     return done
+
+
+def _rescale(q: fx.Node, old: tuple[object, ...], scale: float) -> None:
+    """Give ``q``, its dequantizes and the ranges shared downstream the new ``scale``.
+
+    A one-input op that keeps its input's range (view, flatten, max pool) is quantized
+    with that same range, and XNNPACK refuses the file where the two differ.
+    """
+    qt = torch.ops.quantized_decomposed.quantize_per_tensor.default
+    dq = torch.ops.quantized_decomposed.dequantize_per_tensor.default
+    q.args = (q.args[0], scale, *q.args[2:])
+    for d in [u for u in q.users if u.target is dq]:
+        d.args = (d.args[0], scale, *d.args[2:])
+        for op in list(d.users):
+            inputs = [a for a in op.all_input_nodes if a.op != "get_attr"]
+            nxt = list(op.users)
+            if inputs != [d] or len(nxt) != 1 or nxt[0].target is not qt:
+                continue
+            if tuple(nxt[0].args[1:3]) == old:
+                _rescale(nxt[0], old, scale)
 
 
 def _split_shared_dequantize(graph: fx.GraphModule) -> int:

@@ -1,0 +1,142 @@
+"""BNext-tiny's XNNPACK files at phone resolution: speed, size and memory of what ships.
+
+    python benchmarks/deploy_bnext.py            # 224 px, writes the "deploy-bnext" section
+    python benchmarks/deploy_bnext.py --quick    # 64 px smoke run, nothing written
+
+Builds ``dfcompress.models.bnext("tiny", num_classes=1)`` (NPR-free, 3 input channels)
+with non-trivial BatchNorm statistics, quantizes it with
+``quantize(model, "int8", calibration, target="xnnpack")`` and writes both the float
+and the int8 ``.pte`` with :func:`dfcompress.export` (batch of one). For each file:
+size, median latency of one image (the two files timed round by round, 1 thread),
+the peak RSS of a fresh process that imports torch and ExecuTorch's runtime, loads
+the file and runs one image, and that process's RSS with the same imports and no
+file (what the model itself adds is the difference), and the file against the eager
+model it was exported from on held-out inputs (max abs diff, decision agreement).
+Speed and memory do not depend on trained weights; decisions of an untrained net are
+not a detector's, so no AUC is reported here (the trained BNext's are in the
+quantization section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _deploy_peers as peers
+from _results import machine_line, markdown_table, update_section
+from dfcompress import export, quantize
+from dfcompress.deploy._measure import latencies
+from dfcompress.models import bnext
+
+HEADERS = [
+    "file",
+    "MB",
+    "ms/img b1",
+    "speed-up b1",
+    "peak RSS MB",
+    "RSS over imports MB",
+    "max abs diff vs eager",
+    "decision agreement vs eager",
+]
+
+BARE = r"""
+import json, re, torch
+from executorch.runtime import Runtime
+Runtime.get()
+status = open("/proc/self/status").read()
+print(json.dumps({"peak_rss_bytes": int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024}))
+"""
+
+
+def _randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+    return model.eval()
+
+
+def bare_rss() -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", BARE], capture_output=True, text=True, timeout=300, check=True
+    )
+    return int(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_bytes"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="64 px smoke run, nothing written")
+    ap.add_argument("--size", type=int, default=224)
+    ap.add_argument("--repeats", type=int, default=20)
+    args = ap.parse_args()
+    size = 64 if args.quick else args.size
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    t0 = time.time()
+    net = _randomize_bn(bnext("tiny", num_classes=1))
+    g = torch.Generator().manual_seed(1)
+    calib = torch.rand(8, 3, size, size, generator=g) * 2 - 1
+    test = torch.rand(16, 3, size, size, generator=g) * 2 - 1
+    q = quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    rows: list[list[object]] = []
+    base = bare_rss()
+    with tempfile.TemporaryDirectory() as tmp:
+        arts = {
+            "float": export(net, Path(tmp) / "float.pte", test, max_batch=1, check=False),
+            "dfc int8": export(q, Path(tmp) / "int8.pte", test, max_batch=1, check=False),
+        }
+        eager = {"float": net, "dfc int8": q}
+        times = latencies(arts, test[:1], batches=(1,), repeats=2 if args.quick else args.repeats)
+        for name, art in arts.items():
+            with torch.no_grad():
+                ref = torch.cat([eager[name](test[i : i + 1]) for i in range(len(test))])
+            got = art.run(test)
+            rss = peers.child_peak_rss("xnnpack", art.path, (3, size, size))
+            rows.append(
+                [
+                    name,
+                    f"{art.size_bytes / 1e6:.2f}",
+                    f"{times[name][1]:.1f}",
+                    f"{times['float'][1] / times[name][1]:.2f}x",
+                    "n/a" if rss is None else f"{rss / 1e6:.0f}",
+                    "n/a" if rss is None else f"{(rss - base) / 1e6:.0f}",
+                    f"{(got - ref).abs().max().item():.3g}",
+                    f"{((got > 0) == (ref > 0)).float().mean().item():.4f}",
+                ]
+            )
+    elapsed = time.time() - t0
+    table = markdown_table(HEADERS, rows)
+    text = (
+        f"{table}\n\nBNext-tiny (`dfcompress.models.bnext('tiny', num_classes=1)`, "
+        f"{sum(p.numel() for p in net.parameters()) / 1e6:.1f}M parameters, untrained, "
+        f"BatchNorm statistics randomized) at {size} px, batch 1, ExecuTorch 1.5.1 XNNPACK "
+        "files written by `dfcompress.export` (int8: `quantize(model, 'int8', 8 calibration "
+        "images, target='xnnpack')`). Latency: median of "
+        f"{args.repeats} interleaved runs, 1 thread. Peak RSS: VmHWM of a fresh process "
+        "that imports torch and ExecuTorch's runtime, loads the file and runs one image; "
+        f"the same imports with no file peak at {base / 1e6:.0f} MB, and 'RSS over imports' "
+        "is the difference (what the model adds). Eager comparison: the 16 held-out "
+        "random inputs, each file against the eager model it was exported from. "
+        f"{peers.cpu_flags()} Measured in {elapsed / 60:.1f} min.\n\n{machine_line()}"
+    )
+    print(text)
+    if not args.quick:
+        update_section(
+            "deploy-bnext", "## Deployment: BNext-tiny at phone resolution (XNNPACK)\n\n" + text
+        )
+
+
+if __name__ == "__main__":
+    main()
