@@ -83,7 +83,14 @@ def bench(session: nox.Session) -> None:
     """Train the baselines and run every benchmark; updates benchmarks/RESULTS.md."""
     _install(session)
     session.install("nncf", "openvino")  # the deploy section's reference peer
-    for script in ("train_baselines", "quantization", "pruning", "deploy", "scaleout"):
+    for script in (
+        "train_baselines",
+        "quantization",
+        "pruning",
+        "deploy",
+        "deploy_bnext",
+        "scaleout",
+    ):
         if Path(f"benchmarks/{script}.py").exists():
             session.run("python", f"benchmarks/{script}.py", *session.posargs)
 

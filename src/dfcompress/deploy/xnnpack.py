@@ -73,6 +73,20 @@ def _fold_constants(graph: fx.GraphModule) -> None:
     PT2E's BatchNorm folding rewrites a conv weight in place and needs a parameter.
     """
     constant_fold(graph)
+    # torch.export asserts the dtype of some intermediates; on a folded constant the
+    # assertion only keeps the constant (a binary conv's float sign mask) in the file.
+    check = torch.ops.aten._assert_tensor_metadata.default
+    for node in list(graph.graph.find_nodes(op="call_function", target=check)):
+        if all(a.op == "get_attr" for a in node.all_input_nodes):
+            graph.graph.erase_node(node)
+    graph.graph.eliminate_dead_code()
+    graph.delete_all_unused_submodules()
+    used = {str(n.target) for n in graph.graph.find_nodes(op="get_attr")}
+    for name in [n for n, _ in graph.named_buffers() if "." not in n and n not in used]:
+        delattr(graph, name)
+    for name in [n for n, _ in graph.named_parameters() if "." not in n and n not in used]:
+        delattr(graph, name)
+    graph.recompile()
     for node in graph.graph.find_nodes(op="get_attr"):
         name = str(node.target)
         if "." in name or name in graph._parameters:
@@ -345,7 +359,11 @@ def export_artifact(
     min_agreement = check_number(min_agreement, "min_agreement", low=0.0)
     if min_agreement > 1:
         raise DfcompressError(f"min_agreement={min_agreement!r} is out of range: use 0..1")
-    module = model.graph if isinstance(model, XnnpackQuantized) else copy.deepcopy(model).eval()
+    if isinstance(model, XnnpackQuantized):
+        module: nn.Module = model.graph
+    else:  # weights computed from parameters (binarized) become constants XNNPACK takes
+        module = export_program(copy.deepcopy(model).eval(), example, 1 << 20).module()
+        _fold_constants(module)  # type: ignore[arg-type]
     run, largest, details = _write(module, path, example, max_batch)
     if max_batch > 1:
         one = example[:1].float()
