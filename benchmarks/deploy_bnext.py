@@ -91,6 +91,7 @@ def main() -> None:
     test = torch.rand(16, 3, size, size, generator=g) * 2 - 1
     q = quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
     rows: list[list[object]] = []
+    parts: list[str] = []
     base = bare_rss()
     with tempfile.TemporaryDirectory() as tmp:
         arts = {
@@ -116,6 +117,14 @@ def main() -> None:
                     f"{((got > 0) == (ref > 0)).float().mean().item():.4f}",
                 ]
             )
+            d = art.details
+            parts.append(
+                f"{name}: {d['delegates']} XNNPACK partitions, {d['delegated_ops']} ops in them, "
+                "outside them "
+                + ", ".join(
+                    f"{k} x{v}" for k, v in d["non_delegated"].items() if "dim_order" not in k
+                )
+            )
     elapsed = time.time() - t0
     table = markdown_table(HEADERS, rows)
     text = (
@@ -129,6 +138,7 @@ def main() -> None:
         f"the same imports with no file peak at {base / 1e6:.0f} MB, and 'RSS over imports' "
         "is the difference (what the model adds). Eager comparison: the 16 held-out "
         "random inputs, each file against the eager model it was exported from. "
+        f"Graph: {'; '.join(parts)} (and the layout copies around them). "
         f"{peers.cpu_flags()} Measured in {elapsed / 60:.1f} min.\n\n{machine_line()}"
     )
     print(text)
