@@ -45,6 +45,7 @@ HEADERS = [
     "RSS over imports MB",
     "max abs diff vs eager",
     "decision agreement vs eager",
+    "target",
 ]
 
 BARE = r"""
@@ -66,6 +67,19 @@ def _randomize_bn(model: torch.nn.Module) -> torch.nn.Module:
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
     return model.eval()
+
+
+def target(name: str, speedup: float, rss: int | None, base: int) -> str:
+    """The deploy issue's BNext targets for the int8 file, met or NO with the figure."""
+    if name == "float":
+        return ""
+    fast = f"speed-up >= 2.0x: {'yes' if speedup >= 2.0 else f'NO ({speedup:.2f}x)'}"
+    if rss is None:
+        return fast + "; RSS < 200 MB: not measured"
+    mem = (
+        "yes" if rss < 200e6 else f"NO ({rss / 1e6:.0f} MB; {(rss - base) / 1e6:.0f} over imports)"
+    )
+    return f"{fast}; peak RSS < 200 MB: {mem}"
 
 
 def bare_rss() -> int:
@@ -115,6 +129,7 @@ def main() -> None:
                     "n/a" if rss is None else f"{(rss - base) / 1e6:.0f}",
                     f"{(got - ref).abs().max().item():.3g}",
                     f"{((got > 0) == (ref > 0)).float().mean().item():.4f}",
+                    target(name, times["float"][1] / times[name][1], rss, base),
                 ]
             )
             d = art.details
