@@ -112,3 +112,30 @@ def test_binary_weights_are_constants_in_both_files(tmp_path: Path) -> None:
     assert "convolution" not in flt.details["non_delegated"]
     assert int8.size_bytes < 0.4 * flt.size_bytes
     assert flt.agreement is not None and flt.agreement.passed
+
+
+@pytest.mark.parametrize("rewrite", [True, False])
+def test_sign_activations_run_inside_xnnpack(
+    rewrite: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not rewrite:
+        monkeypatch.setattr(xnnpack_target, "delegate_signs", lambda graph: 0)
+    torch.manual_seed(0)
+    net = randomize_bn(models.BNext((16, 32, 64, 64), num_classes=1))
+    with torch.no_grad():
+        net.fc.weight.mul_(20)  # logits spread like a trained detector's
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randn(16, 3, 32, 32, generator=g)
+    test = torch.randn(64, 3, 32, 32, generator=g)
+    q = dfcompress.quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    art = dfcompress.export(q, tmp_path / "bnext.pte", test, check=rewrite)
+    signs_outside = art.details["non_delegated"].get("ge.Scalar", 0)
+    with torch.no_grad():
+        agree = float(((q(test) > 0) == (net(test) > 0)).float().mean())
+    if rewrite:  # partitions end only at the ceil-mode pools and the concat
+        assert signs_outside == 0 and art.details["delegates"] <= 4
+        # and the file passes the default check (>= 0.995 of its decisions)
+        assert art.agreement is not None and art.agreement.passed
+    else:  # each of the 8 signs between two partitions
+        assert signs_outside == 8 and art.details["delegates"] >= 8
+    assert agree >= 0.9

@@ -36,6 +36,7 @@ from dfcompress.deploy._ste import drop_straight_through
 from dfcompress.deploy._xnnpack_model import XnnpackQuantized
 from dfcompress.deploy._xnnpack_plan import make_plan, make_quantizer, summary_rows
 from dfcompress.deploy._xnnpack_runtime import export_program, lower, runner
+from dfcompress.deploy._xnnpack_sign import delegate_signs
 from dfcompress.errors import DfcompressError
 from dfcompress.select import SelectorLike
 
@@ -196,6 +197,7 @@ def quantize(
     corrected = correct_bias(converted, weights, data) if use_bc else 0
     # the int32 bias codes the file adds, so the graph adds the same
     snap_biases(converted)
+    delegate_signs(converted)
     _break_average_ties(converted)
     _split_shared_dequantize(converted)
     details = {
