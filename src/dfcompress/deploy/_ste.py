@@ -74,8 +74,9 @@ def _forward_value(add: fx.Node) -> fx.Node | None:
             continue
         if inner is not None and minus is c:
             return f
-        if inner is None and _detached(minus) is c and _detached(f) is not None:
-            return _detached(f)
+        kept = _detached(f) if inner is None and _detached(minus) is c else None
+        if kept is not None:
+            return kept
     return None
 
 

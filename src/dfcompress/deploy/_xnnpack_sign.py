@@ -91,7 +91,6 @@ def delegate_signs(graph: fx.GraphModule) -> int:
     per-channel int8 weights (their scales are what absorbs the new grid).
     """
     g = graph.graph
-    done = 0
     rewritten: list[fx.Node] = []
     for ge in list(g.find_nodes(op="call_function", target=_aten.ge.Scalar)):
         chain = _sign_chain(ge)
@@ -105,7 +104,7 @@ def delegate_signs(graph: fx.GraphModule) -> int:
         if s <= 0:
             continue
         grid = s / 255.5
-        half = f"_dfc_sign_half_{done}"
+        half = f"_dfc_sign_half_{len(rewritten)}"
         # s/2 as code 100 of scale s/200: exact enough (it only has to stay off 0)
         graph.register_buffer(half, torch.tensor([100], dtype=torch.int8))
         with g.inserting_before(ge):
@@ -123,11 +122,10 @@ def delegate_signs(graph: fx.GraphModule) -> int:
                 twin = g.call_function(_DQ, (q_new, grid, 0, -128, 127, torch.int8))
             dq.replace_all_uses_with(twin)
         rewritten.append(ge)
-        done += 1
-    if done:
+    if rewritten:
         for ge in rewritten:  # the dtype checks torch.export left on the old comparison
             for check in [u for u in ge.users if u.target is _ASSERT]:
                 g.erase_node(check)
         g.eliminate_dead_code()
         graph.recompile()
-    return done
+    return len(rewritten)

@@ -220,6 +220,8 @@ _AVERAGES = (
 )
 #: Relative change of an average's output scale that moves exact halves off the tie.
 _TIE_NUDGE = 2.0**-10
+_QT = torch.ops.quantized_decomposed.quantize_per_tensor.default
+_DQ = torch.ops.quantized_decomposed.dequantize_per_tensor.default
 
 
 def _break_average_ties(graph: fx.GraphModule) -> int:
@@ -233,17 +235,15 @@ def _break_average_ties(graph: fx.GraphModule) -> int:
     network's next sign() can flip. With the scale 0.1 % wider no sum lands on a half,
     and every code is the same in the graph and the file (0 of 2,048 differ).
     """
-    qt = torch.ops.quantized_decomposed.quantize_per_tensor.default
-    dq = torch.ops.quantized_decomposed.dequantize_per_tensor.default
     done = 0
     for node in list(graph.graph.nodes):
         if node.op != "call_function" or node.target not in _AVERAGES:
             continue
         src, users = node.args[0], list(node.users)
-        if not isinstance(src, fx.Node) or src.target is not dq or len(users) != 1:
+        if not isinstance(src, fx.Node) or src.target is not _DQ or len(users) != 1:
             continue
         q = users[0]
-        if q.target is not qt or tuple(q.args[1:3]) != tuple(src.args[1:3]):
+        if q.target is not _QT or tuple(q.args[1:3]) != tuple(src.args[1:3]):
             continue
         _rescale(q, tuple(q.args[1:3]), float(q.args[1]) * (1.0 + _TIE_NUDGE))
         done += 1
@@ -258,15 +258,13 @@ def _rescale(q: fx.Node, old: tuple[object, ...], scale: float) -> None:
     A one-input op that keeps its input's range (view, flatten, max pool) is quantized
     with that same range, and XNNPACK refuses the file where the two differ.
     """
-    qt = torch.ops.quantized_decomposed.quantize_per_tensor.default
-    dq = torch.ops.quantized_decomposed.dequantize_per_tensor.default
     q.args = (q.args[0], scale, *q.args[2:])
-    for d in [u for u in q.users if u.target is dq]:
+    for d in [u for u in q.users if u.target is _DQ]:
         d.args = (d.args[0], scale, *d.args[2:])
         for op in list(d.users):
             inputs = [a for a in op.all_input_nodes if a.op != "get_attr"]
             nxt = list(op.users)
-            if inputs != [d] or len(nxt) != 1 or nxt[0].target is not qt:
+            if inputs != [d] or len(nxt) != 1 or nxt[0].target is not _QT:
                 continue
             if tuple(nxt[0].args[1:3]) == old:
                 _rescale(nxt[0], old, scale)
@@ -281,8 +279,7 @@ def _split_shared_dequantize(graph: fx.GraphModule) -> int:
     delegate does not take): the file fails to propagate shapes at its first run.
     """
     copies = 0
-    dq = torch.ops.quantized_decomposed.dequantize_per_tensor.default
-    for node in list(graph.graph.find_nodes(op="call_function", target=dq)):
+    for node in list(graph.graph.find_nodes(op="call_function", target=_DQ)):
         for user in list(node.users)[1:]:
             with graph.graph.inserting_after(node):
                 twin = graph.graph.node_copy(node)
