@@ -121,12 +121,10 @@ def main() -> None:
                 ]
             )
             d = art.details
+            left = [f"{k} x{v}" for k, v in d["non_delegated"].items() if "dim_order" not in k]
             parts.append(
-                f"{name}: {d['delegates']} XNNPACK partitions, {d['delegated_ops']} ops in them, "
-                "outside them "
-                + ", ".join(
-                    f"{k} x{v}" for k, v in d["non_delegated"].items() if "dim_order" not in k
-                )
+                f"{name}: {d['delegates']} XNNPACK partition(s), {d['delegated_ops']} ops in "
+                f"them, outside them {', '.join(left) if left else 'none'}"
             )
     elapsed = time.time() - t0
     table = markdown_table(HEADERS, rows)

@@ -17,6 +17,14 @@ ratio below XNNPACK's 2**8 limit). The quantized chain it replaces wrote the sig
 on the 8-bit grid of ``[-1, 1]``, where +1 and -1 are no codes: they came out as
 ``+1.0039`` and ``-0.9961`` (a rounding tie each), so the eager model moves by
 about a rounding step (and the file with it: they stay equal).
+
+A float file has the same comparison between partitions. There ``x >= 0`` is
+``clamp(x * 2**100 * 2**49, -1, 0) + 1``, exactly: multiplying by powers of two
+is exact, the smallest negative float (``-2**-149``) becomes -1, every other
+negative value -1 or below, and zero (either sign) or a positive value 0 or
+above; the clamp leaves -1 or 0 (two multiplies: ``2**149`` is no float32). A
+negative subnormal input is the one difference where a runtime flushes subnormals
+to zero.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import torch
 import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers quantized_decomposed)
 from torch import fx
 
-__all__ = ["delegate_signs"]
+__all__ = ["delegate_signs", "float_signs"]
 
 _aten = torch.ops.aten
 _QT = torch.ops.quantized_decomposed.quantize_per_tensor.default
@@ -129,3 +137,42 @@ def delegate_signs(graph: fx.GraphModule) -> int:
         g.eliminate_dead_code()
         graph.recompile()
     return len(rewritten)
+
+
+#: Powers of two whose product maps the smallest float32 subnormal to 1.
+_BIG = (2.0**100, 2.0**49)
+_CASTS = (_aten.to.dtype, _aten._to_copy.default)
+
+
+def float_signs(graph: fx.GraphModule) -> int:
+    """Rewrite each float32 ``(x >= 0).to(float32)`` of a float graph with multiplies,
+    a clamp and an add, which XNNPACK runs; the count."""
+    g = graph.graph
+    done = 0
+    for ge in list(g.find_nodes(op="call_function", target=_aten.ge.Scalar)):
+        x, cast = ge.args[0], _only(ge)
+        val = x.meta.get("val") if isinstance(x, fx.Node) else None
+        out = cast.meta.get("val") if cast is not None else None
+        if cast is None or cast.target not in _CASTS or ge.args[1:] != (0,):
+            continue
+        if not isinstance(val, torch.Tensor) or not isinstance(out, torch.Tensor):
+            continue
+        if val.dtype != torch.float32 or out.dtype != torch.float32:
+            continue
+        if not done:  # float32 tensors (a Python float would be copied on every run)
+            for i, value in enumerate(_BIG):
+                graph.register_buffer(f"_dfc_sign_big_{i}", torch.tensor(value))
+        with g.inserting_before(ge):
+            big = x
+            for i in range(len(_BIG)):
+                big = g.call_function(_aten.mul.Tensor, (big, g.get_attr(f"_dfc_sign_big_{i}")))
+            low = g.call_function(_aten.clamp.default, (big, -1.0, 0.0))
+            mask = g.call_function(_aten.add.Tensor, (low, 1.0))
+        cast.replace_all_uses_with(mask)
+        for check in [u for u in ge.users if u.target is _ASSERT]:
+            g.erase_node(check)
+        done += 1
+    if done:
+        g.eliminate_dead_code()
+        graph.recompile()
+    return done

@@ -35,8 +35,15 @@ from dfcompress.deploy._pt2e_gptq import gptq_graph
 from dfcompress.deploy._ste import drop_straight_through
 from dfcompress.deploy._xnnpack_model import XnnpackQuantized
 from dfcompress.deploy._xnnpack_plan import make_plan, make_quantizer, summary_rows
+from dfcompress.deploy._xnnpack_rewrites import (
+    drop_single_concats,
+    float_scalars,
+    floor_pools,
+    inferred_reshapes,
+    pools_as_convolutions,
+)
 from dfcompress.deploy._xnnpack_runtime import export_program, lower, runner
-from dfcompress.deploy._xnnpack_sign import delegate_signs
+from dfcompress.deploy._xnnpack_sign import delegate_signs, float_signs
 from dfcompress.errors import DfcompressError
 from dfcompress.select import SelectorLike
 
@@ -66,6 +73,13 @@ def _calibration(
         shape,
     )
     return [synthesize_inputs(model, shape, n)], False
+
+
+def _delegable(graph: fx.GraphModule) -> None:
+    """Same values, in ops XNNPACK takes: floor-mode pools, no one-tensor concats."""
+    drop_single_concats(graph)
+    floor_pools(graph)
+    float_scalars(graph)
 
 
 def _fold_constants(graph: fx.GraphModule) -> None:
@@ -163,6 +177,7 @@ def quantize(
     program = export_program(net, data[0], 1 << 20, training=qat)
     graph = program.module()
     drop_straight_through(graph)
+    _delegable(graph)
     # Weights computed from parameters (binarized, reparametrized) become constants,
     # so BatchNorm folds into the conv reading them.
     _fold_constants(graph)
@@ -199,6 +214,8 @@ def quantize(
     snap_biases(converted)
     delegate_signs(converted)
     _break_average_ties(converted)
+    pools_as_convolutions(converted)
+    inferred_reshapes(converted)
     _split_shared_dequantize(converted)
     details = {
         "activation_observer": plan.act_observer,
@@ -362,6 +379,9 @@ def export_artifact(
         module: nn.Module = model.graph
     else:  # weights computed from parameters (binarized) become constants XNNPACK takes
         module = export_program(copy.deepcopy(model).eval(), example, 1 << 20).module()
+        _delegable(module)  # type: ignore[arg-type]
+        inferred_reshapes(module)  # type: ignore[arg-type]
+        float_signs(module)  # type: ignore[arg-type]
         _fold_constants(module)  # type: ignore[arg-type]
     run, largest, details = _write(module, path, example, max_batch)
     if max_batch > 1:
