@@ -23,7 +23,8 @@ and the peers, on the same checkpoint and the same calibration images:
   ``nncf`` and ``openvino`` import.
 
 Columns: eager AUC (the model before export; n/a for file-only tools), deployed AUC
-(the file run in its runtime), its difference from the same runtime's float file,
+(the file run in its runtime), the fraction of test decisions the file shares with
+its eager model, the deployed AUC's difference from the same runtime's float file,
 speed-up over that float file at batch 1 and batch 32 (median per-image latency,
 every file of a runtime timed round by round), latency, file MB and the peak RSS of a
 fresh process that loads the file and runs one image. A target whose dfcompress module
@@ -77,6 +78,7 @@ HEADERS = [
     "variant",
     "eager AUC",
     "deployed AUC",
+    "decisions = eager",
     "diff vs float",
     "speed-up b1",
     "speed-up b32",
@@ -113,17 +115,15 @@ def export_to(model: nn.Module, path: Path, ex: torch.Tensor, target: str) -> Ar
     return export(model, path, ex, target=target, **opts)
 
 
-def eager_auc(model: nn.Module | None, images: torch.Tensor, labels: Any) -> float | None:
+def eager_scores(model: nn.Module | None, images: torch.Tensor) -> torch.Tensor | None:
     if model is None:
         return None
     with torch.inference_mode():
-        s = [scores_of(model(images[i : i + 32])) for i in range(0, len(images), 32)]
-    return auc(labels, torch.cat(s).numpy())
+        return torch.cat([scores_of(model(images[i : i + 32])) for i in range(0, len(images), 32)])
 
 
-def deployed_auc(art: Artifact, images: torch.Tensor, labels: Any) -> float:
-    s = [scores_of(art.run(images[i : i + 32])) for i in range(0, len(images), 32)]
-    return auc(labels, torch.cat(s).numpy())
+def deployed_scores(art: Artifact, images: torch.Tensor) -> torch.Tensor:
+    return torch.cat([scores_of(art.run(images[i : i + 32])) for i in range(0, len(images), 32)])
 
 
 def dfc_models(
@@ -157,12 +157,16 @@ def runtime_rows(
     x = images[: peers.MAX_BATCH]
     lat1 = latencies({k: a for k, (_, a) in files.items()}, x, batches=(1,), repeats=reps[0])
     lat32 = latencies({k: a for k, (_, a) in files.items()}, x, batches=(32,), repeats=reps[1])
-    float_auc = deployed_auc(files["float"][1], images, labels) if "float" in files else None
+    f_art = files["float"][1] if "float" in files else None
+    float_auc = auc(labels, deployed_scores(f_art, images).numpy()) if f_art else None
     rows: list[list[object]] = []
     for name, (eager, art) in files.items():
-        d_auc = deployed_auc(art, images, labels)
+        d_scores = deployed_scores(art, images)
+        d_auc = auc(labels, d_scores.numpy())
         rss = peers.child_peak_rss(runtime, art.path, shape)
-        e_auc = eager_auc(eager, images, labels)
+        e_scores = eager_scores(eager, images)
+        e_auc = None if e_scores is None else auc(labels, e_scores.numpy())
+        same = None if e_scores is None else ((e_scores > 0.5) == (d_scores > 0.5)).double()
         b1, b32 = lat1[name][1], lat32[name][32]
         f1 = lat1["float"][1] if "float" in lat1 else None
         f32 = lat32["float"][32] if "float" in lat32 else None
@@ -172,6 +176,7 @@ def runtime_rows(
                 name,
                 "n/a" if e_auc is None else f"{e_auc:.4f}",
                 f"{d_auc:.4f}",
+                "n/a" if same is None else f"{float(same.mean()):.4f}",
                 "-" if float_auc is None or name == "float" else f"{d_auc - float_auc:+.4f}",
                 f"{f1 / b1:.2f}x" if f1 else "n/a",
                 f"{f32 / b32:.2f}x" if f32 else "n/a",
@@ -333,7 +338,9 @@ def main() -> None:
         "images for every tool; QAT: "
         f"{QAT_EPOCHS} epoch of distillation from the float model (lr {QAT_LR:g}, alpha 1); "
         f"s50: 1 epoch of distillation from the unpruned model (lr {PRUNE_LR:g}). "
-        "Exports with no agreement floor (atol 1e3): the deployed AUC is what each file reaches."
+        "Exports with no agreement floor (atol 1e3): the deployed AUC is what each file "
+        "reaches. 'decisions = eager': the fraction of test images whose decision at 0.5 "
+        "is the same from the file as from the eager model it was written from."
     )
     body = [
         f"- **{b}**: {machine_line()} {common} Measured in {elapsed / 60:.1f} min. " + "; ".join(n)
