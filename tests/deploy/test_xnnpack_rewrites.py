@@ -121,3 +121,39 @@ def test_shortcut_runs_in_one_partition_where_the_pools_divide(side: int, tmp_pa
             assert art.details["non_delegated"] == {} and art.details["delegates"] == 1, name
         else:  # ceil mode adds a window: the pools stay ceil-mode, in the portable kernels
             assert art.details["non_delegated"].get("avg_pool2d", 0) >= 1, name
+
+
+class _SharedConv(nn.Module):
+    """One convolution module called twice (shared weights), then a mean that drops
+    its dimensions: research code's shapes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.conv(torch.relu(self.conv(x))))
+        out: Tensor = self.head(x.mean((2, 3)))
+        return out
+
+
+def test_a_module_called_twice_exports_as_int8_in_one_partition(tmp_path: Path) -> None:
+    pytest.importorskip("executorch")
+    import dfcompress
+
+    torch.manual_seed(0)
+    net = _SharedConv().eval()
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randn(16, 3, 16, 16, generator=g)
+    test = torch.randn(32, 3, 16, 16, generator=g)
+    q = dfcompress.quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    # Before: the second call kept a float weight on int8 inputs, and XNNPACK refused
+    # the file at load ("Failed to create convolution node").
+    art = dfcompress.export(q, tmp_path / "shared.pte", test)
+    assert art.agreement is not None and art.agreement.passed
+    assert art.details["non_delegated"] == {} and art.details["delegates"] == 1
+    with torch.no_grad():  # still the float network's function
+        torch.testing.assert_close(q(test), net(test), atol=0.05, rtol=0.1)

@@ -1,6 +1,6 @@
 """Pools, concats and reshapes rewritten into ops XNNPACK runs, with the same values.
 
-ExecuTorch 1.5.1's XNNPACK partitioner leaves four shapes of graph to the portable
+ExecuTorch 1.5.1's XNNPACK partitioner leaves five shapes of graph to the portable
 kernels, each one cutting the file into more partitions with float conversions
 between them:
 
@@ -18,7 +18,10 @@ between them:
 - a reshape to a size computed from the dynamic batch (``flatten(x, 1)`` traces as
   ``view(x, [batch, 512])``): XNNPACK reshapes with static sizes and at most one
   inferred ``-1``. Where the batch is the only size not known when exporting,
-  ``reshape(x, [-1, 512])`` is the same reshape.
+  ``reshape(x, [-1, 512])`` is the same reshape;
+- a global mean that drops its dimensions (``x.mean((2, 3))``): XNNPACK averages
+  over height and width with ``keepdim=True`` only. It is that mean, then a
+  reshape to ``[-1, channels]``.
 
 And an integer scalar in float arithmetic (``mask * 2 - 1``) is lowered as an int64
 constant cast to float on every run, outside XNNPACK; written as a float it is a
@@ -31,7 +34,7 @@ from typing import Any
 
 import torch
 import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers quantized_decomposed)
-from torch import fx
+from torch import fx, nn
 
 __all__ = [
     "drop_single_concats",
@@ -39,6 +42,7 @@ __all__ = [
     "floor_pools",
     "inferred_reshapes",
     "pools_as_convolutions",
+    "unshare_parameters",
 ]
 
 _aten = torch.ops.aten
@@ -200,6 +204,79 @@ def float_scalars(graph: fx.GraphModule) -> int:
         if any(type(a) is not type(b) for a, b in zip(args, node.args, strict=True)):
             node.args = tuple(args)
             done += 1
+    if done:
+        graph.recompile()
+    return done
+
+
+def unshare_parameters(graph: fx.GraphModule) -> int:
+    """Give each reader of a float parameter or constant read by several ops its own
+    copy; the count of copies.
+
+    A module called twice in one forward (shared weights) reads one weight from two
+    convolutions. ExecuTorch's quantizer observes that weight for the first of them
+    only, so the second ran a float weight on int8 inputs, which XNNPACK refuses
+    ("Failed to create convolution node"); and folding a BatchNorm into a shared
+    weight would change it for the other reader. Each copy is quantized (and folded)
+    for its own reader; the file stores each.
+    """
+    g = graph.graph
+    copies = 0
+    for node in list(g.find_nodes(op="get_attr")):
+        value = _attr(graph, str(node.target))
+        users = list(node.users)
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or len(users) < 2:
+            continue
+        for user in users[1:]:
+            name = f"_dfc_unshared_{copies}"
+            graph.register_parameter(
+                name, nn.Parameter(value.detach().clone(), requires_grad=False)
+            )
+            with g.inserting_before(user):
+                twin = g.get_attr(name)
+            twin.meta.update(node.meta)
+            user.replace_input_with(node, twin)
+            copies += 1
+    if copies:
+        graph.recompile()
+    return copies
+
+
+def _attr(graph: fx.GraphModule, target: str) -> object:
+    value: object = graph
+    for part in target.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def keepdim_means(graph: fx.GraphModule) -> int:
+    """Write each ``mean(x, (2, 3))`` of a 4-d ``x`` as ``mean(x, (2, 3), keepdim=True)``
+    reshaped to ``[-1, channels]``; the count."""
+    g = graph.graph
+    done = 0
+    for node in list(g.find_nodes(op="call_function", target=_aten.mean.dim)):
+        src, val = node.args[0], node.meta.get("val")
+        sizes = _sizes(src)
+        if sizes is None or not isinstance(val, torch.Tensor) or node.kwargs.get("dtype"):
+            continue
+        dims = node.args[1] if len(node.args) > 1 else None
+        keepdim = bool(node.args[2]) if len(node.args) > 2 else bool(node.kwargs.get("keepdim"))
+        if keepdim or not isinstance(dims, (list, tuple)) or sorted(d % 4 for d in dims) != [2, 3]:
+            continue
+        fake = getattr(val, "fake_mode", None)
+        with g.inserting_before(node):
+            mean = g.call_function(_aten.mean.dim, (src, list(dims), True))
+            flat = g.call_function(_aten.reshape.default, (mean, [-1, sizes[0]]))
+        if fake is not None:  # the quantizer reads the new nodes' example values
+            with fake:
+                mean.meta["val"] = torch.ops.aten.mean.dim(src.meta["val"], list(dims), True)
+                flat.meta["val"] = mean.meta["val"].reshape(-1, sizes[0])
+        for key in ("nn_module_stack", "stack_trace"):
+            if key in node.meta:
+                mean.meta[key] = flat.meta[key] = node.meta[key]
+        node.replace_all_uses_with(flat)
+        g.erase_node(node)
+        done += 1
     if done:
         graph.recompile()
     return done

@@ -40,7 +40,9 @@ from dfcompress.deploy._xnnpack_rewrites import (
     float_scalars,
     floor_pools,
     inferred_reshapes,
+    keepdim_means,
     pools_as_convolutions,
+    unshare_parameters,
 )
 from dfcompress.deploy._xnnpack_runtime import export_program, lower, runner
 from dfcompress.deploy._xnnpack_sign import delegate_signs, float_signs
@@ -76,9 +78,11 @@ def _calibration(
 
 
 def _delegable(graph: fx.GraphModule) -> None:
-    """Same values, in ops XNNPACK takes: floor-mode pools, no one-tensor concats."""
+    """Same values, in ops XNNPACK takes: floor-mode pools, no one-tensor concats,
+    global means that keep their dimensions."""
     drop_single_concats(graph)
     floor_pools(graph)
+    keepdim_means(graph)
     float_scalars(graph)
 
 
@@ -181,6 +185,7 @@ def quantize(
     # Weights computed from parameters (binarized, reparametrized) become constants,
     # so BatchNorm folds into the conv reading them.
     _fold_constants(graph)
+    unshare_parameters(graph)
     quantizer = make_quantizer(plan, net, qat=qat)
     prepared = (prepare_qat_pt2e if qat else prepare_pt2e)(graph, quantizer)
     if qat:
