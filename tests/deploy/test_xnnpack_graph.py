@@ -139,3 +139,44 @@ def test_sign_activations_run_inside_xnnpack(
     else:  # each of the 8 signs between two partitions
         assert signs_outside == 8 and art.details["delegates"] >= 7
     assert agree >= 0.9
+
+
+class _GridNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        out: Tensor = self.head(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+        return out
+
+
+def _grid_images(n: int, g: torch.Generator) -> Tensor:
+    """Images on the 8-bit grid of [-1, 1], a tenth of the pixels saturated."""
+    x = torch.randint(-255, 256, (n, 3, 12, 12), generator=g).float() / 255
+    saturated = torch.rand(x.shape, generator=g) < 0.1
+    return torch.where(saturated, torch.sign(x).clamp(min=0) * 2 - 1, x)
+
+
+@pytest.mark.parametrize("nudge", [True, False])
+def test_inputs_on_a_grid_do_not_sit_on_rounding_ties(
+    nudge: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Calibrated on [-1, 1], the input scale is 2/255: every odd pixel code of the
+    # 8-bit grid lands half-way between two int8 codes.
+    if not nudge:
+        monkeypatch.setattr(xnnpack_target, "_break_grid_ties", lambda graph, sample: 0)
+    torch.manual_seed(0)
+    net = _GridNet().eval()
+    g = torch.Generator().manual_seed(1)
+    calib, test = _grid_images(32, g), _grid_images(64, g)
+    q = dfcompress.quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    with torch.no_grad():
+        moved = (q(test) - q(test + 1e-6 * torch.randn(test.shape, generator=g))).abs()
+    if nudge:  # an invisible change of the input changes nothing
+        assert float(moved.max()) == 0.0
+        art = dfcompress.export(q, tmp_path / "grid.pte", test)
+        assert art.agreement is not None and art.agreement.max_abs_diff == 0.0
+    else:  # ties flip one way or the other
+        assert float(moved.max()) > 0.0
