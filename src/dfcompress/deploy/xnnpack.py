@@ -219,7 +219,6 @@ def quantize(
     snap_biases(converted)
     delegate_signs(converted)
     _break_average_ties(converted)
-    _break_grid_ties(converted, data[0])
     pools_as_convolutions(converted)
     inferred_reshapes(converted)
     _split_shared_dequantize(converted)
@@ -275,100 +274,22 @@ def _break_average_ties(graph: fx.GraphModule) -> int:
     return done
 
 
-#: Share of a quantizer's calibration inputs within this distance of a rounding tie
-#: (in codes) above which its scale is widened.
-_TIE_BAND, _TIE_SHARE = 1e-4, 1e-3
-
-
-def _break_grid_ties(graph: fx.GraphModule, sample: torch.Tensor) -> int:
-    """Widen by 2**-10 the scale of quantizers whose inputs sit on rounding ties; the count.
-
-    Inputs computed from 8-bit images lie on a grid (NPR residuals are multiples of
-    1/255). A calibrated scale can put a share of them exactly half-way between two
-    codes: the trained NPR + BNext detector's first quantizer had 4.3 % of its inputs
-    on ties. Which side a tie rounds to depends on the last bit of the float
-    arithmetic before it, which the file computes in its own way; in a binary
-    network a code moved by one can flip a sign, and 8 % of the int8 model's
-    decisions changed when its input moved by 1e-6. Widened by 2**-10, the grid no
-    longer meets the half-codes (every code moves by at most an eighth of a step).
-    A quantizer is widened only where every quantizer sharing its range is widened
-    with it, and only where it reads a value computed from the graph's inputs
-    alone (inside the network, widening a range fixed by the runtime, such as a
-    sigmoid's, would change what the file computes).
-    """
-    shares: dict[str, float] = {}
-
-    class _Probe(fx.Interpreter):
-        def run_node(self, n: fx.Node) -> Any:
-            if n.target is _QT and isinstance(n.args[0], fx.Node):
-                x = self.env[n.args[0]]
-                if isinstance(x, torch.Tensor) and x.is_floating_point() and x.numel():
-                    codes = x.float() * (1.0 / float(n.args[1]))  # type: ignore[arg-type]
-                    off = (codes - codes.floor() - 0.5).abs()
-                    shares[n.name] = float((off < _TIE_BAND).float().mean())
-            return super().run_node(n)
-
-    with torch.no_grad():
-        _Probe(graph).run(sample.float())
-    done = 0
-    for q in list(graph.graph.find_nodes(op="call_function", target=_QT)):
-        if shares.get(q.name, 0.0) <= _TIE_SHARE or not _from_inputs(q):
-            continue
-        old = tuple(q.args[1:3])
-        group = _shared_range(q, old)
-        same = [
-            n
-            for n in graph.graph.find_nodes(op="call_function", target=_QT)
-            if tuple(n.args[1:3]) == old
-        ]
-        if set(same) != set(group):
-            continue
-        _rescale(q, old, float(q.args[1]) * (1.0 + _TIE_NUDGE))
-        done += 1
-    if done:
-        graph.recompile()
-    return done
-
-
-def _from_inputs(q: fx.Node) -> bool:
-    """Whether ``q`` quantizes a value computed in float from the graph's inputs alone
-    (no quantized value before it: the first quantizers, reading the image grid)."""
-    seen: set[fx.Node] = set()
-    todo = [a for a in q.all_input_nodes]
-    while todo:
-        node = todo.pop()
-        if node in seen:
-            continue
-        seen.add(node)
-        if node.target in (_QT, _DQ):
-            return False
-        todo += node.all_input_nodes
-    return True
-
-
-def _shared_range(q: fx.Node, old: tuple[object, ...]) -> list[fx.Node]:
-    """The quantizers :func:`_rescale` moves with ``q``."""
-    found = [q]
-    for d in [u for u in q.users if u.target is _DQ]:
-        for op in d.users:
-            inputs = [a for a in op.all_input_nodes if a.op != "get_attr"]
-            nxt = list(op.users)
-            shares_range = len(nxt) == 1 and nxt[0].target is _QT
-            if inputs == [d] and shares_range and tuple(nxt[0].args[1:3]) == old:
-                found += _shared_range(nxt[0], old)
-    return found
-
-
 def _rescale(q: fx.Node, old: tuple[object, ...], scale: float) -> None:
     """Give ``q``, its dequantizes and the ranges shared downstream the new ``scale``.
 
     A one-input op that keeps its input's range (view, flatten, max pool) is quantized
     with that same range, and XNNPACK refuses the file where the two differ.
     """
-    for node in _shared_range(q, old):
-        node.args = (node.args[0], scale, *node.args[2:])
-        for d in [u for u in node.users if u.target is _DQ]:
-            d.args = (d.args[0], scale, *d.args[2:])
+    q.args = (q.args[0], scale, *q.args[2:])
+    for d in [u for u in q.users if u.target is _DQ]:
+        d.args = (d.args[0], scale, *d.args[2:])
+        for op in list(d.users):
+            inputs = [a for a in op.all_input_nodes if a.op != "get_attr"]
+            nxt = list(op.users)
+            if inputs != [d] or len(nxt) != 1 or nxt[0].target is not _QT:
+                continue
+            if tuple(nxt[0].args[1:3]) == old:
+                _rescale(nxt[0], old, scale)
 
 
 def _split_shared_dequantize(graph: fx.GraphModule) -> int:
