@@ -6,6 +6,20 @@ import torch
 from torch import nn
 
 
+def quantized_for_xnnpack(
+    net: nn.Module, shape: tuple[int, ...], n_calib: int, n_test: int
+) -> tuple[nn.Module, torch.Tensor]:
+    """``net``'s int8 model for the xnnpack target, calibrated on ``n_calib`` normal
+    inputs of ``shape``, and ``n_test`` held-out inputs drawn after them (seed 1)."""
+    import dfcompress
+
+    g = torch.Generator().manual_seed(1)
+    calib = torch.randn(n_calib, *shape, generator=g)
+    test = torch.randn(n_test, *shape, generator=g)
+    q = dfcompress.quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    return q, test
+
+
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Give BatchNorm layers non-trivial statistics, as a trained model has."""
     g = torch.Generator().manual_seed(seed)

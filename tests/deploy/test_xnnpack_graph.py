@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from _xnnpack_nets import randomize_bn
+from _xnnpack_nets import quantized_for_xnnpack, randomize_bn
 from torch import Tensor, nn
 
 pytest.importorskip("executorch")
@@ -47,10 +47,7 @@ class _ResearchBinaryBlock(nn.Module):
 def test_research_binary_block_exports_and_runs_as_its_eager_model(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = randomize_bn(_ResearchBinaryBlock())
-    g = torch.Generator().manual_seed(1)
-    calib = torch.randn(16, 8, 16, 16, generator=g)
-    test = torch.randn(64, 8, 16, 16, generator=g)
-    q = dfcompress.quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    q, test = quantized_for_xnnpack(net, (8, 16, 16), 16, 64)
     graph_ops = {str(n.target) for n in q.graph.graph.nodes}
     assert not any("detach" in t for t in graph_ops)
     # Before: ExecuTorch 1.5.1 refused the file at its first run (shape propagation).
@@ -83,10 +80,7 @@ def test_global_mean_codes_are_the_files(
         monkeypatch.setattr(xnnpack_target, "_break_average_ties", lambda graph: 0)
     torch.manual_seed(0)
     net = _GlobalMean().eval()
-    g = torch.Generator().manual_seed(1)
-    calib = torch.randn(32, 8, 8, 8, generator=g)
-    test = torch.randn(256, 8, 8, 8, generator=g)
-    q = dfcompress.quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    q, test = quantized_for_xnnpack(net, (8, 8, 8), 32, 256)
     art = dfcompress.export(q, tmp_path / "mean.pte", test[:8], check=False)
     with torch.no_grad():
         eager = q(test)
@@ -124,10 +118,7 @@ def test_sign_activations_run_inside_xnnpack(
     net = randomize_bn(models.BNext((16, 32, 64, 64), num_classes=1))
     with torch.no_grad():
         net.fc.weight.mul_(20)  # logits spread like a trained detector's
-    g = torch.Generator().manual_seed(1)
-    calib = torch.randn(16, 3, 32, 32, generator=g)
-    test = torch.randn(64, 3, 32, 32, generator=g)
-    q = dfcompress.quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    q, test = quantized_for_xnnpack(net, (3, 32, 32), 16, 64)
     art = dfcompress.export(q, tmp_path / "bnext.pte", test, check=rewrite)
     signs_outside = art.details["non_delegated"].get("ge.Scalar", 0)
     with torch.no_grad():

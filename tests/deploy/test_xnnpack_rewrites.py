@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _xnnpack_nets import quantized_for_xnnpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import Tensor, nn
@@ -110,10 +111,7 @@ def test_shortcut_runs_in_one_partition_where_the_pools_divide(side: int, tmp_pa
 
     torch.manual_seed(0)
     net = _ShortcutNet().eval()
-    g = torch.Generator().manual_seed(1)
-    calib = torch.randn(16, 3, side, side, generator=g)
-    test = torch.randn(32, 3, side, side, generator=g)
-    q = dfcompress.quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    q, test = quantized_for_xnnpack(net, (3, side, side), 16, 32)
     for name, model in (("float", net), ("int8", q)):
         art = dfcompress.export(model, tmp_path / f"{name}.pte", test)
         assert art.agreement is not None and art.agreement.passed, name
@@ -146,10 +144,7 @@ def test_a_module_called_twice_exports_as_int8_in_one_partition(tmp_path: Path) 
 
     torch.manual_seed(0)
     net = _SharedConv().eval()
-    g = torch.Generator().manual_seed(1)
-    calib = torch.randn(16, 3, 16, 16, generator=g)
-    test = torch.randn(32, 3, 16, 16, generator=g)
-    q = dfcompress.quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    q, test = quantized_for_xnnpack(net, (3, 16, 16), 16, 32)
     # Before: the second call kept a float weight on int8 inputs, and XNNPACK refused
     # the file at load ("Failed to create convolution node").
     art = dfcompress.export(q, tmp_path / "shared.pte", test)

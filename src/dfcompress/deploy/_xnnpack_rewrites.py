@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 _aten = torch.ops.aten
+#: the quantize/dequantize ops of converted PT2E graphs, shared by the xnnpack rewrites
 _QT = torch.ops.quantized_decomposed.quantize_per_tensor.default
 _DQ = torch.ops.quantized_decomposed.dequantize_per_tensor.default
 _DQC = torch.ops.quantized_decomposed.dequantize_per_channel.default

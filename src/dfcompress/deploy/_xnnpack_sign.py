@@ -30,15 +30,13 @@ to zero.
 from __future__ import annotations
 
 import torch
-import torchao.quantization.pt2e.quantize_pt2e  # noqa: F401  (registers quantized_decomposed)
 from torch import fx
+
+from dfcompress.deploy._xnnpack_rewrites import _DQ, _DQC, _QT
 
 __all__ = ["delegate_signs", "float_signs"]
 
 _aten = torch.ops.aten
-_QT = torch.ops.quantized_decomposed.quantize_per_tensor.default
-_DQ = torch.ops.quantized_decomposed.dequantize_per_tensor.default
-_DQC = torch.ops.quantized_decomposed.dequantize_per_channel.default
 _ASSERT = _aten._assert_tensor_metadata.default
 
 

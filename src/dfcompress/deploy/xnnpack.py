@@ -36,6 +36,8 @@ from dfcompress.deploy._ste import drop_straight_through
 from dfcompress.deploy._xnnpack_model import XnnpackQuantized
 from dfcompress.deploy._xnnpack_plan import make_plan, make_quantizer, summary_rows
 from dfcompress.deploy._xnnpack_rewrites import (
+    _DQ,
+    _QT,
     drop_single_concats,
     float_scalars,
     floor_pools,
@@ -242,8 +244,6 @@ _AVERAGES = (
 )
 #: Relative change of an average's output scale that moves exact halves off the tie.
 _TIE_NUDGE = 2.0**-10
-_QT = torch.ops.quantized_decomposed.quantize_per_tensor.default
-_DQ = torch.ops.quantized_decomposed.dequantize_per_tensor.default
 
 
 def _break_average_ties(graph: fx.GraphModule) -> int:
