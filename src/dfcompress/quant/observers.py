@@ -26,6 +26,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from dfcompress.errors import DfcompressError
+from dfcompress.quant._grid import MIN_LEVELS, grid_of, merge_grids, tie_free_scale
 from dfcompress.quant.config import IntQuant, PerChannel, PerGroup, PerTensor
 from dfcompress.quant.functional import calc_qparams, fake_quantize
 
@@ -78,6 +79,11 @@ class Observer(ABC):
         group_size: Group size along dim 1 (per group) or None.
         restricted: Symmetric scales put the largest magnitude on ``qmax``
             (see :func:`~dfcompress.quant.functional.calc_qparams`).
+
+    A per-tensor observer whose every value lies on a grid through zero (multiples
+    of 1/255 computed from 8-bit images) gives a scale that keeps the grid's
+    points off rounding ties (:func:`~dfcompress.quant._grid.tie_free_scale`):
+    on a tie, the eager model and a runtime can round the same value apart.
     """
 
     #: Whether the quantizer recomputes the qparams at every forward.
@@ -102,6 +108,8 @@ class Observer(ABC):
         """Forget everything seen so far."""
         self.min_val: torch.Tensor | None = None
         self.max_val: torch.Tensor | None = None
+        #: The grid of every value seen so far ((0.0, 0): none yet), None: off-grid.
+        self.grid: tuple[float, int] | None = (0.0, 0)
 
     @property
     def ready(self) -> bool:
@@ -118,6 +126,13 @@ class Observer(ABC):
         lo, hi = torch.aminmax(rows, dim=1)
         check_finite(lo, hi, x)
         self._observe(rows, lo, hi)
+        if self.grid is not None and self._per_tensor:
+            found = grid_of(rows)
+            self.grid = None if found is None else merge_grids(self.grid, found)
+
+    @property
+    def _per_tensor(self) -> bool:
+        return self.axis is None and self.group_size is None and not self.dynamic
 
     @abstractmethod
     def _observe(self, rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> None: ...
@@ -131,9 +146,28 @@ class Observer(ABC):
 
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scale, zero_point)`` for the data seen so far."""
-        lo, hi = self._range()
-        s, z = calc_qparams(lo, hi, self.qmin, self.qmax, self.symmetric, self.restricted)
+        s, z = self._qparams()
+        if self._per_tensor and self.grid is not None and self.grid[1] >= MIN_LEVELS:
+            s, z = self._off_ties(s, z, self.grid[0])
         return s.reshape(self._shape), z.reshape(self._shape)
+
+    def _qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+        lo, hi = self._range()
+        return calc_qparams(lo, hi, self.qmin, self.qmax, self.symmetric, self.restricted)
+
+    def _off_ties(
+        self, s: torch.Tensor, z: torch.Tensor, g: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``s`` moved to the tie-free scale of grid ``g``; the zero point keeps the range's
+        low end (a symmetric zero point stays where it is)."""
+        old = float(s.reshape(()))
+        new = tie_free_scale(old, g)
+        scale = torch.full_like(s, new)
+        if self.symmetric:
+            return scale, z
+        low = old * (self.qmin - float(z.reshape(())))
+        zp = min(max(round(self.qmin - low / new), self.qmin), self.qmax)
+        return scale, torch.full_like(z, zp)
 
 
 class MinMax(Observer):
@@ -260,7 +294,7 @@ class MSE(Observer):
             self._samples.append(take)
             self._count += take.shape[1]
 
-    def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         lo, hi = self._range()
         data = torch.cat(self._samples, dim=1)
         best_err = torch.full_like(lo, float("inf"))
@@ -274,8 +308,7 @@ class MSE(Observer):
             best_err = torch.where(better, err, best_err)
             best_lo = torch.where(better, lo * alpha, best_lo)
             best_hi = torch.where(better, hi * alpha, best_hi)
-        s, z = calc_qparams(best_lo, best_hi, self.qmin, self.qmax, self.symmetric, self.restricted)
-        return s.reshape(self._shape), z.reshape(self._shape)
+        return calc_qparams(best_lo, best_hi, self.qmin, self.qmax, self.symmetric, self.restricted)
 
 
 def make_observer(
