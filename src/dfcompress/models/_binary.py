@@ -26,7 +26,7 @@ from torch.nn import functional as F
 from dfcompress._rebuild import register_module
 from dfcompress.errors import DfcompressError
 
-__all__ = ["BinaryActivation", "BinaryConv2d", "binary_sign", "int8_codes"]
+__all__ = ["BinaryActivation", "BinaryConv2d", "Int8BinaryConv2d", "binary_sign", "int8_codes"]
 
 #: Activations pass their gradient only where |x + bias| <= this bound.
 ACTIVATION_CLIP = 1.5
@@ -266,6 +266,159 @@ class BinaryConv2d(nn.Module):
         return module
 
 
+@register_module("bnext.int8_binary_conv2d")
+class Int8BinaryConv2d(nn.Module):
+    """A binary convolution and the BatchNorm after it, as ONNX Runtime's int8 kernel runs them.
+
+    The ``"onnxruntime"`` target's eager form of a :class:`BinaryConv2d` that reads
+    sign codes: the file folds the BatchNorm into the weight (each output channel
+    ``+-s_c``, ``s_c = alpha_c * |gamma_c| / sqrt(var_c + eps)`` in float32), adds the
+    folded bias as int32 codes of step ``s_c`` (the sign codes' scale is 1) and
+    rounds the result to uint8 codes (QLinearConv has no float output). This layer
+    holds that weight and that bias and rounds with ``output``, a calibrated
+    fake quantizer, so it computes what the file computes. Built by
+    :meth:`from_binary`; the BatchNorm it absorbed is replaced by an identity.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        kernel_size: Square kernel size.
+        stride: Convolution stride.
+        padding: Zero padding.
+        output: The output quantizer (a :class:`~dfcompress.quant.FakeQuantizer`).
+
+    >>> from dfcompress.quant.config import IntQuant, PerTensor
+    >>> from dfcompress.quant.fake_quantizer import FakeQuantizer
+    >>> conv, bn = BinaryConv2d(4, 2, 3), nn.BatchNorm2d(2).eval()
+    >>> fq = FakeQuantizer(IntQuant(8, PerTensor(), symmetric=False), (), mode="observe")
+    >>> folded = Int8BinaryConv2d.from_binary(conv, bn, fq)
+    >>> signs = torch.where(torch.arange(100.0).reshape(1, 4, 5, 5) % 3 > 0, 1.0, -1.0)
+    >>> _ = folded(signs); fq.freeze()
+    >>> ref = bn(conv(signs))
+    >>> bool((folded(signs) - ref).abs().max() <= float(fq.scale))
+    True
+    """
+
+    weight: Tensor
+    bias: Tensor
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        padding: int,
+        output: nn.Module,
+    ) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.register_buffer(
+            "weight", torch.zeros(out_channels, in_channels, kernel_size, kernel_size)
+        )
+        self.register_buffer("bias", torch.zeros(out_channels))
+        self.output = output
+
+    @classmethod
+    @torch.no_grad()
+    def from_binary(
+        cls, conv: BinaryConv2d, norm: nn.BatchNorm2d | None, output: nn.Module
+    ) -> Int8BinaryConv2d:
+        """The folded layer of ``conv`` and the eval-mode ``norm`` after it (or None)."""
+        from dfcompress.deploy._bias_grid import on_int32_grid
+
+        layer = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            conv.stride,
+            conv.padding,
+            output,
+        )
+        w = conv.binary_weight().detach().float()
+        alpha = w.abs().amax(dim=(1, 2, 3))
+        signs = torch.where(w >= 0, 1.0, -1.0)
+        if norm is None:
+            f = torch.ones(conv.out_channels, dtype=torch.float64)
+            shift = torch.zeros(conv.out_channels, dtype=torch.float64)
+        else:
+            var = norm.running_var if norm.running_var is not None else torch.ones(1)
+            mean = norm.running_mean if norm.running_mean is not None else torch.zeros(1)
+            gamma = norm.weight if norm.weight is not None else torch.ones(1)
+            beta = norm.bias if norm.bias is not None else torch.zeros(1)
+            f = (gamma.double() / torch.sqrt(var.double() + norm.eps)).expand(conv.out_channels)
+            shift = (beta.double() - mean.double() * f).expand(conv.out_channels)
+        # float32 scales and bias computed in float64, as the ONNX BatchNorm fold does
+        scale = (alpha.double() * f.abs()).float()
+        flip = torch.where(f < 0, -1.0, 1.0).float().reshape(-1, 1, 1, 1)
+        layer.weight.copy_(signs * flip * scale.reshape(-1, 1, 1, 1))
+        layer.bias.copy_(on_int32_grid(shift.float(), scale))
+        return layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Convolve the sign codes ``x``, add the bias, round to the output codes.
+
+        With a fixed output quantizer, in eager mode, the rounding is the int8
+        kernel's own: the integer sum plus the bias codes, in float32, times the
+        float32 multiplier ``s_c / s_y``, rounded half to even (a float convolution
+        followed by ``/ s_y`` rounds values near a half the other way now and then,
+        and a binary network's values sit on halves often: it sums small integers).
+        """
+        from dfcompress.quant.fake_quantizer import FakeQuantizer, exporting
+
+        fq = self.output
+        exact = isinstance(fq, FakeQuantizer) and fq.mode == "fixed" and fq.zero_point is not None
+        if exporting() or not exact or x.dtype != torch.float32:
+            y = F.conv2d(
+                x, self.weight.to(x.dtype), self.bias.to(x.dtype), self.stride, self.padding
+            )
+            out: Tensor = fq(y)
+            return out
+        assert isinstance(fq, FakeQuantizer)
+        step = self.weight.abs().amax(dim=(1, 2, 3))
+        step = torch.where(step > 0, step, torch.full_like(step, 1e-12))
+        codes = torch.sign(self.weight)
+        acc = F.conv2d(x, codes, None, self.stride, self.padding)  # integers: exact
+        acc = acc + torch.round(self.bias.double() / step.double()).float().reshape(1, -1, 1, 1)
+        s_y = fq.scale.reshape(()).float()
+        z = fq.zero_point_int32().reshape(()).float()
+        v = acc * (step / s_y).reshape(1, -1, 1, 1)
+        q = torch.clamp(torch.round(v), fq.qmin - z, fq.qmax - z)
+        return q * s_y
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}"
+        )
+
+    def dfc_spec(self) -> dict[str, Any]:
+        """Constructor arguments (JSON) for :func:`dfcompress.load`."""
+        from dfcompress.quant.config import config_to_dict
+
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "output": config_to_dict(self.output.config),
+        }
+
+    @classmethod
+    def dfc_from_spec(cls, spec: dict[str, Any]) -> Int8BinaryConv2d:
+        """An empty layer (fixed output quantizer) with the layout described by ``spec``."""
+        from dfcompress.quant.config import IntQuant, config_from_dict
+        from dfcompress.quant.fake_quantizer import FakeQuantizer
+
+        args = dict(spec)
+        config = config_from_dict(args.pop("output"))
+        if not isinstance(config, IntQuant):
+            raise DfcompressError(f"output={config!r} is not an integer quantizer config")
+        return cls(**args, output=FakeQuantizer(config, (), mode="fixed"))
+
+
 def int8_codes(model: nn.Module, enabled: bool = True) -> int:
     """Switch the binary layers of ``model`` (in place) to or from integer-code export.
 
@@ -280,7 +433,8 @@ def int8_codes(model: nn.Module, enabled: bool = True) -> int:
         enabled: True for code mode, False for the normal float forward.
 
     Returns:
-        The number of :class:`BinaryConv2d` layers switched.
+        The number of :class:`BinaryConv2d` layers switched (an
+        :class:`Int8BinaryConv2d`, which reads codes already, counts as one).
 
     >>> net = nn.Sequential(BinaryActivation(2), BinaryConv2d(2, 3, 3)).eval()
     >>> x = torch.randn(1, 2, 4, 4)
@@ -296,5 +450,7 @@ def int8_codes(model: nn.Module, enabled: bool = True) -> int:
             m.export_codes = bool(enabled)
         elif isinstance(m, BinaryConv2d):
             m._set_codes(bool(enabled))
+            n += 1
+        elif isinstance(m, Int8BinaryConv2d):
             n += 1
     return n
