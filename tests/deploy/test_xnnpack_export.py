@@ -255,3 +255,26 @@ def test_biases_sit_on_the_int32_grid_and_the_file_matches(tmp_path: Path) -> No
         differ = (art.run(x[32:]) - q(x[32:])).abs() > 1e-6
     # the same bias: only float rounding ties remain (a code or so in 10,000)
     assert float(differ.float().mean()) < 5e-4
+
+
+def test_qat_keeps_the_batchnorm_statistics_the_ranges_were_calibrated_with() -> None:
+    # A BatchNorm after a ReLU folds into no convolution and stays in the QAT graph.
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.BatchNorm2d(8), nn.Conv2d(8, 4, 3), nn.Flatten()
+    ).eval()
+    with torch.no_grad():
+        net[2].running_mean.uniform_(0.2, 0.6)
+        net[2].running_var.uniform_(0.5, 2.0)
+
+    def finetune(model: nn.Module, step: int) -> None:
+        model.train()  # what a training loop does; the batch statistics must not be used
+        with torch.no_grad():
+            model(CALIB * 4 + 2)
+        model.eval()
+
+    kw = {"calibration": CALIB, "target": "xnnpack", "progress": False}
+    ptq = dfcompress.quantize(net, "int8", **kw)
+    qat = dfcompress.quantize(net, "int8", finetune=finetune, **kw)
+    with torch.no_grad():
+        torch.testing.assert_close(qat(TEST), ptq(TEST))

@@ -73,3 +73,31 @@ def test_finetune_must_be_callable() -> None:
     teacher, train, _ = _setup()
     with pytest.raises(DfcompressError, match="finetune=3"):
         dfcompress.quantize(teacher, "int8", calibration=train, progress=False, finetune=3)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("target", [None, "onnxruntime"])
+def test_qat_keeps_unfolded_batchnorm_statistics(target: str | None) -> None:
+    # A BatchNorm after a ReLU folds into no convolution: QAT must not move its statistics.
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.ReLU(),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.Conv2d(8, 4, 3),
+        torch.nn.Flatten(),
+    ).eval()
+    with torch.no_grad():
+        net[2].running_mean.uniform_(0.2, 0.6)
+        net[2].running_var.uniform_(0.5, 2.0)
+    calib, test = torch.randn(16, 3, 16, 16), torch.randn(8, 3, 16, 16)
+
+    def finetune(model: torch.nn.Module, step: int) -> None:
+        model.train()  # what a training loop does; the batch statistics must not be used
+        with torch.no_grad():
+            model(calib * 4 + 2)
+
+    kw = {"calibration": calib, "progress": False, "target": target}
+    untouched = dfcompress.quantize(net, "int8", finetune=lambda m, s: None, **kw)
+    qat = dfcompress.quantize(net, "int8", finetune=finetune, **kw)
+    with torch.no_grad():
+        torch.testing.assert_close(qat(test), untouched(test))

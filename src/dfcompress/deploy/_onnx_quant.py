@@ -201,7 +201,7 @@ def int8_binary_convs(
     calibration data. Kept float in the eager model, its output was not rounded
     and its bias not snapped, and the trained BNext's eager model and file
     disagreed on 7 % of their decisions. Each such convolution becomes an
-    :class:`~dfcompress.models._binary.Int8BinaryConv2d` (its BatchNorm an
+    :class:`~dfcompress.models.Int8BinaryConv2d` (its BatchNorm an
     identity), whose output quantizer (``outputs``) is calibrated here on
     ``data`` through the quantized model. Convolutions called more than once are
     left alone. Returns the number of convolutions replaced.

@@ -12,16 +12,17 @@ with the XNNPACK partitioner, writes the ``.pte`` and checks it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import types
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import fx, nn
-from torchao.quantization.pt2e import allow_exported_model_train_eval
 from torchao.quantization.pt2e.constant_fold import constant_fold
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 
@@ -148,8 +149,9 @@ def quantize(
         bias_correction: Subtract each int8 layer's mean weight error from its bias
             (one more pass). None: on when ``calibration`` is given.
         finetune: Quantization-aware training: ``finetune(model, 0)`` trains the
-            calibrated graph (fake quantizers with the calibrated ranges, kept fixed)
-            in place before it is converted.
+            calibrated graph (fake quantizers with the calibrated ranges, kept fixed;
+            BatchNorm with its running statistics, dropout off) in place before it
+            is converted.
         rounding: ``"nearest"``, or ``"gptq"``: the int8 codes of each conv2d/linear
             layer are chosen GPTQ-style from the inputs the converted graph gives it
             (see :mod:`dfcompress.quant._gptq`); needs ``calibration``.
@@ -209,9 +211,8 @@ def quantize(
 
         prepared.apply(disable_observer)
         prepared.apply(enable_fake_quant)
-        allow_exported_model_train_eval(prepared)
-        finetune(prepared, 0)
-        prepared.eval()
+        with _frozen_statistics(prepared):
+            finetune(prepared, 0)
     weights = float_weights(prepared)
     converted: fx.GraphModule = convert_pt2e(prepared)
     rounded = gptq_graph(converted, weights, data) if rounding == "gptq" else 0
@@ -233,6 +234,30 @@ def quantize(
         "calibration_samples": sum(int(x.shape[0]) for x in data),
     }
     return XnnpackQuantized(converted, summary_rows(model, plan), data[0], details)
+
+
+@contextlib.contextmanager
+def _frozen_statistics(graph: fx.GraphModule) -> Iterator[None]:
+    """Let ``finetune`` call ``graph.train()`` while the graph keeps its eval-mode ops.
+
+    QAT starts from the calibrated model and fine-tunes it briefly: BatchNorm
+    keeps the running statistics the ranges were calibrated with (in training
+    mode it would normalize each batch by its own and move them; on the trained
+    NPR + BNext detector that cost 0.012 AUC after one epoch of distillation,
+    against 0.006 with them kept), and dropout stays off.
+    """
+    from torchao.quantization.pt2e import move_exported_model_to_eval
+
+    def keep(self: fx.GraphModule, mode: bool = True) -> fx.GraphModule:
+        return self
+
+    move_exported_model_to_eval(graph)
+    graph.train = types.MethodType(keep, graph)  # type: ignore[method-assign]
+    graph.eval = types.MethodType(keep, graph)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del graph.train, graph.eval
 
 
 #: Averages whose int8 output XNNPACK requantizes itself (delegated, or at the next

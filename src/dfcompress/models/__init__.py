@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dfcompress.models._binary import BinaryActivation as BinaryActivation
 from dfcompress.models._binary import BinaryConv2d as BinaryConv2d
+from dfcompress.models._binary import Int8BinaryConv2d as Int8BinaryConv2d
 from dfcompress.models._binary import binary_sign as binary_sign
 from dfcompress.models.bnext import STAGE_CHANNELS as STAGE_CHANNELS
 from dfcompress.models.bnext import BinaryProcessor as BinaryProcessor
@@ -33,6 +34,7 @@ __all__ = [
     "BinaryActivation",
     "BinaryConv2d",
     "BinaryProcessor",
+    "Int8BinaryConv2d",
     "InvertedResidual",
     "MobileNetV2",
     "SEResNet",

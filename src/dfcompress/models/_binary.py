@@ -285,7 +285,7 @@ class Int8BinaryConv2d(nn.Module):
         kernel_size: Square kernel size.
         stride: Convolution stride.
         padding: Zero padding.
-        output: The output quantizer (a :class:`~dfcompress.quant.FakeQuantizer`).
+        output: The output quantizer (a :class:`~dfcompress.quant.fake_quantizer.FakeQuantizer`).
 
     >>> from dfcompress.quant.config import IntQuant, PerTensor
     >>> from dfcompress.quant.fake_quantizer import FakeQuantizer

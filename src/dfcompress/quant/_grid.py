@@ -22,8 +22,8 @@ rounds every tie towards zero).
 >>> g = 1 / 255
 >>> x = torch.arange(-100, 101, dtype=torch.float32) * g
 >>> found = grid_of(x)
->>> round(found[0] * 255, 6), found[1]
-(1.0, 100)
+>>> round(found[0] * 255, 6), found[1:]
+(1.0, (100, 200))
 >>> round(tie_free_scale(g * 14 / 15, g) * 255, 6)  # the percentile scale above
 1.0
 >>> round(tie_free_scale(g * 2, g) / g, 4)  # 2 steps: every odd point a tie; 101 / 50 has none
@@ -36,7 +36,7 @@ import math
 
 import torch
 
-__all__ = ["MIN_LEVELS", "grid_of", "merge_grids", "tie_free_scale"]
+__all__ = ["Grid", "grid_of", "merge_grids", "tie_free_scale", "usable"]
 
 #: Largest grid index accepted (beyond it every float tensor looks like a grid).
 MAX_INDEX = 4096
@@ -44,6 +44,9 @@ MAX_INDEX = 4096
 TOLERANCE = 1e-3
 #: Distinct non-zero grid magnitudes a tensor must show before its grid is used.
 MIN_LEVELS = 3
+#: Non-zero values per distinct magnitude needed as well: values on a grid repeat
+#: (a handful of evenly spaced calibration values is no evidence of one).
+MIN_REPEATS = 4
 #: How far (relatively) above the calibrated scale a tie-free scale may lie.
 WIDEN = 0.01
 _PROBE = 4096
@@ -54,15 +57,18 @@ def _on_grid(values: torch.Tensor, g: float) -> bool:
     return bool(((k - k.round()).abs() <= TOLERANCE).all() and bool(k.abs().max() <= MAX_INDEX))
 
 
-def grid_of(x: torch.Tensor) -> tuple[float, int] | None:
-    """``(g, levels)`` if every value of ``x`` is an integer multiple of ``g``, else None.
+Grid = tuple[float, int, int]
 
-    ``g`` is the smallest non-zero magnitude of ``x`` and ``levels`` the number of
-    distinct non-zero magnitudes in units of ``g``. An all-zero tensor gives
-    ``(0.0, 0)`` (no evidence either way).
+
+def grid_of(x: torch.Tensor) -> Grid | None:
+    """``(g, levels, count)`` if every value of ``x`` is an integer multiple of ``g``, else None.
+
+    ``g`` is the smallest non-zero magnitude of ``x``, ``levels`` the number of
+    distinct non-zero magnitudes in units of ``g`` and ``count`` the number of
+    non-zero values. An all-zero tensor gives ``(0.0, 0, 0)`` (no evidence either way).
 
     >>> grid_of(torch.tensor([0.0, 0.25, -0.5, 1.0]))
-    (0.25, 3)
+    (0.25, 3, 3)
     >>> grid_of(torch.tensor([0.1, 0.15])) is None
     True
     """
@@ -73,19 +79,22 @@ def grid_of(x: torch.Tensor) -> tuple[float, int] | None:
         return None  # most float tensors stop here, after a few thousand values
     mags = flat[flat != 0].abs()
     if not mags.numel():
-        return 0.0, 0
+        return 0.0, 0, 0
     g = float(mags.min())
     if not _on_grid(mags, g):
         return None
-    return g, int(torch.unique((mags / g).round()).numel())
+    return g, int(torch.unique((mags / g).round()).numel()), int(mags.numel())
 
 
-def merge_grids(a: tuple[float, int], b: tuple[float, int]) -> tuple[float, int] | None:
+def merge_grids(a: Grid, b: Grid) -> Grid | None:
     """The grid of two tensors' values from the grids of each (None: no common grid).
 
-    >>> merge_grids((0.5, 4), (0.25, 3))
-    (0.25, 4)
-    >>> merge_grids((0.5, 4), (0.3, 3)) is None
+    ``levels`` is bounded by the larger of the two (it is only compared with a
+    minimum), ``count`` summed.
+
+    >>> merge_grids((0.5, 4, 10), (0.25, 3, 8))
+    (0.25, 4, 18)
+    >>> merge_grids((0.5, 4, 10), (0.3, 3, 8)) is None
     True
     """
     if a[0] == 0.0:
@@ -96,7 +105,16 @@ def merge_grids(a: tuple[float, int], b: tuple[float, int]) -> tuple[float, int]
     ratio = large / small
     if abs(ratio - round(ratio)) > TOLERANCE:
         return None
-    return small, max(a[1], b[1])
+    return small, max(a[1], b[1]), a[2] + b[2]
+
+
+def usable(grid: Grid | None) -> bool:
+    """Whether ``grid`` is evidence enough: a few levels, each value repeated.
+
+    >>> usable((1 / 255, 120, 20000)), usable((0.2, 8, 11))
+    (True, False)
+    """
+    return grid is not None and grid[1] >= MIN_LEVELS and grid[2] >= MIN_REPEATS * grid[1]
 
 
 def tie_free_scale(scale: float, g: float) -> float:

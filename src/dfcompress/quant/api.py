@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+import types
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, cast
 
 import torch
@@ -301,7 +303,8 @@ def quantize(
             ranges stay as calibrated). ``dfcompress.distill_finetune(model,
             train_loader, lr=3e-5, alpha=1.0)`` distils from the float model;
             keep the learning rate small, since BatchNorm is folded into the
-            weights.
+            weights. A BatchNorm left unfolded keeps its running statistics
+            (eval mode) throughout; its weight and bias train.
         target: The runtime the model is made for: ``"xnnpack"`` (ExecuTorch) or
             ``"onnxruntime"``. The returned eager model computes what that runtime
             computes, carries the target (``dfcompress.export`` picks it up) and
@@ -451,6 +454,39 @@ def quantize(
         qz.calibrate(prepared, data, progress=progress, max_samples=max_samples)
     warn_float(qz.left_float, verb="quantize", stacklevel=2)
     if finetune is not None:
-        finetune(prepared, 0)
+        with frozen_batchnorms(prepared):
+            finetune(prepared, 0)
         prepared.eval()
     return qz.convert(prepared, pack=pack, inplace=True)
+
+
+@contextlib.contextmanager
+def frozen_batchnorms(model: nn.Module) -> Iterator[None]:
+    """Keep every BatchNorm of ``model`` in eval mode, whatever ``model.train()`` asks.
+
+    QAT fine-tunes a calibrated model briefly: a BatchNorm left unfolded (after a
+    binary convolution, after a product) keeps the running statistics the ranges
+    were calibrated with; in training mode it would normalize each batch by its
+    own statistics and move the running ones, so that the model evaluated
+    afterwards is not the one trained. Its weight and bias still train.
+
+    >>> bn = nn.BatchNorm1d(2).eval()
+    >>> with frozen_batchnorms(nn.Sequential(bn)):
+    ...     _ = nn.Sequential(bn).train()
+    ...     bn.training
+    False
+    """
+
+    def keep_eval(self: nn.Module, mode: bool = True) -> nn.Module:
+        self.training = False
+        return self
+
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.eval()
+        m.train = types.MethodType(keep_eval, m)  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for m in norms:
+            del m.train

@@ -26,7 +26,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from dfcompress.errors import DfcompressError
-from dfcompress.quant._grid import MIN_LEVELS, grid_of, merge_grids, tie_free_scale
+from dfcompress.quant._grid import Grid, grid_of, merge_grids, tie_free_scale, usable
 from dfcompress.quant.config import IntQuant, PerChannel, PerGroup, PerTensor
 from dfcompress.quant.functional import calc_qparams, fake_quantize
 
@@ -108,8 +108,8 @@ class Observer(ABC):
         """Forget everything seen so far."""
         self.min_val: torch.Tensor | None = None
         self.max_val: torch.Tensor | None = None
-        #: The grid of every value seen so far ((0.0, 0): none yet), None: off-grid.
-        self.grid: tuple[float, int] | None = (0.0, 0)
+        #: The grid of every value seen so far ((0.0, 0, 0): none yet), None: off-grid.
+        self.grid: Grid | None = (0.0, 0, 0)
 
     @property
     def ready(self) -> bool:
@@ -147,7 +147,7 @@ class Observer(ABC):
     def qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scale, zero_point)`` for the data seen so far."""
         s, z = self._qparams()
-        if self._per_tensor and self.grid is not None and self.grid[1] >= MIN_LEVELS:
+        if self._per_tensor and self.grid is not None and usable(self.grid):
             s, z = self._off_ties(s, z, self.grid[0])
         return s.reshape(self._shape), z.reshape(self._shape)
 
