@@ -101,3 +101,26 @@ def test_qat_keeps_unfolded_batchnorm_statistics(target: str | None) -> None:
     qat = dfcompress.quantize(net, "int8", finetune=finetune, **kw)
     with torch.no_grad():
         torch.testing.assert_close(qat(test), untouched(test))
+
+
+def test_qat_leaves_binary_weights_alone_and_trains_the_rest() -> None:
+    # Binary weights are exact in int8; Adam would move each latent weight by about
+    # the learning rate and flip the signs of the small ones.
+    from dfcompress.models import BinaryConv2d, BNext
+
+    torch.manual_seed(0)
+    net = BNext((8, 16), num_classes=1).eval()
+    x = torch.randn(16, 3, 32, 32)
+    ft = dfcompress.distill_finetune(net, [x], epochs=2, lr=1e-2, progress=False)
+    q = dfcompress.quantize(net, "int8", calibration=x, finetune=ft, progress=False)
+    before = [m.weight for m in net.modules() if isinstance(m, BinaryConv2d)]
+    after = [m.weight for m in q.modules() if isinstance(m, BinaryConv2d)]
+    assert len(after) == len(before) > 0
+    for a, b in zip(after, before, strict=True):
+        assert a is not None and b is not None
+        assert torch.equal(a, b) and a.requires_grad  # untouched, trainable again
+    # the BatchNorms after the binary convolutions stay unfolded, and train
+    float_norms = dict(net.named_modules())
+    kept = [(n, m) for n, m in q.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert kept
+    assert any(not torch.equal(m.bias, float_norms[n].bias) for n, m in kept)  # type: ignore[arg-type]
