@@ -124,3 +124,21 @@ def test_qat_leaves_binary_weights_alone_and_trains_the_rest() -> None:
     kept = [(n, m) for n, m in q.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert kept
     assert any(not torch.equal(m.bias, float_norms[n].bias) for n, m in kept)  # type: ignore[arg-type]
+
+
+def test_qat_with_fold_bn_false_trains_the_batchnorm_statistics() -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten()
+    ).eval()
+    calib = torch.randn(16, 3, 16, 16)
+
+    def finetune(model: torch.nn.Module, step: int) -> None:
+        model.train()
+        with torch.no_grad():
+            model(calib * 4 + 2)
+
+    q = dfcompress.quantize(net, "int8", calibration=calib, fold_bn=False, finetune=finetune)
+    bn = q[1]
+    assert isinstance(bn, torch.nn.BatchNorm2d)
+    assert not torch.equal(bn.running_mean, net[1].running_mean)  # type: ignore[arg-type]

@@ -304,7 +304,8 @@ def quantize(
             train_loader, lr=3e-5, alpha=1.0)`` distils from the float model;
             keep the learning rate small, since BatchNorm is folded into the
             weights. A BatchNorm left unfolded keeps its running statistics
-            (eval mode) throughout; its weight and bias train. The latent
+            (eval mode) throughout, unless ``fold_bn=False``; its weight and
+            bias train. The latent
             weights of binary convolutions (exact in int8) do not train.
         target: The runtime the model is made for: ``"xnnpack"`` (ExecuTorch) or
             ``"onnxruntime"``. The returned eager model computes what that runtime
@@ -455,22 +456,25 @@ def quantize(
         qz.calibrate(prepared, data, progress=progress, max_samples=max_samples)
     warn_float(qz.left_float, verb="quantize", stacklevel=2)
     if finetune is not None:
-        with frozen_for_qat(prepared):
+        with frozen_for_qat(prepared, batchnorms=fold_bn):
             finetune(prepared, 0)
         prepared.eval()
     return qz.convert(prepared, pack=pack, inplace=True)
 
 
 @contextlib.contextmanager
-def frozen_for_qat(model: nn.Module) -> Iterator[None]:
-    """Keep every BatchNorm of ``model`` in eval mode, whatever ``model.train()`` asks,
-    and the latent weights of its binary convolutions out of training.
+def frozen_for_qat(model: nn.Module, batchnorms: bool = True) -> Iterator[None]:
+    """Keep every BatchNorm of ``model`` in eval mode, whatever ``model.train()`` asks
+    (with ``batchnorms``), and the latent weights of its binary convolutions out of
+    training.
 
     QAT fine-tunes a calibrated model briefly: a BatchNorm left unfolded (after a
     binary convolution, after a product) keeps the running statistics the ranges
     were calibrated with; in training mode it would normalize each batch by its
     own statistics and move the running ones, so that the model evaluated
     afterwards is not the one trained. Its weight and bias still train.
+    (``quantize(..., fold_bn=False)`` asks for BatchNorm statistics that follow the
+    quantized activations: ``batchnorms=False`` leaves them training.)
     A binary weight is exact in int8 (nothing to recover), and its latent value
     is small: an optimizer step that moves every weight by about the learning
     rate (Adam's) flips the signs of many. Trained, they cost the trained BNext's
@@ -489,7 +493,9 @@ def frozen_for_qat(model: nn.Module) -> Iterator[None]:
 
     from dfcompress.models._binary import BinaryConv2d
 
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [
+        m for m in model.modules() if batchnorms and isinstance(m, nn.modules.batchnorm._BatchNorm)
+    ]
     latent = [
         w
         for m in model.modules()
