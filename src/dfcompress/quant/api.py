@@ -477,8 +477,7 @@ def frozen_for_qat(model: nn.Module, batchnorms: bool = True) -> Iterator[None]:
     quantized activations: ``batchnorms=False`` leaves them training.)
     A binary weight is exact in int8 (nothing to recover), and its latent value
     is small: an optimizer step that moves every weight by about the learning
-    rate (Adam's) flips the signs of many. Trained, they cost the trained BNext's
-    ONNX Runtime model 0.005 AUC in one epoch of distillation.
+    rate (Adam's) flips the signs of many.
 
     >>> bn = nn.BatchNorm1d(2).eval()
     >>> with frozen_for_qat(nn.Sequential(bn)):
