@@ -82,6 +82,25 @@ class BinaryActivation(nn.Module):
         return binary_sign(shifted) + (surrogate - surrogate.detach())
 
 
+def _geometry(conv: BinaryConv2d | Int8BinaryConv2d) -> dict[str, int]:
+    """The constructor arguments both binary convolutions share."""
+    return {
+        "in_channels": conv.in_channels,
+        "out_channels": conv.out_channels,
+        "kernel_size": conv.kernel_size,
+        "stride": conv.stride,
+        "padding": conv.padding,
+    }
+
+
+def _describe(conv: BinaryConv2d | Int8BinaryConv2d) -> str:
+    g = _geometry(conv)
+    return (
+        f"{g['in_channels']}, {g['out_channels']}, kernel_size={g['kernel_size']}, "
+        f"stride={g['stride']}, padding={g['padding']}"
+    )
+
+
 def _pack_bits(weight: Tensor) -> tuple[Tensor, Tensor]:
     """Sign bits of ``weight`` (numpy ``packbits`` order) and its per-output-channel scale."""
     scale = weight.detach().abs().mean(dim=(1, 2, 3)).float()
@@ -235,21 +254,11 @@ class BinaryConv2d(nn.Module):
         return self
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}, packed={self.packed}"
-        )
+        return f"{_describe(self)}, packed={self.packed}"
 
     def dfc_spec(self) -> dict[str, Any]:
         """Constructor arguments (JSON) for :func:`dfcompress.load`."""
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": self.kernel_size,
-            "stride": self.stride,
-            "padding": self.padding,
-            "packed": self.packed,
-        }
+        return {**_geometry(self), "packed": self.packed}
 
     @classmethod
     def dfc_from_spec(cls, spec: dict[str, Any]) -> BinaryConv2d:
@@ -388,23 +397,13 @@ class Int8BinaryConv2d(nn.Module):
         return q * s_y
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, padding={self.padding}"
-        )
+        return _describe(self)
 
     def dfc_spec(self) -> dict[str, Any]:
         """Constructor arguments (JSON) for :func:`dfcompress.load`."""
         from dfcompress.quant.config import config_to_dict
 
-        return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "kernel_size": self.kernel_size,
-            "stride": self.stride,
-            "padding": self.padding,
-            "output": config_to_dict(self.output.config),
-        }
+        return {**_geometry(self), "output": config_to_dict(self.output.config)}
 
     @classmethod
     def dfc_from_spec(cls, spec: dict[str, Any]) -> Int8BinaryConv2d:
