@@ -225,6 +225,11 @@ def validate_manifest(m: Any, p: Path) -> None:
     ):
         if not isinstance(m.get(key), typ):
             raise _bad(p, f"{key!r} should be a {typ.__name__}")
+    if "target" in m:
+        from dfcompress.deploy._targets import TARGETS
+
+        if m["target"] not in TARGETS:
+            raise _bad(p, f"target {m['target']!r} is not one of {', '.join(TARGETS)}")
     if len(m["history"]) > MAX_HISTORY:
         raise _bad(p, f"the history has {len(m['history'])} entries (at most {MAX_HISTORY})")
     _validate_node(m.get("constructor"), p)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfcompress.deploy._targets import TARGET_ATTR
 from dfcompress.errors import DfcompressError, UnsafeFileError
 from dfcompress.io._encodings import checksum, decode, inflate
 from dfcompress.io._format import TensorPlan, check_path, plan_tensors, read_manifest
@@ -150,6 +151,8 @@ def load(
     check_tensors(model, plans, aliases)
     _place_tensors(model, tensors, aliases)
     model.dfc_history = copy.deepcopy(manifest["history"])
+    if "target" in manifest:
+        setattr(model, TARGET_ATTR, manifest["target"])
     node = manifest["constructor"]
     if "children" not in node:
         ref = node.get("factory", node.get("class"))

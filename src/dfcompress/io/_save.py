@@ -21,6 +21,7 @@ from torch import nn
 
 from dfcompress._rebuild import kind_of
 from dfcompress._version import __version__
+from dfcompress.deploy._targets import TARGET_ATTR
 from dfcompress.errors import DfcompressError, UnsafeFileError
 from dfcompress.io._encodings import SEP, checksum, deflate, dtype_name, encode
 from dfcompress.io._format import (
@@ -186,6 +187,9 @@ def _serialize(
         "metadata": dict(metadata or {}),
         "checksum": checksum(stored),
     }
+    target = getattr(model, TARGET_ATTR, None)
+    if isinstance(target, str):
+        manifest["target"] = target  # what dfcompress.export writes the model for
     try:
         text = json.dumps(manifest, allow_nan=False)
     except (TypeError, ValueError) as e:
