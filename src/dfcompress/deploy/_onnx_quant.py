@@ -191,7 +191,10 @@ def snap_biases(model: nn.Module) -> int:
 
 @torch.no_grad()
 def int8_binary_convs(
-    model: nn.Module, probe: torch.Tensor, data: Sequence[torch.Tensor], outputs: IntQuant
+    model: nn.Module,
+    probe: torch.Tensor,
+    data: Sequence[torch.Tensor],
+    outputs_config: IntQuant,
 ) -> int:
     """Make each binary convolution that reads sign codes compute what its int8 kernel does.
 
@@ -202,48 +205,48 @@ def int8_binary_convs(
     and its bias not snapped, and the trained BNext's eager model and file
     disagreed on 7 % of their decisions. Each such convolution becomes an
     :class:`~dfcompress.models.Int8BinaryConv2d` (its BatchNorm an
-    identity), whose output quantizer (``outputs``) is calibrated here on
+    identity), whose output quantizer (``outputs_config``) is calibrated here on
     ``data`` through the quantized model. Convolutions called more than once are
     left alone. Returns the number of convolutions replaced.
     """
     from dfcompress.models._binary import BinaryActivation, BinaryConv2d, Int8BinaryConv2d
-    from dfcompress.quant._bnfold import FoldedBatchNorm
+    from dfcompress.quant._bnfold import FoldedBatchNorm, _set_submodule
     from dfcompress.quant.fake_quantizer import FakeQuantizer
 
-    signs: set[int] = set()
-    made_by: dict[int, tuple[BinaryConv2d, torch.Tensor]] = {}
-    calls: dict[BinaryConv2d, int] = {}
-    reads_signs: set[BinaryConv2d] = set()
-    norm_of: dict[BinaryConv2d, nn.BatchNorm2d] = {}
-    keep: list[torch.Tensor] = []  # alive, so that ids are not reused
-
-    def sign_out(mod: nn.Module, args: Any, out: Any) -> None:
-        if isinstance(out, torch.Tensor):
-            signs.add(id(out))
-            keep.append(out)
-
-    def conv_in(mod: nn.Module, args: Any) -> None:
-        assert isinstance(mod, BinaryConv2d)
-        calls[mod] = calls.get(mod, 0) + 1
-        if args and id(args[0]) in signs:
-            reads_signs.add(mod)
-
-    def conv_out(mod: nn.Module, args: Any, out: Any) -> None:
-        if isinstance(mod, BinaryConv2d) and isinstance(out, torch.Tensor):
-            made_by[id(out)] = (mod, out)
-
-    def norm_in(mod: nn.Module, args: Any) -> None:
-        src = made_by.get(id(args[0])) if args else None
-        if src is not None and src[1] is args[0] and isinstance(mod, nn.BatchNorm2d):
-            norm_of[src[0]] = mod
-
+    signs: set[int] = set()  # ids of sign-activation outputs
+    outputs: dict[int, str] = {}  # id of a binary conv's output -> the conv's name
+    alive: list[torch.Tensor] = []  # ids are only unique while their objects live
+    calls: dict[str, int] = {}
+    reads_signs: set[str] = set()
+    norm_of: dict[str, str] = {}  # binary conv -> the BatchNorm reading its output
     hooks = []
-    for m in model.modules():
+    for name, m in model.named_modules():
         if isinstance(m, BinaryActivation):
+
+            def sign_out(mod: nn.Module, args: Any, out: Any) -> None:
+                signs.add(id(out))
+                alive.append(out)
+
             hooks.append(m.register_forward_hook(sign_out))
         elif isinstance(m, BinaryConv2d):
+
+            def conv_in(mod: nn.Module, args: Any, name: str = name) -> None:
+                calls[name] = calls.get(name, 0) + 1
+                if args and id(args[0]) in signs:
+                    reads_signs.add(name)
+
+            def conv_out(mod: nn.Module, args: Any, out: Any, name: str = name) -> None:
+                outputs[id(out)] = name
+                alive.append(out)
+
             hooks += [m.register_forward_pre_hook(conv_in), m.register_forward_hook(conv_out)]
         elif type(m) is nn.BatchNorm2d:
+
+            def norm_in(mod: nn.Module, args: Any, name: str = name) -> None:
+                conv = outputs.get(id(args[0])) if args else None
+                if conv is not None:
+                    norm_of[conv] = name
+
             hooks.append(m.register_forward_pre_hook(norm_in))
     if not hooks:
         return 0
@@ -254,21 +257,17 @@ def int8_binary_convs(
     finally:
         for h in hooks:
             h.remove()
-    parents = {
-        id(child): (parent, name)
-        for parent in model.modules()
-        for name, child in parent.named_children()
-    }
     made: list[FakeQuantizer] = []
-    for conv in [c for c in reads_signs if calls.get(c) == 1]:
-        norm = norm_of.get(conv)
-        fq = FakeQuantizer(outputs, (), mode="observe")
-        layer = Int8BinaryConv2d.from_binary(conv, norm, fq).to(probe.device)
-        parent, name = parents[id(conv)]
-        setattr(parent, name, layer)
-        if norm is not None:
-            parent, name = parents[id(norm)]
-            setattr(parent, name, FoldedBatchNorm())
+    for name in sorted(n for n in reads_signs if calls.get(n) == 1):
+        conv = model.get_submodule(name)
+        assert isinstance(conv, BinaryConv2d)
+        norm_name = norm_of.get(name)
+        norm = None if norm_name is None else model.get_submodule(norm_name)
+        assert norm is None or isinstance(norm, nn.BatchNorm2d)
+        fq = FakeQuantizer(outputs_config, (), mode="observe")
+        _set_submodule(model, name, Int8BinaryConv2d.from_binary(conv, norm, fq).to(probe.device))
+        if norm_name is not None:
+            _set_submodule(model, norm_name, FoldedBatchNorm())
         made.append(fq)
     if made:
         for x in data:
