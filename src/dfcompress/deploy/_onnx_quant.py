@@ -151,7 +151,7 @@ def quantize(
     if not data:
         from dfcompress._datafree import synthesize_inputs
 
-        data = [synthesize_inputs(made, tuple(probe.shape[1:]), 32)]
+        data = [synthesize_inputs(model, tuple(probe.shape[1:]), 32)]
     int8_binary_convs(made, probe, data, cfg.outputs or UINT8_OUTPUTS)
     tie_requantization(made, probe)
     snap_biases(made)
