@@ -305,8 +305,8 @@ def quantize(
             keep the learning rate small, since BatchNorm is folded into the
             weights. A BatchNorm left unfolded keeps its running statistics
             (eval mode) throughout, unless ``fold_bn=False``; its weight and
-            bias train. The latent
-            weights of binary convolutions (exact in int8) do not train.
+            bias train. The latent weights of binary convolutions (exact in
+            int8) do not train.
         target: The runtime the model is made for: ``"xnnpack"`` (ExecuTorch) or
             ``"onnxruntime"``. The returned eager model computes what that runtime
             computes, carries the target (``dfcompress.export`` picks it up) and
@@ -492,15 +492,13 @@ def frozen_for_qat(model: nn.Module, batchnorms: bool = True) -> Iterator[None]:
 
     from dfcompress.models._binary import BinaryConv2d
 
-    norms = [
-        m for m in model.modules() if batchnorms and isinstance(m, nn.modules.batchnorm._BatchNorm)
-    ]
+    modules = list(model.modules())
+    bn = nn.modules.batchnorm._BatchNorm
+    norms = [m for m in modules if isinstance(m, bn)] if batchnorms else []
     latent = [
-        w
-        for m in model.modules()
-        if isinstance(m, BinaryConv2d)
-        for w in [m.weight]
-        if w is not None and w.requires_grad
+        m.weight
+        for m in modules
+        if isinstance(m, BinaryConv2d) and m.weight is not None and m.weight.requires_grad
     ]
     for m in norms:
         m.eval()
