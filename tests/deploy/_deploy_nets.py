@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dfcompress.models import BNext, mobilenet_v2
+from dfcompress.models import BNext, efficientnet, mobilenet_v2
 from dfcompress.models._binary import BinaryActivation
 
 
@@ -89,6 +89,14 @@ def mobilenet_net() -> nn.Module:
     return net
 
 
+def efficientnet_net() -> nn.Module:
+    """The full EfficientNet-B0 (depthwise 3x3 and 5x5, SE, SiLU), two classes."""
+    torch.manual_seed(5)
+    net = _trained_looking(efficientnet("b0", num_classes=2))
+    nn.init.normal_(net.classifier.weight, 0.0, 0.2)
+    return net
+
+
 def bnext_net() -> nn.Module:
     torch.manual_seed(3)
     net = BNext((8, 16, 32), num_classes=1)
@@ -141,6 +149,7 @@ NETS = {
     "resnet": (resnet_net, 16),
     "se_silu": (se_silu_net, 16),
     "mobilenet_v2": (mobilenet_net, 32),
+    "efficientnet_b0": (efficientnet_net, 32),
     "bnext": (bnext_net, 32),
     "vit": (vit_net, 16),
 }

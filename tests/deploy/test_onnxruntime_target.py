@@ -107,7 +107,7 @@ def test_configs_without_an_int8_form_are_refused(config: str) -> None:
         dfc.quantize(se_silu_net(), config, calibration=inputs(4, 16, 0), target="onnxruntime")
 
 
-@pytest.mark.parametrize("name", ["se_silu", "bnext"])
+@pytest.mark.parametrize("name", ["se_silu", "efficientnet_b0", "bnext"])
 def test_default_int8_exports_within_the_default_check(tmp_path: Path, name: str) -> None:
     build, size = NETS[name]
     net, calib = build(), inputs(64, size, 0)

@@ -12,9 +12,10 @@ from dfcompress.errors import require
 from dfcompress.features import NPR
 from dfcompress.io._registry import register_factory
 from dfcompress.models import Variant, bnext
+from dfcompress.models.efficientnet import EfficientNetVariant, efficientnet
 from dfcompress.models.resnet import WIDTHS, se_resnet
 
-__all__ = ["npr_bnext", "npr_resnet", "npr_timm"]
+__all__ = ["npr_bnext", "npr_efficientnet", "npr_resnet", "npr_timm"]
 
 
 @register_factory
@@ -64,6 +65,35 @@ def npr_resnet(widths: Sequence[int] = WIDTHS, num_classes: int = 1) -> nn.Seque
     model = nn.Sequential(NPR(scale=2 / 3), se_resnet(ws, num_classes=num_classes))
     set_constructor(
         model, "dfcompress.data.detectors:npr_resnet", widths=ws, num_classes=num_classes
+    )
+    return model
+
+
+@register_factory
+def npr_efficientnet(variant: EfficientNetVariant = "b0", num_classes: int = 1) -> nn.Sequential:
+    """An EfficientNet fed with neighbouring-pixel relationships: ``Sequential(NPR, net)``.
+
+    The same NPR front end as :func:`npr_bnext`, in front of
+    :func:`dfcompress.models.efficientnet.efficientnet` (depthwise convolutions,
+    squeeze-and-excitation, SiLU). Its parameter names are those of
+    ``npr_timm("efficientnet_b0")``, so either checkpoint loads into the other;
+    this one needs no extra. The model records its constructor for
+    :func:`dfcompress.save` / :func:`dfcompress.load`.
+
+    Args:
+        variant: EfficientNet size, ``"b0"`` .. ``"b7"``.
+        num_classes: 1 (a fake-vs-real logit) or 2 (real, fake logits).
+
+    >>> import torch
+    >>> npr_efficientnet("b0").eval()(torch.rand(2, 3, 32, 32)).shape
+    torch.Size([2, 1])
+    """
+    model = nn.Sequential(NPR(scale=2 / 3), efficientnet(variant, num_classes=num_classes))
+    set_constructor(
+        model,
+        "dfcompress.data.detectors:npr_efficientnet",
+        variant=variant,
+        num_classes=num_classes,
     )
     return model
 

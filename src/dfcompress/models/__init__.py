@@ -18,6 +18,8 @@ from dfcompress.models.bnext import bnext_small as bnext_small
 from dfcompress.models.bnext import bnext_tiny as bnext_tiny
 from dfcompress.models.bnext import deployed_size_bytes as deployed_size_bytes
 from dfcompress.models.bnext import pack_binary as pack_binary
+from dfcompress.models.efficientnet import EfficientNet as EfficientNet
+from dfcompress.models.efficientnet import efficientnet as efficientnet
 from dfcompress.models.mobilenet_v2 import InvertedResidual as InvertedResidual
 from dfcompress.models.mobilenet_v2 import MobileNetV2 as MobileNetV2
 from dfcompress.models.mobilenet_v2 import mobilenet_v2 as mobilenet_v2
@@ -34,6 +36,7 @@ __all__ = [
     "BinaryActivation",
     "BinaryConv2d",
     "BinaryProcessor",
+    "EfficientNet",
     "Int8BinaryConv2d",
     "InvertedResidual",
     "MobileNetV2",
@@ -46,6 +49,7 @@ __all__ = [
     "bnext_small",
     "bnext_tiny",
     "deployed_size_bytes",
+    "efficientnet",
     "find_weights",
     "load_weights",
     "mobilenet_v2",
