@@ -28,8 +28,9 @@ its eager model, the deployed AUC's difference from the same runtime's float fil
 speed-up over that float file at batch 1 and batch 32 (median per-image latency,
 every file of a runtime timed round by round), latency, file MB and the peak RSS of a
 fresh process that loads the file and runs one image. A target whose dfcompress module
-is not installed is skipped with the reason; its peers still run. The EfficientNet-B0
-checkpoint needs timm, the xnnpack rows ExecuTorch: run where both import,
+is not installed is skipped with the reason; its peers still run. The xnnpack rows
+need ExecuTorch (the ``mobile`` extra); the EfficientNet-B0 checkpoint is
+dfcompress's own EfficientNet (timm's layout, no timm needed):
 ``python benchmarks/deploy.py`` (``--quick`` for a smoke run on tiny sizes).
 """
 

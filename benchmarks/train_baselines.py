@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             "proxy, not for a deepfake data set. Checkpoints: `<out>/<model>.safetensors` "
             'written by `dfcompress.save`, settings in `<out>/baselines.json`. "train s" is '
             "wall-clock time, inflated when the machine is shared. `--models ''` re-renders "
-            "this table from `baselines.json` without training."
+            "this table from `baselines.json` without training. Models: `npr_bnext('tiny')` "
+            "and `npr_efficientnet('b0')` (dfcompress's EfficientNet-B0, timm's parameter "
+            "names and layout, randomly initialised as dfcompress initialises it)."
         )
         update_section("baselines", f"## Baselines\n\n{table}\n\n{notes}\n\n{machine_line()}")
     return 0
