@@ -278,3 +278,77 @@ def test_qat_keeps_the_batchnorm_statistics_the_ranges_were_calibrated_with() ->
     qat = dfcompress.quantize(net, "int8", finetune=finetune, **kw)
     with torch.no_grad():
         torch.testing.assert_close(qat(TEST), ptq(TEST))
+
+
+class _PooledSiLU(nn.Module):
+    """SiLU features, a squeeze-and-excitation gate and a global pool of the gated map."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.act = nn.Conv2d(3, 16, 3, padding=1), nn.SiLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.se = nn.Conv2d(16, 16, 1)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.conv(x))
+        z = y * torch.sigmoid(self.se(self.pool(y)))
+        return self.fc(torch.flatten(self.pool(z), 1))
+
+
+@pytest.mark.parametrize("qat", [False, True])
+def test_a_range_shared_with_a_pool_covers_the_pooled_values(qat: bool) -> None:
+    # The pool's int8 output shares its input's range; the range must still hold the
+    # SiLU output it pools (at the 99.99th percentile), not a blend of those values
+    # and the narrower averages: that clipped half of this net's SiLU outputs (the
+    # negative ones among them) and 12 % of a pruned EfficientNet-B0's SE inputs.
+    torch.manual_seed(0)
+    net = _PooledSiLU().eval()
+    with torch.no_grad():
+        net.conv.weight.mul_(3.0)
+    finetune = (lambda model, step: None) if qat else None
+    q = dfcompress.quantize(
+        net, "int8", calibration=CALIB, target="xnnpack", progress=False, finetune=finetune
+    )
+    ops = torch.ops.quantized_decomposed
+    pooled = [
+        n
+        for n in q.graph.graph.nodes  # type: ignore[union-attr]
+        if n.target == ops.quantize_per_tensor.default and n.args[0].name == "silu"
+    ]
+    assert len(pooled) == 1
+    scale, zero_point, qmin, qmax = (float(a) for a in pooled[0].args[1:5])
+    with torch.no_grad():
+        y = net.act(net.conv(CALIB))
+    codes = torch.round(y / scale) + zero_point
+    clipped = float(((codes < qmin) | (codes > qmax)).float().mean())
+    assert clipped <= 1e-3
+
+
+class _AddMul(nn.Module):
+    """A residual addition and a SiLU-like product, both int8 in XNNPACK."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 16, 3, padding=1), nn.Conv2d(16, 16, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        z = y + self.b(y)
+        return z * torch.sigmoid(z)
+
+
+def test_eager_additions_and_products_round_as_xnnpack_does(tmp_path: Path) -> None:
+    # XNNPACK adds int8 tensors with 21-bit integer multipliers and a shift, and
+    # requantizes products and convolutions in float32 from the integer sums; the
+    # graph's float arithmetic put 21 of these million outputs one code away.
+    torch.manual_seed(0)
+    net = _AddMul().eval()
+    g = torch.Generator().manual_seed(1)
+    calib, test = torch.randn(16, 3, 32, 32, generator=g), torch.randn(64, 3, 32, 32, generator=g)
+    q = dfcompress.quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    assert q.details["emulated_ops"] >= 4  # type: ignore[index]
+    art = dfcompress.export(q, tmp_path / "addmul.pte", test[:8], max_batch=64)
+    with torch.no_grad():
+        eager = q(test)
+    assert torch.equal(eager, art.run(test))
