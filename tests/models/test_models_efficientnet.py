@@ -104,7 +104,7 @@ def test_bad_arguments_name_the_value(kwargs: dict[str, object], match: str) -> 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"width": 0.0}, "width=0.0 must be a number > 0"),
+        ({"width": 0.0}, "width=0.0 is out of range: use a positive number"),
         ({"depth": "1"}, "depth='1'"),
         ({"dropout": 1.0}, r"dropout=1\.0 is out of range"),
     ],

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from dfcompress.deploy._pt2e_bias import _attr
 from dfcompress.deploy._xnnpack_rewrites import _DQ, _DQC, _QT
 
 __all__ = ["emulated_graph"]
@@ -76,7 +77,7 @@ def layer_codes(
     x_scale: float,
     x_zero_point: int,
     weight: torch.Tensor,
-    weight_scales: torch.Tensor,
+    weight_scales: torch.Tensor | float,
     bias: torch.Tensor | None,
     out_scale: float,
     out_zero_point: int,
@@ -95,7 +96,7 @@ def layer_codes(
         fn = nn.functional.conv2d if w.dim() == 4 else nn.functional.conv1d
         acc = fn(xd, w, None, *conv)
         shape = (-1,) + (1,) * (w.dim() - 2)
-    s_w = weight_scales.to(torch.float32).reshape(-1)
+    s_w = torch.as_tensor(weight_scales, dtype=torch.float32).reshape(-1)
     s_x = torch.tensor(f32(x_scale), dtype=torch.float32)
     # float32 arithmetic, left to right, as the kernel's parameters are computed
     scale = (s_x * s_w) / torch.tensor(f32(out_scale), dtype=torch.float32)
@@ -155,12 +156,10 @@ def convert_codes(
     return torch.clamp(y + zero_point, lo, hi).to(dtype)
 
 
-def _attr(gm: fx.GraphModule, node: object) -> Any:
+def _value(gm: fx.GraphModule, node: object) -> Any:
+    """What a ``get_attr`` node reads; any other argument as it is."""
     if isinstance(node, fx.Node) and node.op == "get_attr":
-        obj: Any = gm
-        for part in str(node.target).split("."):
-            obj = getattr(obj, part)
-        return obj
+        return _attr(gm, str(node.target))
     return node
 
 
@@ -188,15 +187,15 @@ def _rewrite_layer(gm: fx.GraphModule, q: fx.Node, op: fx.Node, lo: int) -> bool
     x = _int8_input(dq_x)
     if x is None or not isinstance(dq_w, fx.Node) or dq_w.target not in (_DQC, _DQ):
         return False
-    weight = _attr(gm, dq_w.args[0])
+    weight = _value(gm, dq_w.args[0])
     if not isinstance(weight, torch.Tensor) or weight.dtype != torch.int8:
         return False
     if dq_w.target is _DQC and dq_w.args[3] != 0:  # per output channel only
         return False
-    if any(int(z) != 0 for z in torch.as_tensor(_attr(gm, dq_w.args[2])).reshape(-1).tolist()):
+    if any(int(z) != 0 for z in torch.as_tensor(_value(gm, dq_w.args[2])).reshape(-1).tolist()):
         return False
     bias = op.args[2] if len(op.args) > 2 else None
-    bias_t = _attr(gm, bias)
+    bias_t = _value(gm, bias)
     if bias is not None and not isinstance(bias_t, torch.Tensor):
         return False
     conv: tuple[Any, ...] | None = None
@@ -213,26 +212,9 @@ def _rewrite_layer(gm: fx.GraphModule, q: fx.Node, op: fx.Node, lo: int) -> bool
     b_node = bias if isinstance(bias, fx.Node) else None
     args = (x, px[0], px[1], dq_w.args[0], dq_w.args[1], b_node, py[0], py[1], lo, py[3])
     with gm.graph.inserting_before(q):
-        new = gm.graph.call_function(_layer_from_nodes, (*args, conv))
+        new = gm.graph.call_function(layer_codes, (*args, conv))
     q.replace_all_uses_with(new)
     return True
-
-
-def _layer_from_nodes(
-    x: torch.Tensor,
-    s_x: float,
-    z_x: int,
-    weight: torch.Tensor,
-    scales: Any,
-    bias: torch.Tensor | None,
-    s_y: float,
-    z_y: int,
-    lo: int,
-    hi: int,
-    conv: tuple[Any, ...] | None,
-) -> torch.Tensor:
-    s = scales if isinstance(scales, torch.Tensor) else torch.tensor([float(scales)])
-    return layer_codes(x, s_x, z_x, weight, s, bias, s_y, z_y, lo, hi, conv)
 
 
 def _rewrite_binary(gm: fx.GraphModule, q: fx.Node, op: fx.Node, lo: int) -> bool:
@@ -251,8 +233,9 @@ def _rewrite_binary(gm: fx.GraphModule, q: fx.Node, op: fx.Node, lo: int) -> boo
 
 
 def emulated_graph(graph: fx.GraphModule) -> tuple[fx.GraphModule, int]:
-    """A copy of ``graph`` (sharing its tensors) whose int8 layers, additions and
-    multiplications compute XNNPACK's integer arithmetic; and how many were rewritten."""
+    """A copy of ``graph`` (sharing its tensors) whose int8 layers, additions,
+    multiplications and float-to-int8 conversions compute XNNPACK's arithmetic; and
+    how many ops were rewritten."""
     gm = fx.GraphModule(graph, copy.deepcopy(graph.graph))
     done = 0
     for q in list(gm.graph.find_nodes(op="call_function", target=_QT)):

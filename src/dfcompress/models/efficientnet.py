@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from dfcompress._rebuild import set_constructor
 from dfcompress._se import register_se
+from dfcompress._validate import check_int, check_number
 from dfcompress.errors import DfcompressError
 from dfcompress.io._registry import register_factory
 
@@ -204,15 +205,11 @@ class EfficientNet(nn.Module):
         in_channels: int = 3,
     ) -> None:
         super().__init__()
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise DfcompressError(f"{name}={value!r} must be an integer >= 1")
-        for name, mult in (("width", width), ("depth", depth)):
-            if isinstance(mult, bool) or not isinstance(mult, (int, float)) or not mult > 0:
-                raise DfcompressError(f"{name}={mult!r} must be a number > 0")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-            raise DfcompressError(f"dropout={dropout!r} must be a number in [0, 1)")
-        if not 0.0 <= dropout < 1.0:
+        check_int(num_classes, "num_classes", low=1)
+        check_int(in_channels, "in_channels", low=1)
+        check_number(width, "width", positive=True)
+        check_number(depth, "depth", positive=True)
+        if check_number(dropout, "dropout", low=0.0) >= 1.0:
             raise DfcompressError(f"dropout={dropout!r} is out of range: use a number in [0, 1)")
         cin = round_channels(STEM_CHANNELS * width)
         self.conv_stem = _conv(in_channels, cin, 3, stride=2)
