@@ -38,6 +38,7 @@ from dfcompress.errors import DfcompressError
 
 __all__ = [
     "Rebuildable",
+    "added_as",
     "get_constructor",
     "kind_of",
     "rebuild",
@@ -83,6 +84,18 @@ def register_module(kind: str) -> Callable[[_M], _M]:
 def kind_of(module: nn.Module) -> str | None:
     """The registered kind of ``module``'s exact class, or None."""
     return _CLASS_TO_KIND.get(type(module))
+
+
+def added_as(kind: str) -> str | None:
+    """The child name under which a module of ``kind`` may be added to any module.
+
+    Most registered modules replace a module the model's constructor built; a class
+    with ``dfc_added_as = "name"`` is instead added as a new child of that name
+    (e.g. the output quantizers of the operators a module calls).
+    """
+    _import_builtin_kinds()
+    name = getattr(_KINDS.get(kind), "dfc_added_as", None)
+    return name if isinstance(name, str) else None
 
 
 def registered_kinds() -> list[str]:
@@ -140,6 +153,7 @@ _BUILTIN_PROVIDERS = (
     "dfcompress.prune",
     "dfcompress.models",
     "dfcompress.features",
+    "dfcompress.deploy._onnx_elementwise",
 )
 
 

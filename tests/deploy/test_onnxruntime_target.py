@@ -51,7 +51,7 @@ def test_the_file_has_no_division_and_weights_that_cannot_saturate(tmp_path: Pat
     graph = onnx.load(str(art.path)).graph
     ops = {n.op_type for n in graph.node}
     assert "Div" not in ops  # no activation equalization left in the graph
-    assert {"Sigmoid", "Mul"} <= ops  # squeeze-excitation and SiLU stay float, as in eager
+    assert {"Sigmoid", "Mul"} <= ops  # squeeze-excitation and SiLU, between Q/DQ pairs
     weights = [numpy_helper.to_array(t) for t in graph.initializer]
     codes = [w for w in weights if w.dtype == np.int8 and w.ndim >= 2]
     assert codes and all(w.min() >= -64 and w.max() <= 63 for w in codes)
@@ -76,7 +76,7 @@ def test_a_conv_read_directly_by_the_next_layer_rounds_once(tmp_path: Path) -> N
         nn.ReLU6(),
         nn.Conv2d(8, 8, 1),  # through ReLU6: tied, the QuantizeLinear clamps as ReLU6 does
         nn.SiLU(),
-        nn.Conv2d(8, 4, 1),  # through SiLU: rounded twice, in eager and in the file
+        nn.Conv2d(8, 4, 1),  # through SiLU: its product is rounded to this conv's input codes
     )
     x = torch.randn(32, 3, 10, 10)
     q = dfc.quantize(net, "int8", calibration=x, progress=False, target="onnxruntime")
@@ -87,8 +87,9 @@ def test_a_conv_read_directly_by_the_next_layer_rounds_once(tmp_path: Path) -> N
     art = dfc.export(q, tmp_path / "q.onnx", x)
     ops = [n.op_type for n in onnx.load(str(art.path)).graph.node]
     assert "Clip" not in ops  # ReLU6 became the clamp of the next QuantizeLinear
-    # each conv input and the last two outputs; the first two outputs are their readers' inputs
-    assert ops.count("QuantizeLinear") == 6
+    # each conv input, the last two outputs and SiLU's sigmoid; the first two outputs and
+    # SiLU's product are their readers' inputs
+    assert ops.count("QuantizeLinear") == 7
     with torch.no_grad():
         y = q(x)
     assert float((y - art.run(x)).abs().max()) <= 0.02 * float(y.abs().max())

@@ -155,6 +155,9 @@ def quantize(
     int8_binary_convs(made, probe, data, cfg.outputs or UINT8_OUTPUTS)
     tie_requantization(made, probe)
     snap_biases(made)
+    from dfcompress.deploy._onnx_elementwise import round_elementwise
+
+    round_elementwise(made, data, cfg.outputs or UINT8_OUTPUTS, probe)
     setattr(made, TARGET_ATTR, TARGET)
     return made
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from dfcompress.deploy._onnx_elementwise import has_rounding, install
 from dfcompress.deploy._targets import TARGET_ATTR
 from dfcompress.errors import DfcompressError, UnsafeFileError
 from dfcompress.io._encodings import checksum, decode, inflate
@@ -150,6 +151,8 @@ def load(
     model = build_skeleton(manifest, trusted, factory)
     check_tensors(model, plans, aliases)
     _place_tensors(model, tensors, aliases)
+    if has_rounding(model):
+        install(model)  # the saved operator quantizers round again
     model.dfc_history = copy.deepcopy(manifest["history"])
     if "target" in manifest:
         setattr(model, TARGET_ATTR, manifest["target"])

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dfcompress._rebuild import rebuild
+from dfcompress._rebuild import added_as, rebuild
 from dfcompress.errors import DfcompressError, UnsafeFileError
 from dfcompress.io._format import TensorPlan
 from dfcompress.io._record import attr_kwargs, from_json
@@ -86,19 +86,25 @@ def _call(build: Builder, what: str, meta: bool) -> nn.Module:
     return model
 
 
-def _parent(model: nn.Module, path: str) -> tuple[nn.Module, str]:
+def _parent(model: nn.Module, path: str, added: str | None = None) -> tuple[nn.Module, str]:
+    """The module holding ``path`` and the child's name; ``added``: a child name that
+    may be new (a module compression adds), never to a container's children."""
     parent_name, _, child = path.rpartition(".")
     try:
         parent = model.get_submodule(parent_name) if parent_name else model
     except AttributeError as e:
         raise UnsafeFileError(f"the manifest names module {path!r}, which the model lacks") from e
+    if child and child == added and child not in parent._modules:
+        if isinstance(parent, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            raise UnsafeFileError(f"the manifest adds module {path!r} to a container")
+        return parent, child
     if not child or child not in parent._modules:
         raise UnsafeFileError(f"the manifest names module {path!r}, which the model lacks")
     return parent, child
 
 
-def _set_submodule(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent, child = _parent(model, path)
+def _set_submodule(model: nn.Module, path: str, new: nn.Module, added: str | None = None) -> None:
+    parent, child = _parent(model, path, added)
     parent._modules[child] = new
 
 
@@ -186,13 +192,17 @@ def build_skeleton(
     ]
     model = _call(build, what, meta)
     for path, kind, spec in modules:
-        parent, child = _parent(model, path)
         try:
-            with _device(meta):
-                new = rebuild(kind, spec, parent._modules[child])
+            added = added_as(kind)
         except DfcompressError as e:
             raise UnsafeFileError(f"module {path!r}: {e}") from e
-        _set_submodule(model, path, new)
+        parent, child = _parent(model, path, added)
+        try:
+            with _device(meta):
+                new = rebuild(kind, spec, parent._modules.get(child))
+        except DfcompressError as e:
+            raise UnsafeFileError(f"module {path!r}: {e}") from e
+        _set_submodule(model, path, new, added)
     with _device(meta):
         _apply_structure(model, manifest["structure"])
     return model
