@@ -22,6 +22,7 @@ from dfcompress.errors import DfcompressError
 from dfcompress.models.resnet import se_resnet
 
 pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
 
 
 def _rounded(model: nn.Module) -> dict[str, list[str]]:
@@ -94,10 +95,27 @@ def test_a_gate_read_through_modules_is_rounded_to_uint8_codes() -> None:
     q[2].gate.register_forward_hook(lambda m, a, out: seen.append(out))
     with torch.no_grad():
         q(x[:4])
-    codes = seen[0] * 255
-    assert float((codes - codes.round()).abs().max()) < 1e-4  # k / 255, k = 0..255
+    fq = q[2].gate.dfc_round.quantizers[0]
+    codes = seen[0] / fq.scale + fq.zero_point
+    assert float((codes - codes.round()).abs().max()) < 1e-3  # on the uint8 grid
     assert 0 <= float(codes.min()) <= float(codes.max()) <= 255
     assert len(codes.round().unique()) > 8  # not one saturated value
+    assert float(fq.scale) < 1 / 255  # the observed range, narrower than [0, 1]
+
+
+def test_a_relu_of_codes_that_cannot_be_negative_leaves_the_file(tmp_path: Path) -> None:
+    """The sum's range is its reader's (after the ReLU, from 0): the ReLU is a no-op,
+    and the next block's sum reads the dequantized codes, as QLinearAdd needs."""
+    x = inputs(32, 16, 0)
+    q = dfc.quantize(_gate_net(), "int8", calibration=x, progress=False, target="onnxruntime")
+    art = dfc.export(q, tmp_path / "q.onnx", x[:8])
+    ops = [n.op_type for n in onnx.load(str(art.path)).graph.node]
+    # left: the last block's ReLU, read by the head's pool (no layer gives it a range)
+    assert ops.count("Relu") == 1
+    assert art.details["int8_kernels"].get("QLinearAdd") == 2
+    with torch.no_grad():
+        y = q(x)
+    assert float((y - art.run(x)).abs().max()) <= 0.02 * float(y.abs().max())
 
 
 def test_the_rounding_survives_a_copy_and_save_and_load(tmp_path: Path) -> None:

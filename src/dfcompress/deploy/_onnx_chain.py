@@ -20,7 +20,7 @@ import numpy as np
 
 from dfcompress.deploy._onnx_qdq import _INT_TYPES
 
-__all__ = ["chain_qdq", "drop_requantize", "share_quantizer"]
+__all__ = ["chain_qdq", "drop_identity_relu", "drop_requantize", "share_quantizer"]
 
 _UNARY = frozenset({"Sigmoid", "GlobalAveragePool", "AveragePool", "LeakyRelu"})
 _BINARY = frozenset({"Add", "Mul"})
@@ -251,5 +251,33 @@ def drop_requantize(g: Any) -> int:
         q2.input[0] = q1.input[0]
         g.remove(dq1)
         g.remove(q1)
+        removed += 1
+    return removed
+
+
+def drop_identity_relu(g: Any) -> int:
+    """Remove each Relu reading a DequantizeLinear whose zero point is its lowest code.
+
+    Such a DequantizeLinear's values are never negative, so the Relu changes nothing;
+    its readers then read the DequantizeLinear itself, where ONNX Runtime's QDQ
+    fusions look for their inputs (a residual ``Add`` after a ReLU becomes
+    ``QLinearAdd``). Returns the number of Relu nodes removed.
+    """
+    outputs, prod = g.outputs(), g.producers()
+    removed = 0
+    for n in list(g.graph.node):
+        if n.op_type != "Relu" or n.output[0] in outputs:
+            continue
+        dq = prod.get(n.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear" or _act_type(g, dq) is None:
+            continue
+        z = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.uint8)
+        if int(z.reshape(-1)[0]) != _INT_TYPES[np.dtype(z.dtype)][0]:
+            continue
+        for u in g.graph.node:
+            for k, name in enumerate(u.input):
+                if name == n.output[0]:
+                    u.input[k] = dq.output[0]
+        g.remove(n)
         removed += 1
     return removed

@@ -9,8 +9,9 @@ activation is ``x * sigmoid(x)``, every block has a gate) the int8 file ran slow
 than the float one.
 
 :func:`round_elementwise` gives each such operator of the ``"onnxruntime"`` target's
-eager model a calibrated uint8 output quantizer: sigmoid outputs the fixed range
-[0, 1] (QLinearSigmoid's), the others a range observed on the calibration data.
+eager model a uint8 output quantizer whose range is observed on the calibration
+data (a sigmoid's too: its outputs rarely span [0, 1], and QLinearSigmoid takes any
+output range).
 The operators are found while the model runs, whatever module or function calls
 them: a :class:`~torch.overrides.TorchFunctionMode`, entered and left by two hooks
 on the root module, sees each call of ``torch.sigmoid`` / ``F.silu`` (computed as
@@ -26,8 +27,11 @@ Int8 codes are the outputs of quantized layers and of operators rounded here;
 reshapes, flattening and dropout keep them codes. A ReLU or max pool of codes is
 still on its input's grid but is not a dequantized tensor in the file: an
 operator reading one first re-marks it with its input's scale (exact: no value
-changes), so the file dequantizes it where ONNX Runtime looks for it. Operators
-inside dfcompress's quantized layers are left alone.
+changes), so the file dequantizes it where ONNX Runtime looks for it; a ReLU of
+codes that cannot be negative (zero point at the lowest code, as a range tied to a
+ReLU's reader has) changes nothing and is dropped from the file
+(:func:`dfcompress.deploy._onnx_chain.drop_identity_relu`), so it stays a
+dequantized tensor. Operators inside dfcompress's quantized layers are left alone.
 
 A rounded output read directly by a quantized layer takes that layer's input range
 (:func:`_tie_to_layers`): the two roundings are then one, in the model and in the
@@ -114,11 +118,8 @@ class ElementwiseRounding(nn.Module):
         self.quantizers = nn.ModuleList([FakeQuantizer(config, (), mode="fixed") for _ in kinds])
 
     def add(self, kind: str) -> FakeQuantizer:
-        """A new quantizer for the module's next operator (observing; sigmoid's is fixed)."""
+        """A new (observing) quantizer for the module's next operator."""
         fq = FakeQuantizer(self.config, (), mode="observe")
-        if kind == "Sigmoid":  # QLinearSigmoid's output: [0, 1] in uint8
-            fq._set(torch.tensor(1.0 / 255.0), torch.tensor(0))
-            fq.mode = "fixed"
         self.kinds.append(kind)
         self.quantizers.append(fq)
         return fq
@@ -212,7 +213,7 @@ class _Rounding(TorchFunctionMode):
             out = func(*args, **kwargs)
             c = self.code_of(args[0]) if args else None
             if c is not None:
-                self.mark(out, c[1], c[2] and func in _SAME)
+                self.mark(out, c[1], c[2] and (func in _SAME or _relu_of_nonnegative(func, c[1])))
             return out
         kind = self._kind(func, args, kwargs)
         fq = self._quantizer("Sigmoid" if kind == "SiLU" else kind) if kind else None
@@ -248,6 +249,15 @@ class _Rounding(TorchFunctionMode):
         if func in _AVG_POOL and args and coded(args[0]):
             return "AveragePool"
         return None
+
+
+def _relu_of_nonnegative(func: _Fn, fq: FakeQuantizer) -> bool:
+    """A ReLU of codes whose least value is 0 (zero point at the lowest code): a no-op,
+    which the exporter drops from the file (so the codes stay dequantized there)."""
+    if func in _ON_GRID and func is not F.max_pool2d and fq.mode == "fixed":
+        z = fq.zero_point_int32()
+        return z.numel() == 1 and int(z) == fq.qmin
+    return False
 
 
 def _layer_output(m: nn.Module) -> FakeQuantizer | None:
@@ -357,7 +367,7 @@ def round_elementwise(
 ) -> int:
     """Give ``model``'s operators between convolutions calibrated uint8 output quantizers.
 
-    ``data`` calibrates the ranges (``config``'s observer; sigmoids get [0, 1]);
+    ``data`` calibrates the ranges (``config``'s observer);
     ``probe`` (one input) finds the outputs read directly by a quantized layer,
     which take that layer's input range. The model rounds them at every forward
     from now on (also after :func:`copy.deepcopy` and :func:`dfcompress.load`).
@@ -384,7 +394,15 @@ def round_elementwise(
 
 
 def _tie_to_layers(model: nn.Module, probe: torch.Tensor) -> int:
-    """A rounded output whose reader is a quantized layer takes that layer's input range."""
+    """A rounded output whose reader is a quantized layer takes that layer's input range.
+
+    Rounded outputs are the operators' and the quantized layers' (whose readers
+    :func:`~dfcompress.deploy._onnx_quant.tie_requantization` finds through
+    activation modules only; here also through ``torch.relu`` calls, reshapes and
+    dropout).
+    """
+    from dfcompress.quant.modules import QuantLayer
+
     reads: list[tuple[FakeQuantizer, nn.Module]] = []
     model.__dict__["_dfc_reads"] = reads
     try:
@@ -393,6 +411,7 @@ def _tie_to_layers(model: nn.Module, probe: torch.Tensor) -> int:
         del model.__dict__["_dfc_reads"]
     held = [m for m in model.modules() if isinstance(m, ElementwiseRounding)]
     ours = {id(q) for m in held for q in m.quantizers}
+    ours |= {id(m.output_quant) for m in model.modules() if isinstance(m, QuantLayer)}
     tied = 0
     for out_q, layer in reads:
         in_q = getattr(layer, "input_quant", None)

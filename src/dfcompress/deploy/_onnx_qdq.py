@@ -360,8 +360,9 @@ def to_qdq(
     """
     prepare_qdq(model, output_q=output_q)
     g = _Graph(model)
-    from dfcompress.deploy._onnx_chain import drop_requantize
+    from dfcompress.deploy._onnx_chain import drop_identity_relu, drop_requantize
 
+    drop_identity_relu(g)
     drop_requantize(g)
     if output_q:
         _insert_output_qdq(g, ranges)
