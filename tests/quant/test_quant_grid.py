@@ -34,9 +34,10 @@ def test_a_tie_free_scale_keeps_every_grid_point_off_the_ties(g: float, ratio: f
     assert new >= scale * (1 - 1e-9)
     assert new <= scale * (2.0 if ratio <= 1.0 else 1.0 + WIDEN + 1e-9)
     # new / g is p / q with p odd (or 1 / n): every grid point within the codes'
-    # reach is at least 1 / (2p) of a step from a tie, p at most a few hundred
+    # reach is at least 1 / (2p) of a step from a tie. Any q >= 1 / WIDEN meets the
+    # widening bound, so the smallest odd p is below (1 / WIDEN + 1) * ratio + 2.
     p = Fraction(new / g).limit_denominator(1000).numerator
-    assert p % 2 == 1 and p <= 4 * ratio + 101
+    assert p % 2 == 1 and p <= (1 / WIDEN + 1) * ratio + 2
     k_max = math.ceil(256 * new / g)
     assert _tie_distance(g, new, min(k_max, 20000)) > 1 / (2 * p) - 1e-6
 

@@ -191,25 +191,25 @@ def _probe_pairs(model: nn.Module) -> list[tuple[str, str]] | None:
     x = _probe_input(model)
     if x is None:
         return None
-    outputs: dict[int, str] = {}
-    alive: list[Any] = []  # ids are only unique while their objects live
+    # Both sides keep their tensors: an id is only unique while its object lives, and
+    # a BatchNorm input freed early would share its id with a later conv's output.
+    outputs: dict[int, tuple[str, Any]] = {}
     calls: dict[str, int] = {}
-    reads: dict[str, int] = {}
+    reads: dict[str, Any] = {}
     handles = []
     for name, mod in model.named_modules():
         if isinstance(mod, _CONVS):
 
             def after(m: nn.Module, a: Any, out: Any, name: str = name) -> None:
                 calls[name] = calls.get(name, 0) + 1
-                outputs[id(out)] = name
-                alive.append(out)
+                outputs[id(out)] = (name, out)
 
             handles.append(mod.register_forward_hook(after))
         elif isinstance(mod, _BNS):
 
             def before(m: nn.Module, a: tuple[Any, ...], name: str = name) -> None:
                 calls[name] = calls.get(name, 0) + 1
-                reads[name] = id(a[0]) if a else -1
+                reads[name] = a[0] if a else None
 
             handles.append(mod.register_forward_pre_hook(before))
     try:
@@ -221,9 +221,12 @@ def _probe_pairs(model: nn.Module) -> list[tuple[str, str]] | None:
             h.remove()
     modules = dict(model.named_modules())
     pairs = []
-    for b, key in reads.items():
-        c = outputs.get(key)
-        if c is None or calls.get(c) != 1 or calls.get(b) != 1:
+    for b, seen in reads.items():
+        made = outputs.get(id(seen))
+        if made is None or made[1] is not seen:
+            continue
+        c = made[0]
+        if calls.get(c) != 1 or calls.get(b) != 1:
             continue
         if _foldable(modules[c], modules[b]):
             pairs.append((c, b))
