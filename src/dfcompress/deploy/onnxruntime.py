@@ -179,15 +179,17 @@ def export_artifact(
 ) -> Artifact:
     """Write ``model`` as ONNX for ONNX Runtime and check it.
 
-    ``options`` are those of :func:`export_onnx`, except that the operators between
-    convolutions stay float by default (``quantize_elementwise=False``), as every
-    eager model computes them. A model made by :func:`quantize` for this target is
-    written as it computes: its convolution outputs carry their uint8 ranges, its
-    7-bit weight codes are stored as int8, and the check is tighter by default
-    (``atol=0.02``, ``rtol=0.05``, ``min_agreement=0.995``).
+    ``options`` are those of :func:`export_onnx`, except that the exporter adds no
+    rounding of its own to the operators between convolutions by default
+    (``quantize_elementwise=False``): a plain eager model computes them in float. A
+    model made by :func:`quantize` for this target is written as it computes: its
+    convolution outputs carry their uint8 ranges, the operators between them the
+    roundings the model does (Q/DQ pairs that ONNX Runtime runs as QLinearSigmoid,
+    QLinearMul, ...), its 7-bit weight codes are stored as int8, and the check is
+    tighter by default (``atol=0.02``, ``rtol=0.05``, ``min_agreement=0.995``).
     """
     p = check_paths(model, path, example)
-    # The operators between convolutions stay float: no eager model rounds them.
+    # No rounding the eager model does not do (the target's model carries its own).
     options.setdefault("quantize_elementwise", False)
     if getattr(model, TARGET_ATTR, None) == TARGET:
         options.setdefault("int8_weights", "int8")
