@@ -54,7 +54,7 @@ from dfcompress.errors import DfcompressError
 from dfcompress.quant.config import IntQuant, config_from_dict, config_to_dict
 from dfcompress.quant.fake_quantizer import FakeQuantizer
 
-__all__ = ["ElementwiseRounding", "install", "round_elementwise"]
+__all__ = ["ElementwiseRounding", "has_rounding", "install", "round_elementwise"]
 
 CHILD = "dfc_round"
 """Name of the :class:`ElementwiseRounding` child of each module calling such operators."""
