@@ -26,15 +26,21 @@ _UNARY = frozenset({"Sigmoid", "GlobalAveragePool", "AveragePool", "LeakyRelu"})
 _BINARY = frozenset({"Add", "Mul"})
 
 
-def _act_type(g: Any, dq: Any) -> np.dtype | None:
-    """Integer type of a per-tensor activation DequantizeLinear (None otherwise)."""
+def _act_zero_point(g: Any, dq: Any) -> np.ndarray | None:
+    """Integer zero point of a per-tensor activation DequantizeLinear (None otherwise)."""
     if g.const(dq.input[0]) is not None:
         return None
     s = g.const(dq.input[1])
     z = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.uint8)
     if s is None or z is None or s.size != 1 or z.size != 1 or z.dtype not in _INT_TYPES:
         return None
-    return z.dtype
+    return z
+
+
+def _act_type(g: Any, dq: Any) -> np.dtype | None:
+    """Integer type of a per-tensor activation DequantizeLinear (None otherwise)."""
+    z = _act_zero_point(g, dq)
+    return None if z is None else z.dtype
 
 
 def _act_quantizer(g: Any, node: Any) -> bool:
@@ -263,21 +269,17 @@ def drop_identity_relu(g: Any) -> int:
     fusions look for their inputs (a residual ``Add`` after a ReLU becomes
     ``QLinearAdd``). Returns the number of Relu nodes removed.
     """
-    outputs, prod = g.outputs(), g.producers()
+    outputs, prod, cons = g.outputs(), g.producers(), g.consumers()
     removed = 0
     for n in list(g.graph.node):
         if n.op_type != "Relu" or n.output[0] in outputs:
             continue
         dq = prod.get(n.input[0])
-        if dq is None or dq.op_type != "DequantizeLinear" or _act_type(g, dq) is None:
+        z = _act_zero_point(g, dq) if dq is not None and dq.op_type == "DequantizeLinear" else None
+        if z is None or int(z.reshape(-1)[0]) != _INT_TYPES[np.dtype(z.dtype)][0]:
             continue
-        z = g.const(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else np.zeros((), np.uint8)
-        if int(z.reshape(-1)[0]) != _INT_TYPES[np.dtype(z.dtype)][0]:
-            continue
-        for u in g.graph.node:
-            for k, name in enumerate(u.input):
-                if name == n.output[0]:
-                    u.input[k] = dq.output[0]
+        for u in cons.get(n.output[0], []):
+            u.input[:] = [dq.output[0] if i == n.output[0] else i for i in u.input]
         g.remove(n)
         removed += 1
     return removed

@@ -86,10 +86,11 @@ _SAME: frozenset[_Fn] = frozenset(
         F.dropout,
     }
 )
-#: keep a tensor on its grid (a subset of its codes), not dequantized in the file
-_ON_GRID: frozenset[_Fn] = frozenset(
-    {F.relu, torch.relu, torch.Tensor.relu, torch.relu_, torch.Tensor.relu_, F.max_pool2d}
+_RELU: frozenset[_Fn] = frozenset(
+    {F.relu, torch.relu, torch.Tensor.relu, torch.relu_, torch.Tensor.relu_}
 )
+#: keep a tensor on its grid (a subset of its codes), not dequantized in the file
+_ON_GRID: frozenset[_Fn] = _RELU | {F.max_pool2d}
 
 #: The kinds of rounded operator, by the ONNX operator that computes them.
 KINDS = ("Sigmoid", "Mul", "Add", "GlobalAveragePool", "AveragePool")
@@ -254,7 +255,7 @@ class _Rounding(TorchFunctionMode):
 def _relu_of_nonnegative(func: _Fn, fq: FakeQuantizer) -> bool:
     """A ReLU of codes whose least value is 0 (zero point at the lowest code): a no-op,
     which the exporter drops from the file (so the codes stay dequantized there)."""
-    if func in _ON_GRID and func is not F.max_pool2d and fq.mode == "fixed":
+    if func in _RELU and fq.mode == "fixed":
         z = fq.zero_point_int32()
         return z.numel() == 1 and int(z) == fq.qmin
     return False
@@ -286,7 +287,7 @@ def _run_with(model: nn.Module, mode: _Rounding) -> list[Any]:
         if _is_quantized(m):
 
             def enter_layer(m: nn.Module, args: Any) -> None:
-                if not mode.inside and args and isinstance(m, nn.Module):
+                if not mode.inside and args:
                     c = mode.code_of(args[0])
                     if c is not None and getattr(m, "input_quant", None) is not None:
                         mode.reads.append((c[1], m))
