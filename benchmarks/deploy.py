@@ -6,6 +6,8 @@ under ``$DFC_BASELINES``, e.g. EfficientNet-B0) and each target it writes, with
 
 - ``float``: the model as trained;
 - ``dfc int8``: ``quantize(model, "int8", calib, target=t)`` (post-training);
+- ``dfc int8 + bias corr.``: the same with ``bias_correction=True`` (each int8
+  layer's mean output error on the calibration images subtracted from its bias);
 - ``dfc int8 + QAT``: the same with one epoch of quantization-aware distillation from
   the float model (``quantize(..., finetune=...)``: the calibrated model trains
   before it is frozen);
@@ -140,6 +142,7 @@ def dfc_models(
     return {
         "float": lambda: model,
         "dfc int8": lambda: quantize(model, "int8", **q),
+        "dfc int8 + bias corr.": lambda: quantize(model, "int8", bias_correction=True, **q),
         "dfc int8 + QAT": qat,
         "s50": lambda: pruned,
         "s50 + int8": lambda: quantize(pruned, "int8", **q),

@@ -72,6 +72,7 @@ def test_fresh_process_loads_the_file_and_reports_its_peak(tmp_path: Path, doubl
     assert c.peak_rss_bytes is not None and c.latency_ms_b1 is not None
     # a Python process that imported torch: tens to hundreds of MB, not this process's figure
     assert 10e6 < c.peak_rss_bytes < 4e9
+    assert c.runtime_rss_bytes is None  # only .pte files have a runtime without Python
     assert json.dumps(c.as_dict())
 
 

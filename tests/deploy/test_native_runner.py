@@ -14,7 +14,7 @@ pytest.importorskip("executorch")
 
 import dfcompress
 from dfcompress.deploy import Artifact
-from dfcompress.deploy._measure import fresh_peak_rss
+from dfcompress.deploy._measure import fresh_peak_rss, measure_artifacts
 from dfcompress.deploy.native import native_runner, run_native
 from dfcompress.errors import DfcompressError
 
@@ -71,6 +71,16 @@ def test_runtime_alone_holds_a_fraction_of_a_python_process(
     assert 0 < run.peak_rss_bytes < python / 4
 
 
+def test_measured_cost_of_a_pte_has_the_runtime_alone(
+    int8_artifact: Artifact, runner_cache: Path
+) -> None:
+    # measure_artifacts builds its runner in this process's private folder
+    cost = measure_artifacts({"q": int8_artifact}, TEST[:2], batch_n=2, repeats=1)["q"]
+    assert cost.runtime_rss_bytes is not None and cost.peak_rss_bytes is not None
+    assert 0 < cost.runtime_rss_bytes < cost.peak_rss_bytes / 4
+    assert cost.as_dict()["runtime_rss_mb"] == cost.runtime_rss_bytes / 1e6
+
+
 def test_runner_is_built_once_per_cache(runner_cache: Path) -> None:
     first = native_runner(runner_cache)
     stamp = first.stat().st_mtime_ns
@@ -107,6 +117,14 @@ def test_bad_arguments_are_refused(
     junk.write_bytes(b"not a program" * 100)
     with pytest.raises(DfcompressError, match="could not run"):
         run_native(junk, TEST[:1], cache_dir=runner_cache)
+
+
+def test_default_runner_lives_in_a_private_folder_of_this_process(runner_cache: Path) -> None:
+    built = native_runner()
+    assert built == native_runner()  # built once per process
+    folder = built.parent
+    assert folder != runner_cache and folder.name.startswith("dfcompress-native-")
+    assert folder.stat().st_mode & 0o077 == 0  # nobody else can swap the program
 
 
 def test_missing_compiler_is_named(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -80,6 +80,7 @@ def test_deployed_rows_score_the_shipped_file(
         assert d.cost.peak_rss_bytes is not None and d.cost.peak_rss_bytes > 10e6
     md = rep.to_markdown()
     assert "ms/img b4" in md and "Peak RSS MB (fresh process)" in md
+    assert rep.cost()[0]["Peak RSS MB (runtime alone)"] == "n/a"  # a TorchScript file
     assert "Deployed files against their eager models" in md
     row = rep.deployment()[0]
     assert row["Runtime"] == "torchscript" and row["Eager AUC"] == f"{eager_auc:.4f}"

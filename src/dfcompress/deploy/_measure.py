@@ -49,6 +49,11 @@ class DeployedCost:
             thread setting say so in the artifact's details).
         peak_rss_bytes: Peak resident memory of a fresh process that loads the file and
             runs one image (None where it could not be measured).
+        runtime_rss_bytes: The same for the runtime alone, as an application on a
+            phone runs it: ``.pte`` files in ExecuTorch's C++ runtime
+            (:func:`dfcompress.deploy.native.run_native`: no Python, no libtorch).
+            None for other targets, or where the runner cannot be built (no C++
+            compiler).
     """
 
     size_bytes: int
@@ -58,15 +63,25 @@ class DeployedCost:
     repeats: int
     threads: int
     peak_rss_bytes: int | None
+    runtime_rss_bytes: int | None = None
 
     @property
     def peak_rss_mb(self) -> float | None:
         """Peak RSS in MB (10^6 bytes)."""
         return None if self.peak_rss_bytes is None else self.peak_rss_bytes / 1e6
 
+    @property
+    def runtime_rss_mb(self) -> float | None:
+        """Peak RSS of the runtime alone in MB (10^6 bytes)."""
+        return None if self.runtime_rss_bytes is None else self.runtime_rss_bytes / 1e6
+
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-able dict of the fields and the RSS in MB."""
-        return {**asdict(self), "peak_rss_mb": self.peak_rss_mb}
+        """A JSON-able dict of the fields and the RSS figures in MB."""
+        return {
+            **asdict(self),
+            "peak_rss_mb": self.peak_rss_mb,
+            "runtime_rss_mb": self.runtime_rss_mb,
+        }
 
 
 def batch_of(example: torch.Tensor, n: int) -> torch.Tensor:
@@ -217,7 +232,9 @@ def measure_artifacts(
 
     A file whose fresh process fails gets ``peak_rss_bytes=None``; the timing errors of
     its runner propagate. The fresh process imports dfcompress (and so torch) to load
-    the file with its target's ``load_artifact``: its peak includes them.
+    the file with its target's ``load_artifact``: its peak includes them. ``.pte`` files
+    are also run once in ExecuTorch's C++ runtime alone (``runtime_rss_bytes``), when
+    its runner can be built.
     """
     check_int(batch_n, "batch_n", low=1)
     batches = sorted({1, batch_n})
@@ -228,6 +245,7 @@ def measure_artifacts(
     )
     used = threads if threads is not None else torch.get_num_threads()
     rss = _peak_rss_all(artifacts, example, threads) if memory else {}
+    alone = _runtime_rss_all(artifacts, example) if memory else {}
     out: dict[str, DeployedCost] = {}
     for name, art in artifacts.items():
         out[name] = DeployedCost(
@@ -238,7 +256,25 @@ def measure_artifacts(
             repeats=repeats,
             threads=used,
             peak_rss_bytes=rss.get(name),
+            runtime_rss_bytes=alone.get(name),
         )
+    return out
+
+
+def _runtime_rss_all(
+    artifacts: Mapping[str, Artifact], example: torch.Tensor
+) -> dict[str, int | None]:
+    """Peak RSS of the C++ runtime alone running each ``.pte`` file on one image."""
+    from dfcompress.deploy.native import run_native
+
+    out: dict[str, int | None] = {}
+    for name, art in artifacts.items():
+        if art.target != "xnnpack":
+            continue
+        try:
+            out[name] = run_native(art.path, example[:1]).peak_rss_bytes
+        except DfcompressError:  # no compiler, no headers: the Python figure stands
+            out[name] = None
     return out
 
 

@@ -6,20 +6,25 @@ that does so holds some 370 MB before it reads a single weight. An application o
 phone links ExecuTorch's C++ runtime and nothing else. The ``executorch`` wheel ships
 that runtime as plain shared libraries (``libexecutorch``, the XNNPACK backend, the
 kernels, the thread pool; none of them links libtorch) with their headers, so this
-module compiles a small C++ program against them (once, cached) and runs files in it:
+module compiles a small C++ program against them and runs files in it:
 
->>> from dfcompress.deploy.native import run_native  # doctest: +SKIP
->>> result = run_native("detector.pte", images)  # doctest: +SKIP
->>> result.outputs.shape, result.peak_rss_bytes  # doctest: +SKIP
+.. code-block:: python
+
+   from dfcompress.deploy.native import run_native
+
+   result = run_native("detector.pte", images)
+   result.outputs, result.peak_rss_bytes
 
 :func:`run_native` returns the file's first output, computed by that program, and the
 program's peak resident memory: the memory figure of the process that ships, without
-Python or torch. The program's source is ``_native_runner.cpp`` beside this module.
-Building it needs a C++17 compiler (``$CXX``, else ``c++``, ``g++`` or ``clang++``).
+Python or torch. The program's source is ``_native_runner.cpp`` beside this module; it is built once
+per process in a private temporary folder. Building it needs a C++17 compiler
+(``$CXX``, else ``c++``, ``g++`` or ``clang++``).
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -91,17 +96,30 @@ def _compiler() -> str:
     )
 
 
-def _cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "dfcompress" / "native"
+_PROCESS_DIR: list[Path] = []
+
+
+def _process_dir() -> Path:
+    """A private folder for this process's runner, removed when the process exits.
+
+    No runner is kept between processes by default: a program left in a shared
+    cache could be replaced by anyone who can write there, and dfcompress would run it.
+    """
+    if not _PROCESS_DIR:
+        made = Path(tempfile.mkdtemp(prefix="dfcompress-native-"))  # mode 0700
+        atexit.register(shutil.rmtree, made, ignore_errors=True)
+        _PROCESS_DIR.append(made)
+    return _PROCESS_DIR[0]
 
 
 def native_runner(cache_dir: str | Path | None = None) -> Path:
-    """The compiled runner program, built on first use and cached.
+    """The compiled runner program, built on first use (about a second).
 
-    The binary is keyed by the runner's source, the executorch version and location,
-    and the compiler, so an upgrade rebuilds it. Default cache:
-    ``$XDG_CACHE_HOME/dfcompress/native`` (``~/.cache/...``).
+    By default it is built once per process in a private temporary folder removed at
+    exit. ``cache_dir`` keeps it in a folder of the caller's choosing instead, keyed by
+    the runner's source, the executorch version and location and the compiler (an
+    upgrade rebuilds it); dfcompress runs whatever program it finds there under that
+    name, so give a folder only you can write to.
 
     Raises:
         DfcompressError: executorch (the ``mobile`` extra) or a C++ compiler is missing,
@@ -121,7 +139,7 @@ def native_runner(cache_dir: str | Path | None = None) -> Path:
         version = "unknown"
     stamp = SOURCE.read_bytes() + f"\0{version}\0{root}\0{cxx}".encode()
     key = hashlib.sha256(stamp).hexdigest()[:16]
-    where = Path(cache_dir) if cache_dir is not None else _cache_dir()
+    where = Path(cache_dir) if cache_dir is not None else _process_dir()
     binary = where / f"runner-{key}"
     if binary.is_file():
         return binary
@@ -191,7 +209,14 @@ def run_native(
                 f"the native runner could not run {str(path)!r} on a batch of shape "
                 f"{tuple(batch.shape)} (exit {done.returncode}): {last}"
             )
-        report = json.loads(done.stdout.strip().splitlines()[-1])
-        values = np.fromfile(dst, dtype="<f4").astype(np.float32)
-    shape = tuple(int(s) for s in report["shape"])
-    return NativeRun(torch.from_numpy(values.reshape(shape)), int(report["peak_rss_bytes"]))
+        try:
+            report = json.loads(done.stdout.strip().splitlines()[-1])
+            shape = tuple(int(s) for s in report["shape"])
+            peak = int(report["peak_rss_bytes"])
+            values = np.fromfile(dst, dtype="<f4").astype(np.float32).reshape(shape)
+        except (IndexError, KeyError, TypeError, ValueError, OSError) as e:
+            raise DfcompressError(
+                f"the native runner printed {done.stdout[-200:]!r} for {str(path)!r}, "
+                "not its output's shape and peak memory"
+            ) from e
+    return NativeRun(torch.from_numpy(values), peak)

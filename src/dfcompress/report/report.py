@@ -156,9 +156,10 @@ class Report:
     def cost(self) -> list[dict[str, str]]:
         """Latency per sample, peak memory, parameters and MACs per sample, per variant.
 
-        Deployed variants show their file's latency at batch 1 and N in its runtime and
-        the peak RSS of a fresh process that loads it and runs one image; eager ones the
-        eager model's latency and the peak of this process during one forward.
+        Deployed variants show their file's latency at batch 1 and N in its runtime,
+        the peak RSS of a fresh process that loads it and runs one image, and for
+        ``.pte`` files that of ExecuTorch's C++ runtime alone doing the same; eager ones
+        the eager model's latency and the peak of this process during one forward.
         """
         rows = []
         for v in self.variants:
@@ -170,6 +171,7 @@ class Report:
                 row["ms/img b1"] = fmt(d.latency_ms_b1, 3)
                 row[f"ms/img b{d.batch_n}"] = fmt(d.latency_ms_bn, 3)
                 row["Peak RSS MB (fresh process)"] = fmt(d.peak_rss_mb, 1)
+                row["Peak RSS MB (runtime alone)"] = fmt(d.runtime_rss_mb, 1)
             else:
                 row["Latency ms/sample"] = fmt(m.latency_ms if m else None, 3)
                 row["Peak RSS MB"] = fmt(
