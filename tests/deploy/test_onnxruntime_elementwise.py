@@ -110,12 +110,53 @@ def test_a_relu_of_codes_that_cannot_be_negative_leaves_the_file(tmp_path: Path)
     q = dfc.quantize(_gate_net(), "int8", calibration=x, progress=False, target="onnxruntime")
     art = dfc.export(q, tmp_path / "q.onnx", x[:8])
     ops = [n.op_type for n in onnx.load(str(art.path)).graph.node]
-    # left: the last block's ReLU, read by the head's pool (no layer gives it a range)
-    assert ops.count("Relu") == 1
+    # the last block's sum is read by its ReLU only (then by the head's pool, not a
+    # layer): its range starts at 0 as well, and that ReLU leaves the file too
+    assert ops.count("Relu") == 0
+    last_sum = q[3].dfc_round.quantizers[-1]
+    assert q[3].dfc_round.kinds[-1] == "Add" and int(last_sum.zero_point_int32()) == 0
     assert art.details["int8_kernels"].get("QLinearAdd") == 2
     with torch.no_grad():
         y = q(x)
     assert float((y - art.run(x)).abs().max()) <= 0.02 * float(y.abs().max())
+
+
+class _SumUses(nn.Module):
+    """A sum read by a ReLU and, with ``also``, by something else as well."""
+
+    def __init__(self, also: str) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+        self.head = nn.Linear(8, 1)
+        self.also = also
+
+    def forward(self, x: Tensor) -> Tensor | tuple[Tensor, Tensor]:
+        s = self.a(x) + self.b(x)
+        r = torch.relu(s)
+        pooled = torch.flatten(nn.functional.adaptive_avg_pool2d(r, 1), 1)
+        if self.also == "sum":  # the sum read again, negative part included
+            pooled = pooled + torch.flatten(nn.functional.adaptive_avg_pool2d(s, 1), 1)
+        out = self.head(pooled)
+        return (out, s) if self.also == "output" else out
+
+
+@pytest.mark.parametrize("also", ["", "sum", "output"])
+def test_a_sum_read_by_relus_only_starts_its_range_at_zero(also: str) -> None:
+    torch.manual_seed(0)
+    x = inputs(32, 16, 0)
+    net = _SumUses(also).eval()
+    q = dfc.quantize(net, "int8", calibration=x, progress=False, target="onnxruntime")
+    fq = q.dfc_round.quantizers[q.dfc_round.kinds.index("Add")]
+    lowest = float((fq.qmin - fq.zero_point_int32()) * fq.scale)
+    with torch.no_grad():
+        s = net.a(x) + net.b(x)
+    assert float(s.min()) < -0.1  # the sum has a negative part to lose
+    if also:  # its negative part is read: kept
+        assert lowest < -0.1
+    else:
+        assert lowest == 0.0
+        # what the ReLU keeps is rounded no coarser than before (same top, no negatives)
+        assert float(fq.scale) * (fq.qmax - fq.qmin) <= float(s.max()) * 1.01 + 1e-6
 
 
 def test_the_rounding_survives_a_copy_and_save_and_load(tmp_path: Path) -> None:

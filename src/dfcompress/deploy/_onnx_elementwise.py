@@ -35,7 +35,11 @@ dequantized tensor. Operators inside dfcompress's quantized layers are left alon
 
 A rounded output read directly by a quantized layer takes that layer's input range
 (:func:`_tie_to_layers`): the two roundings are then one, in the model and in the
-file (whose exporter drops the repeated pair).
+file (whose exporter drops the repeated pair). An operator's output read by ReLUs
+only (a residual sum before the global pool, say) keeps the top of its range and
+starts it at 0 (:func:`_clamp_relu_only`): its codes then cannot be negative, the
+ReLU is a no-op dropped from the file, and no float ReLU is left between the two
+integer kernels.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ _SAME: frozenset[_Fn] = frozenset(
 _RELU: frozenset[_Fn] = frozenset(
     {F.relu, torch.relu, torch.Tensor.relu, torch.relu_, torch.Tensor.relu_}
 )
+_RELU_INPLACE: frozenset[_Fn] = frozenset({torch.relu_, torch.Tensor.relu_})
 #: keep a tensor on its grid (a subset of its codes), not dequantized in the file
 _ON_GRID: frozenset[_Fn] = _RELU | {F.max_pool2d}
 
@@ -156,6 +161,9 @@ class _Rounding(TorchFunctionMode):
         self.inside = 0  # depth inside dfcompress's quantized layers
         self.coded: dict[int, _Coded] = {}  # kept alive: ids are reused otherwise
         self.reads: list[tuple[FakeQuantizer, nn.Module]] = []  # rounded output -> layer
+        # while tying: what reads each rounded output ("relu" or "other"), by tensor id
+        self.uses: dict[int, set[str]] | None = None
+        self.rounded: list[tuple[torch.Tensor, FakeQuantizer]] = []
 
     def mark(self, t: Any, fq: FakeQuantizer, dequantized: bool = True) -> None:
         if isinstance(t, torch.Tensor) and t.is_floating_point():
@@ -191,6 +199,11 @@ class _Rounding(TorchFunctionMode):
         assert isinstance(q, FakeQuantizer)
         return q
 
+    def note_use(self, t: Any, how: str) -> None:
+        """Record that ``t`` (if a coded tensor) is read ``how`` (while tying)."""
+        if self.uses is not None and self.code_of(t) is not None:
+            self.uses.setdefault(id(t), set()).add(how)
+
     def _dequantized(self, t: Any) -> Any:
         """``t`` as the file's DequantizeLinear output (a no-op on its values)."""
         c = self.code_of(t)
@@ -210,6 +223,13 @@ class _Rounding(TorchFunctionMode):
         kwargs = kwargs or {}
         if self.inside:
             return func(*args, **kwargs)
+        if self.uses is not None:
+            inplace = func in _RELU_INPLACE or kwargs.get("inplace") is True
+            inplace = inplace or (len(args) > 1 and args[1] is True)
+            how = "relu" if func in _RELU and not inplace else "other"
+            for a in (*args, *kwargs.values()):
+                for t in a if isinstance(a, (list, tuple)) else (a,):
+                    self.note_use(t, how)
         if func in _SAME or func in _ON_GRID:
             out = func(*args, **kwargs)
             c = self.code_of(args[0]) if args else None
@@ -232,6 +252,8 @@ class _Rounding(TorchFunctionMode):
     def _round(self, fq: FakeQuantizer, out: torch.Tensor) -> torch.Tensor:
         y: torch.Tensor = fq(out)
         self.mark(y, fq)
+        if self.uses is not None:
+            self.rounded.append((y, fq))
         return y
 
     def _kind(self, func: _Fn, args: Sequence[Any], kwargs: dict[str, Any]) -> str | None:
@@ -288,6 +310,7 @@ def _run_with(model: nn.Module, mode: _Rounding) -> list[Any]:
 
             def enter_layer(m: nn.Module, args: Any) -> None:
                 if not mode.inside and args:
+                    mode.note_use(args[0], "other")
                     c = mode.code_of(args[0])
                     if c is not None and getattr(m, "input_quant", None) is not None:
                         mode.reads.append((c[1], m))
@@ -333,6 +356,8 @@ def _enter(module: nn.Module, args: Any) -> None:
     reads = module.__dict__.get("_dfc_reads")
     if isinstance(reads, list):
         mode.reads = reads  # the readers of rounded outputs are wanted (tying)
+        mode.uses = {}
+        module.__dict__["_dfc_mode"] = mode  # read back by the tying pass
     hooks = _run_with(module, mode)
     mode.stack.append(module)  # the root's own hooks are already past
     mode.__enter__()  # type: ignore[no-untyped-call]
@@ -407,9 +432,13 @@ def _tie_to_layers(model: nn.Module, probe: torch.Tensor) -> int:
     reads: list[tuple[FakeQuantizer, nn.Module]] = []
     model.__dict__["_dfc_reads"] = reads
     try:
-        model(probe)
+        out = model(probe)
+        mode = model.__dict__.get("_dfc_mode")
     finally:
         del model.__dict__["_dfc_reads"]
+        model.__dict__.pop("_dfc_mode", None)
+    if isinstance(mode, _Rounding):
+        _clamp_relu_only(mode, out)
     held = [m for m in model.modules() if isinstance(m, ElementwiseRounding)]
     ours = {id(q) for m in held for q in m.quantizers}
     ours |= {id(m.output_quant) for m in model.modules() if isinstance(m, QuantLayer)}
@@ -425,3 +454,40 @@ def _tie_to_layers(model: nn.Module, probe: torch.Tensor) -> int:
         out_q._set(in_q.scale.detach().clone(), in_q.zero_point.detach().clone())
         tied += 1
     return tied
+
+
+def _clamp_relu_only(mode: _Rounding, output: Any) -> int:
+    """Rounded operator outputs that only ReLUs read start their range at 0; the count.
+
+    Their negative codes are all zero after the ReLU, so the range keeps its top and
+    drops its negative part (the zero point moves to the lowest code: a finer step
+    for what the ReLU keeps). The ReLU is then a no-op on the codes, dropped from the
+    file with the other identity ReLUs. Outputs of the model itself are left alone.
+    """
+    uses = mode.uses or {}
+    returned = {id(t) for t in _tensors(output)}
+    clamped = 0
+    for t, fq in mode.rounded:
+        if id(t) in returned or uses.get(id(t)) != {"relu"} or fq.mode != "fixed":
+            continue
+        if fq.scale is None or fq.zero_point is None or fq.scale.numel() != 1:
+            continue
+        z = int(fq.zero_point_int32())
+        top = (fq.qmax - z) * float(fq.scale)
+        if z == fq.qmin or top <= 0:
+            continue
+        scale = torch.full_like(fq.scale, top / (fq.qmax - fq.qmin))
+        fq._set(scale, torch.full_like(fq.zero_point, fq.qmin))
+        clamped += 1
+    return clamped
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """The tensors in a (nested) forward output."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
