@@ -464,8 +464,13 @@ def _clamp_relu_only(mode: _Rounding, output: Any) -> int:
     for what the ReLU keeps). The ReLU is then a no-op on the codes, dropped from the
     file with the other identity ReLUs. Outputs of the model itself are left alone.
     """
+    from dfcompress.deploy._artifact import flat_outputs
+
     uses = mode.uses or {}
-    returned = {id(t) for t in _tensors(output)}
+    try:
+        returned = {id(t) for t in flat_outputs(output)}
+    except DfcompressError:  # an output holding other things: clamp nothing
+        return 0
     clamped = 0
     for t, fq in mode.rounded:
         if id(t) in returned or uses.get(id(t)) != {"relu"} or fq.mode != "fixed":
@@ -480,14 +485,3 @@ def _clamp_relu_only(mode: _Rounding, output: Any) -> int:
         fq._set(scale, torch.full_like(fq.zero_point, fq.qmin))
         clamped += 1
     return clamped
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    """The tensors in a (nested) forward output."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
