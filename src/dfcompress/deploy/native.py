@@ -17,9 +17,9 @@ module compiles a small C++ program against them and runs files in it:
 
 :func:`run_native` returns the file's first output, computed by that program, and the
 program's peak resident memory: the memory figure of the process that ships, without
-Python or torch. The program's source is ``_native_runner.cpp`` beside this module; it is built once
-per process in a private temporary folder. Building it needs a C++17 compiler
-(``$CXX``, else ``c++``, ``g++`` or ``clang++``).
+Python or torch. The program's source is ``_native_runner.cpp`` beside this module;
+it is built once per process in a private temporary folder. Building it needs a
+C++17 compiler (``$CXX``, else ``c++``, ``g++`` or ``clang++``).
 """
 
 from __future__ import annotations
