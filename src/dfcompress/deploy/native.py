@@ -203,7 +203,9 @@ def run_native(
                 f"the native runner did not run {str(path)!r} within {timeout:g} s"
             ) from e
         if done.returncode != 0:
-            errors = [ln for ln in done.stderr.splitlines() if "native runner" in ln or " E " in ln]
+            # the runner's own messages, and the runtime's error-level log lines ("E ...")
+            lines = done.stderr.splitlines()
+            errors = [ln for ln in lines if "native runner" in ln or ln.startswith("E ")]
             last = (errors or done.stderr.strip().splitlines() or ["(no output)"])[-1]
             raise DfcompressError(
                 f"the native runner could not run {str(path)!r} on a batch of shape "
