@@ -9,6 +9,8 @@ parameter, a user hook) is exactly as before.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +39,7 @@ from strategies import (
 X = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 Y = torch.tensor([0, 1, 0, 1])
 _TMP = Path(tempfile.mkdtemp(prefix="dfc-bad-input-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)  # one per worker process
 _A_FILE = _TMP / "a_file"
 _A_FILE.write_bytes(b"")
 
