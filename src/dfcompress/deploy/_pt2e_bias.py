@@ -18,7 +18,14 @@ from torch import fx
 
 from dfcompress.deploy._bias_grid import on_int32_grid
 
-__all__ = ["LAYER_OPS", "correct_bias", "float_weights", "snap_biases"]
+__all__ = [
+    "LAYER_OPS",
+    "correct_bias",
+    "float_weights",
+    "mean_errors",
+    "shift_biases",
+    "snap_biases",
+]
 
 LAYER_OPS = (
     torch.ops.aten.conv1d.default,
@@ -39,8 +46,9 @@ def _replace_attr(gm: fx.GraphModule, target: str, new: torch.Tensor) -> None:
     """Set the tensor a ``get_attr`` node reads (kept a frozen parameter if it was one)."""
     owner, _, leaf = target.rpartition(".")
     parent = _attr(gm, owner) if owner else gm
-    if isinstance(getattr(parent, leaf), torch.nn.Parameter):
-        new = torch.nn.Parameter(new, requires_grad=False)
+    old = getattr(parent, leaf)
+    if isinstance(old, torch.nn.Parameter):
+        new = torch.nn.Parameter(new, requires_grad=old.requires_grad)
     setattr(parent, leaf, new)
 
 
@@ -93,21 +101,35 @@ class _MeanError(fx.Interpreter):
         return result
 
 
-def correct_bias(
+def mean_errors(
     gm: fx.GraphModule, weights: dict[str, torch.Tensor], data: Iterable[torch.Tensor]
-) -> int:
-    """Subtract each layer's mean weight error from its bias in ``gm``; returns layers corrected."""
-    nodes = {n.name: n for n in gm.graph.nodes if n.name in weights}
-    if not nodes:
-        return 0
-    run = _MeanError(gm, {k: v for k, v in weights.items() if k in nodes})
+) -> dict[str, torch.Tensor]:
+    """``{node name: per-channel mean output error}`` of ``gm``'s int8 layers on ``data``.
+
+    ``weights`` are the float weights the layers' codes were rounded from
+    (:func:`float_weights` of the prepared graph).
+    """
+    names = {n.name for n in gm.graph.nodes if n.name in weights}
+    if not names:
+        return {}
+    run = _MeanError(gm, {k: v for k, v in weights.items() if k in names})
     with torch.no_grad():
         for x in data:
             run.run(x)
+    return {k: (v / run.counts[k]).to(torch.float32) for k, v in run.sums.items()}
+
+
+def shift_biases(gm: fx.GraphModule, errors: dict[str, torch.Tensor]) -> int:
+    """Subtract ``errors[name]`` from the bias of each conv/linear node ``name``; the count.
+
+    A layer without a bias gets one (a buffer). ``gm`` may be a converted graph or
+    the prepared graph it came from (node names are kept by ``convert_pt2e``); a
+    trainable bias stays trainable.
+    """
+    nodes = {n.name: n for n in gm.graph.nodes if n.name in errors}
     done = 0
-    for name, total in run.sums.items():
-        node = nodes[name]
-        mean = (total / run.counts[name]).to(torch.float32)
+    for name, node in nodes.items():
+        mean = errors[name]
         bias_arg = node.args[2] if len(node.args) > 2 else None
         if isinstance(bias_arg, fx.Node) and bias_arg.op == "get_attr":
             old = _attr(gm, str(bias_arg.target))
@@ -125,6 +147,13 @@ def correct_bias(
         done += 1
     gm.recompile()
     return done
+
+
+def correct_bias(
+    gm: fx.GraphModule, weights: dict[str, torch.Tensor], data: Iterable[torch.Tensor]
+) -> int:
+    """Subtract each layer's mean weight error from its bias in ``gm``; returns layers corrected."""
+    return shift_biases(gm, mean_errors(gm, weights, data))
 
 
 def _scale_of(gm: fx.GraphModule, dq: object) -> torch.Tensor | None:

@@ -31,7 +31,13 @@ from dfcompress._datafree import default_input_shape, synthesize_inputs
 from dfcompress._summary import warn_float
 from dfcompress._validate import check_bool, check_int, check_number
 from dfcompress.deploy._artifact import Artifact, check_agreement, flat_outputs
-from dfcompress.deploy._pt2e_bias import correct_bias, float_weights, snap_biases
+from dfcompress.deploy._pt2e_bias import (
+    correct_bias,
+    float_weights,
+    mean_errors,
+    shift_biases,
+    snap_biases,
+)
 from dfcompress.deploy._pt2e_gptq import gptq_graph
 from dfcompress.deploy._ste import drop_straight_through
 from dfcompress.deploy._xnnpack_model import XnnpackQuantized
@@ -147,7 +153,8 @@ def quantize(
         max_samples: Calibration samples to use.
         input_shape: One sample's shape for synthesized inputs.
         bias_correction: Subtract each int8 layer's mean weight error from its bias
-            (one more pass). None: on when ``calibration`` is given.
+            (one more pass; with ``finetune``, before training). None: on when
+            ``calibration`` is given.
         finetune: Quantization-aware training: ``finetune(model, 0)`` trains the
             calibrated graph (fake quantizers with the calibrated ranges, kept fixed;
             BatchNorm with its running statistics, dropout off) in place before it
@@ -206,9 +213,13 @@ def quantize(
     with torch.no_grad(), _ranges_from_inputs(prepared):
         for x in data:
             prepared(x)
+    use_bc = real if bias_correction is None else bias_correction
+    corrected = 0
     if finetune is not None:
         from torchao.quantization.pt2e.fake_quantize import disable_observer, enable_fake_quant
 
+        if use_bc:
+            corrected = _correct_before_training(prepared, data)
         prepared.apply(disable_observer)
         prepared.apply(enable_fake_quant)
         with _frozen_statistics(prepared):
@@ -216,8 +227,8 @@ def quantize(
     weights = float_weights(prepared)
     converted: fx.GraphModule = convert_pt2e(prepared)
     rounded = gptq_graph(converted, weights, data) if rounding == "gptq" else 0
-    use_bc = real if bias_correction is None else bias_correction
-    corrected = correct_bias(converted, weights, data) if use_bc else 0
+    if use_bc and not qat:
+        corrected = correct_bias(converted, weights, data)
     # the int32 bias codes the file adds, so the graph adds the same
     snap_biases(converted)
     delegate_signs(converted)
@@ -234,6 +245,21 @@ def quantize(
         "calibration_samples": sum(int(x.shape[0]) for x in data),
     }
     return XnnpackQuantized(converted, summary_rows(model, plan), data[0], details)
+
+
+def _correct_before_training(prepared: fx.GraphModule, data: Sequence[torch.Tensor]) -> int:
+    """Bias correction of a calibrated QAT graph, before it trains; the layers corrected.
+
+    The mean output error of each int8 layer is measured on a converted copy (the
+    codes the calibrated ranges give) and subtracted from the prepared graph's bias,
+    so QAT starts from the bias-corrected PTQ model, as the eager QAT path does.
+    After training the error is not measured again: it would be taken against the
+    trained latent weights, which QAT made to be right once rounded, not as they are
+    (on the trained BNext, such a correction after one epoch of distillation moved
+    the deployed AUC from 0.9303 to 0.9274).
+    """
+    trial: fx.GraphModule = convert_pt2e(copy.deepcopy(prepared))
+    return shift_biases(prepared, mean_errors(trial, float_weights(prepared), data))
 
 
 #: Name of the pass-through module that stands in for a shared observer while calibrating.
