@@ -306,7 +306,9 @@ def quantize(
             weights. A BatchNorm left unfolded keeps its running statistics
             (eval mode) throughout, unless ``fold_bn=False``; its weight and
             bias train. The latent weights of binary convolutions (exact in
-            int8) do not train.
+            int8) do not train. With a ``target``, the model trained is the
+            target's finished model, weight scales kept as calibrated too (see
+            the deployment docs).
         target: The runtime the model is made for: ``"xnnpack"`` (ExecuTorch) or
             ``"onnxruntime"``. The returned eager model computes what that runtime
             computes, carries the target (``dfcompress.export`` picks it up) and
