@@ -37,6 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _deploy_peers as peers
+from _resnets import resnet
 from _results import machine_line, markdown_table, update_section
 from dfcompress import export, quantize
 from dfcompress.deploy._measure import latencies
@@ -98,40 +99,9 @@ def target(model: str, name: str, speedup: float, native: int | None) -> str:
     return f"{fast}; C++ runtime peak RSS < 200 MB: {mem}"
 
 
-class Basic(nn.Module):
-    """ResNet's basic block: two 3x3 conv/BN, a projection shortcut where the shape changes."""
-
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.down(x))
-
-
-def resnet18(num_classes: int = 1) -> nn.Module:
+def resnet18() -> nn.Module:
     """ResNet-18: 7x7 stem, max pool, stages of 64/128/256/512 channels, two blocks each."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(3, 64, 7, 2, 3, bias=False),
-        nn.BatchNorm2d(64),
-        nn.ReLU(),
-        nn.MaxPool2d(3, 2, 1),
-    ]
-    cin = 64
-    for i, w in enumerate((64, 128, 256, 512)):
-        layers += [Basic(cin, w, 1 if i == 0 else 2), Basic(w, w, 1)]
-        cin = w
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
-    return nn.Sequential(*layers)
+    return resnet((2, 2, 2, 2))
 
 
 def native_rss(path: Path, image: torch.Tensor, ref: torch.Tensor) -> tuple[int | None, str]:

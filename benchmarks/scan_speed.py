@@ -19,45 +19,15 @@ import time
 import torch
 from torch import nn
 
+from _resnets import resnet
 from dfcompress.prune import scan
 
 AMOUNTS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
-class Block(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.down: nn.Module = nn.Identity()
-        if stride != 1 or cin != cout:
-            self.down = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.down(x))
-
-
 def resnet34_like(width: int = 64) -> nn.Module:
     """ResNet-34's layout (21.3M parameters at width 64) with a one-logit head."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(3, width, 7, 2, 3, bias=False),
-        nn.BatchNorm2d(width),
-        nn.ReLU(),
-        nn.MaxPool2d(3, 2, 1),
-    ]
-    cin = width
-    for i, n in enumerate((3, 4, 6, 3)):
-        cout = width * 2**i
-        for j in range(n):
-            layers.append(Block(cin, cout, 2 if j == 0 and i > 0 else 1))
-            cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, 1)]
-    return nn.Sequential(*layers)
+    return resnet((3, 4, 6, 3), width)
 
 
 def main(argv: list[str] | None = None) -> None:
