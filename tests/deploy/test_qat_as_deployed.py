@@ -57,6 +57,8 @@ def test_the_returned_model_is_the_one_qat_trained(target: str | None) -> None:
         finetune=recording_finetune(net, seen),
         progress=False,
     )
+    if target == "xnnpack":  # corrected before training, not skipped
+        assert q.details["bias_corrected_layers"] > 0  # type: ignore[index,operator]
     with torch.no_grad():
         got = q(TEST)
     trained = (seen["after"] - seen["before"]).abs().mean()

@@ -255,8 +255,8 @@ def _correct_before_training(prepared: fx.GraphModule, data: Sequence[torch.Tens
     so QAT starts from the bias-corrected PTQ model, as the eager QAT path does.
     After training the error is not measured again: it would be taken against the
     trained latent weights, which QAT made to be right once rounded, not as they are
-    (on the trained BNext, such a correction after one epoch of distillation moved
-    the deployed AUC from 0.9303 to 0.9274).
+    (on the trained BNext, such a correction after one epoch of QAT moved the
+    converted graph's AUC from 0.9303 to 0.9274).
     """
     trial: fx.GraphModule = convert_pt2e(copy.deepcopy(prepared))
     return shift_biases(prepared, mean_errors(trial, float_weights(prepared), data))
