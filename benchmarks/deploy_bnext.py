@@ -45,7 +45,7 @@ from dfcompress.deploy.native import run_native
 from dfcompress.errors import DfcompressError
 from dfcompress.models import bnext
 from dfcompress.models.efficientnet import efficientnet_b0
-from dfcompress.prune import prune_channels
+from dfcompress.prune import prune_channels, reestimate_bn
 
 HEADERS = [
     "network",
@@ -134,15 +134,9 @@ def with_batch_statistics(net: nn.Module, size: int) -> nn.Module:
     ranges and the float kernels see values of the usual size.
     """
     g = torch.Generator().manual_seed(2)
-    norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches below
-    net.train()
+    batches = [torch.rand(8, 3, size, size, generator=g) * 2 - 1 for _ in range(4)]
     with torch.no_grad():
-        for _ in range(4):
-            net(torch.rand(8, 3, size, size, generator=g) * 2 - 1)
-    return net.eval()
+        return reestimate_bn(net, batches).eval()
 
 
 def int8(net: nn.Module, calib: torch.Tensor) -> nn.Module:
