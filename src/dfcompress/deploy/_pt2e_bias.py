@@ -43,7 +43,7 @@ def _attr(gm: fx.GraphModule, target: str) -> Any:
 
 
 def _replace_attr(gm: fx.GraphModule, target: str, new: torch.Tensor) -> None:
-    """Set the tensor a ``get_attr`` node reads (kept a frozen parameter if it was one)."""
+    """Set the tensor a ``get_attr`` node reads (a parameter stays one, trainable or not)."""
     owner, _, leaf = target.rpartition(".")
     parent = _attr(gm, owner) if owner else gm
     old = getattr(parent, leaf)

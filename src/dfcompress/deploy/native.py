@@ -25,6 +25,7 @@ C++17 compiler (``$CXX``, else ``c++``, ``g++`` or ``clang++``).
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -96,20 +97,16 @@ def _compiler() -> str:
     )
 
 
-_PROCESS_DIR: list[Path] = []
-
-
+@functools.cache
 def _process_dir() -> Path:
     """A private folder for this process's runner, removed when the process exits.
 
     No runner is kept between processes by default: a program left in a shared
     cache could be replaced by anyone who can write there, and dfcompress would run it.
     """
-    if not _PROCESS_DIR:
-        made = Path(tempfile.mkdtemp(prefix="dfcompress-native-"))  # mode 0700
-        atexit.register(shutil.rmtree, made, ignore_errors=True)
-        _PROCESS_DIR.append(made)
-    return _PROCESS_DIR[0]
+    made = Path(tempfile.mkdtemp(prefix="dfcompress-native-"))  # mode 0700
+    atexit.register(shutil.rmtree, made, ignore_errors=True)
+    return made
 
 
 def native_runner(cache_dir: str | Path | None = None) -> Path:
