@@ -26,6 +26,7 @@ from torchao.quantization.pt2e.quantizer import (
 from dfcompress._summary import FloatReason, LayerRow
 from dfcompress.deploy._xnnpack_clamp import annotate_conv_clamp
 from dfcompress.deploy._xnnpack_observers import ACT_RANGE, WEIGHT_RANGE, PT2EObserver
+from dfcompress.deploy._xnnpack_sigmoid import annotate_sigmoids, split_silu
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
 from dfcompress.quant.config import Float, IntQuant, resolve_config
@@ -141,10 +142,18 @@ def _spec(observer: str, weights: bool, percentile: float, qat: bool) -> Quantiz
 class _ClampFusingQuantizer(XNNPACKQuantizer):  # type: ignore[misc]
     """ExecuTorch's quantizer, with conv (+BN) + ReLU6/Hardtanh fused like conv + ReLU."""
 
+    def transform_for_annotation(self, model: fx.GraphModule) -> fx.GraphModule:
+        split_silu(model)
+        out: fx.GraphModule = super().transform_for_annotation(model)
+        return out
+
     def annotate(self, model: fx.GraphModule) -> fx.GraphModule:
         if self.global_config is not None:
             annotate_conv_clamp(model, self.global_config, self.filter_fn)
         out: fx.GraphModule = super().annotate(model)
+        config = self.global_config
+        if config is not None and config.output_activation is not None:
+            annotate_sigmoids(out, config.output_activation, self.filter_fn)
         return out
 
 

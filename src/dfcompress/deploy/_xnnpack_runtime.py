@@ -16,6 +16,7 @@ from executorch.exir import to_edge_transform_and_lower
 from executorch.runtime import Runtime
 from torch import nn
 
+from dfcompress.deploy._xnnpack_sigmoid import partitioner_configs
 from dfcompress.errors import DfcompressError
 
 __all__ = ["export_program", "lower", "runner"]
@@ -62,7 +63,9 @@ def _op_name(node: Any) -> str:
 
 def lower(program: Any) -> tuple[bytes, dict[str, Any]]:
     """The ``.pte`` bytes of an exported program, and counts of what XNNPACK took."""
-    edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    edge = to_edge_transform_and_lower(
+        program, partitioner=[XnnpackPartitioner(configs=partitioner_configs())]
+    )
     graph = edge.exported_program().graph_module.graph
     delegates = 0
     delegated = 0
