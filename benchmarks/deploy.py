@@ -298,6 +298,95 @@ def bench_baseline(
     return rows, notes
 
 
+#: The issue's targets per baseline: int8 speed-up over the XNNPACK float file at batch 1.
+SPEED_TARGETS = {"bnext": 2.0, "efficientnet_b0": 1.5}
+S50_INT8_TARGET = 3.5
+PTQ_DROP, QAT_DROP, AGREEMENT, EAGER_AUC_GAP = 0.005, 0.002, 0.995, 0.002
+PEERS = ("ExecuTorch XNNPACKQuantizer (PT2E)", "ORT quantize_static", "NNCF int8")
+
+
+def _num(cell: str) -> float | None:
+    try:
+        return float(cell.rstrip("x"))
+    except ValueError:
+        return None
+
+
+def target_lines(rows: list[list[str]]) -> list[str]:
+    """Each target of the deployment benchmark, met or NO with its figure, per baseline.
+
+    Derived from the table's rows alone (cells as written): eager = deployed, the
+    post-training and QAT AUC drops, no peer above the PTQ file, the XNNPACK speed-ups
+    and ONNX Runtime against ``quantize_static``.
+    """
+
+    def yes(ok: bool) -> str:
+        return "met" if ok else "NO"
+
+    out: list[str] = []
+    for model in SPEED_TARGETS:
+        mine = [r for r in rows if r[0] == model]
+        if not mine:
+            continue
+        cell = {(r[1], r[2]): r for r in mine}
+        parts: list[str] = []
+        gaps = [
+            (r[1], r[2], _num(r[3]), _num(r[4]), _num(r[5]))
+            for r in mine
+            if r[2].startswith("dfc") and _num(r[3]) is not None
+        ]
+        worst_agree = min((g[4] for g in gaps if g[4] is not None), default=None)
+        worst_gap = max(
+            (abs(g[2] - g[3]) for g in gaps if g[2] is not None and g[3] is not None), default=None
+        )
+        if worst_agree is not None and worst_gap is not None:
+            ok = worst_agree >= AGREEMENT and worst_gap <= EAGER_AUC_GAP
+            parts.append(
+                f"eager = deployed (agreement >= {AGREEMENT}, AUC within {EAGER_AUC_GAP}): "
+                f"{yes(ok)} (lowest {worst_agree:.4f}, largest gap {worst_gap:.4f})"
+            )
+        for runtime in TARGETS:
+            ptq, qat = cell.get((runtime, "dfc int8")), cell.get((runtime, "dfc int8 + QAT"))
+            if ptq is not None and _num(ptq[6]) is not None:
+                d = _num(ptq[6]) or 0.0
+                parts.append(f"{runtime} PTQ drop <= {PTQ_DROP}: {yes(-d <= PTQ_DROP)} ({d:+.4f})")
+            if qat is not None and _num(qat[6]) is not None:
+                d = _num(qat[6]) or 0.0
+                parts.append(f"{runtime} QAT drop <= {QAT_DROP}: {yes(-d <= QAT_DROP)} ({d:+.4f})")
+        peer_aucs = [(r[2], _num(r[4])) for r in mine if r[2] in PEERS and _num(r[4]) is not None]
+        for runtime in TARGETS:
+            ptq = cell.get((runtime, "dfc int8"))
+            if ptq is None or not peer_aucs:
+                continue
+            best = max(peer_aucs, key=lambda p: p[1] or 0.0)
+            a = _num(ptq[4]) or 0.0
+            parts.append(
+                f"{runtime} PTQ AUC >= every peer's: {yes(a >= (best[1] or 0.0))} "
+                f"({a:.4f}; best peer {best[0]} {best[1]:.4f})"
+            )
+        x_int8, x_s50 = cell.get(("xnnpack", "dfc int8")), cell.get(("xnnpack", "s50 + int8"))
+        if x_int8 is not None:
+            sp = _num(x_int8[7]) or 0.0
+            goal = SPEED_TARGETS[model]
+            parts.append(f"xnnpack int8 b1 speed-up >= {goal}x: {yes(sp >= goal)} ({sp:.2f}x)")
+        if x_s50 is not None:
+            sp = _num(x_s50[7]) or 0.0
+            parts.append(
+                f"xnnpack s50 + int8 b1 speed-up >= {S50_INT8_TARGET}x: "
+                f"{yes(sp >= S50_INT8_TARGET)} ({sp:.2f}x)"
+            )
+        o_int8, o_qs = cell.get(("onnxruntime", "dfc int8")), cell.get(("onnxruntime", PEERS[1]))
+        if o_int8 is not None and o_qs is not None:
+            for col, batch in ((9, "b1"), (10, "b32")):
+                mine_ms, qs_ms = _num(o_int8[col]) or 0.0, _num(o_qs[col]) or 0.0
+                parts.append(
+                    f"onnxruntime int8 {batch} no slower than quantize_static: "
+                    f"{yes(mine_ms <= qs_ms)} ({mine_ms:.3f} vs {qs_ms:.3f} ms)"
+                )
+        out.append(f"- targets, **{model}**: " + "; ".join(parts))
+    return out
+
+
 def kept_rows(models: list[str]) -> tuple[list[str], list[str]]:
     """Rows and notes of baselines not measured now, if the table has today's columns."""
     text = RESULTS.read_text() if RESULTS.exists() else ""
@@ -320,7 +409,16 @@ def main() -> None:
         "--target", action="append", choices=TARGETS, default=[], help="only these targets"
     )
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    ap.add_argument(
+        "--targets-only",
+        action="store_true",
+        help="measure nothing: rewrite the target lines from the table in RESULTS.md",
+    )
     args = ap.parse_args()
+    if args.targets_only:
+        rows_now, notes_now = kept_rows([])
+        write_section([ln for ln in rows_now], notes_now, args.no_write)
+        return
     torch.manual_seed(0)
     torch.set_num_threads(1)
     reps = (2, 1) if args.quick else (20, args.rounds)
@@ -338,7 +436,6 @@ def main() -> None:
     elapsed = time.time() - t0
     old_rows, old_notes = kept_rows(list(models))
     table = markdown_table(HEADERS, rows).splitlines()
-    table = [*table[:2], *old_rows, *table[2:]]
     common = (
         f"{peers.cpu_flags()} Latency: median per image of {reps[0]} (b1) / {reps[1]} (b32) "
         "runs, every file of a runtime timed round by round, torch 1 thread; ONNX Runtime "
@@ -358,9 +455,19 @@ def main() -> None:
         for b, n in notes.items()
     ]
     body += [f"- skipped: {s}" for s in skipped]
-    text = "\n".join(table) + "\n\n" + "\n".join(sorted([*old_notes, *body]))
+    write_section([*old_rows, *table[2:]], [*old_notes, *body], args.no_write or args.quick)
+
+
+def write_section(table_rows: list[str], notes: list[str], dry: bool) -> None:
+    """Print the section (table, target lines, notes) and write it unless ``dry``."""
+    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in table_rows]
+    head = markdown_table(HEADERS, []).splitlines()
+    notes = [n for n in notes if not n.startswith("- targets, ")]
+    text = (
+        "\n".join([*head, *table_rows]) + "\n\n" + "\n".join([*target_lines(cells), *sorted(notes)])
+    )
     print(text)
-    if not args.no_write and not args.quick:
+    if not dry:
         update_section("deploy", "## Deployment: what ships, with the peers\n\n" + text)
 
 
