@@ -406,6 +406,12 @@ def main() -> None:
     ap.add_argument("--model", action="append", default=[], help="only these baselines")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved batch-32 rounds")
     ap.add_argument(
+        "--b1-runs",
+        type=int,
+        default=60,
+        help="interleaved batch-1 runs (20 left 15 %% between two files of one graph)",
+    )
+    ap.add_argument(
         "--target", action="append", choices=TARGETS, default=[], help="only these targets"
     )
     ap.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
@@ -421,7 +427,7 @@ def main() -> None:
         return
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    reps = (2, 1) if args.quick else (20, args.rounds)
+    reps = (2, 1) if args.quick else (args.b1_runs, args.rounds)
     models, skipped = baselines(args.quick, args.model)
     t0 = time.time()
     rows: list[list[object]] = []
