@@ -330,16 +330,14 @@ def target_lines(rows: list[list[str]]) -> list[str]:
             continue
         cell = {(r[1], r[2]): r for r in mine}
         parts: list[str] = []
-        gaps = [
-            (r[1], r[2], _num(r[3]), _num(r[4]), _num(r[5]))
-            for r in mine
-            if r[2].startswith("dfc") and _num(r[3]) is not None
+        # (eager AUC, deployed AUC, decisions = eager) of every dfcompress file with an eager model
+        pairs = [(_num(r[3]), _num(r[4]), _num(r[5])) for r in mine if r[2].startswith("dfc")]
+        checked = [
+            (e, d, a) for e, d, a in pairs if e is not None and d is not None and a is not None
         ]
-        worst_agree = min((g[4] for g in gaps if g[4] is not None), default=None)
-        worst_gap = max(
-            (abs(g[2] - g[3]) for g in gaps if g[2] is not None and g[3] is not None), default=None
-        )
-        if worst_agree is not None and worst_gap is not None:
+        if checked:
+            worst_agree = min(a for _, _, a in checked)
+            worst_gap = max(abs(e - d) for e, d, _ in checked)
             ok = worst_agree >= AGREEMENT and worst_gap <= EAGER_AUC_GAP
             parts.append(
                 f"eager = deployed (agreement >= {AGREEMENT}, AUC within {EAGER_AUC_GAP}): "
@@ -353,16 +351,18 @@ def target_lines(rows: list[list[str]]) -> list[str]:
             if qat is not None and _num(qat[6]) is not None:
                 d = _num(qat[6]) or 0.0
                 parts.append(f"{runtime} QAT drop <= {QAT_DROP}: {yes(-d <= QAT_DROP)} ({d:+.4f})")
-        peer_aucs = [(r[2], _num(r[4])) for r in mine if r[2] in PEERS and _num(r[4]) is not None]
+        peer_aucs = [(_num(r[4]), r[2]) for r in mine if r[2] in PEERS]
+        best = max(
+            ((a, n) for a, n in peer_aucs if a is not None), key=lambda p: p[0], default=None
+        )
         for runtime in TARGETS:
             ptq = cell.get((runtime, "dfc int8"))
-            if ptq is None or not peer_aucs:
+            if ptq is None or best is None:
                 continue
-            best = max(peer_aucs, key=lambda p: p[1] or 0.0)
             a = _num(ptq[4]) or 0.0
             parts.append(
-                f"{runtime} PTQ AUC >= every peer's: {yes(a >= (best[1] or 0.0))} "
-                f"({a:.4f}; best peer {best[0]} {best[1]:.4f})"
+                f"{runtime} PTQ AUC >= every peer's: {yes(a >= best[0])} "
+                f"({a:.4f}; best peer {best[1]} {best[0]:.4f})"
             )
         x_int8, x_s50 = cell.get(("xnnpack", "dfc int8")), cell.get(("xnnpack", "s50 + int8"))
         if x_int8 is not None:
@@ -422,8 +422,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.targets_only:
-        rows_now, notes_now = kept_rows([])
-        write_section([ln for ln in rows_now], notes_now, args.no_write)
+        write_section(*kept_rows([]), args.no_write)
         return
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -468,7 +467,6 @@ def write_section(table_rows: list[str], notes: list[str], dry: bool) -> None:
     """Print the section (table, target lines, notes) and write it unless ``dry``."""
     cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in table_rows]
     head = markdown_table(HEADERS, []).splitlines()
-    notes = [n for n in notes if not n.startswith("- targets, ")]
     text = (
         "\n".join([*head, *table_rows]) + "\n\n" + "\n".join([*target_lines(cells), *sorted(notes)])
     )
