@@ -387,17 +387,36 @@ def target_lines(rows: list[list[str]]) -> list[str]:
     return out
 
 
-def kept_rows(models: list[str]) -> tuple[list[str], list[str]]:
-    """Rows and notes of baselines not measured now, if the table has today's columns."""
+def kept_rows(
+    measured: dict[str, set[str]] | None = None,
+) -> tuple[list[str], dict[str, str]]:
+    """Rows of the table not measured now, and every baseline's note line.
+
+    ``measured`` maps each baseline measured now to the runtimes of its new rows;
+    a row is kept unless its baseline and runtime are both in it (all rows when
+    None). Nothing is kept when the table's columns are not today's.
+    """
+    measured = measured or {}
     text = RESULTS.read_text() if RESULTS.exists() else ""
     m = re.search(r"<!-- begin:deploy -->(.*?)<!-- end:deploy -->", text, re.S)
     lines = (m.group(1) if m else "").splitlines()
     if "| " + " | ".join(HEADERS) + " |" not in lines:
-        return [], []
-    keep = {ln[4:].split("**")[0] for ln in lines if ln.startswith("- **")} - set(models)
-    rows = [ln for ln in lines if ln.startswith("| ") and ln[2:].split(" |")[0] in keep]
-    notes = [ln for ln in lines if ln.startswith("- **") and ln[4:].split("**")[0] in keep]
+        return [], {}
+    rows = []
+    for ln in lines[2 + lines.index("| " + " | ".join(HEADERS) + " |") :]:
+        if not ln.startswith("| "):
+            break
+        cells = [c.strip() for c in ln.strip().strip("|").split("|")]
+        if cells[1] not in measured.get(cells[0], ()):
+            rows.append(ln)
+    notes = {ln[4:].split("**")[0]: ln for ln in lines if ln.startswith("- **")}
     return rows, notes
+
+
+def other_figures(note: str, runtimes: set[str]) -> list[str]:
+    """The ``"; "``-separated figures of a note line that name none of ``runtimes``."""
+    figures = note.split(" min. ", 1)[1].split("; ") if " min. " in note else []
+    return [f for f in figures if f.split(" ")[0] not in runtimes]
 
 
 def main() -> None:
@@ -422,7 +441,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.targets_only:
-        write_section(*kept_rows([]), args.no_write)
+        rows, notes = kept_rows()
+        write_section(rows, list(notes.values()), args.no_write)
         return
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -439,7 +459,8 @@ def main() -> None:
             rows += r
             notes[bname] = n
     elapsed = time.time() - t0
-    old_rows, old_notes = kept_rows(list(models))
+    measured = {b: {str(r[1]) for r in rows if r[0] == b} for b in models}
+    old_rows, old_notes = kept_rows(measured)
     table = markdown_table(HEADERS, rows).splitlines()
     common = (
         f"{peers.cpu_flags()} Latency: median per image of {reps[0]} (b1) / {reps[1]} (b32) "
@@ -455,17 +476,35 @@ def main() -> None:
         "reaches. 'decisions = eager': the fraction of test images whose decision at 0.5 "
         "is the same from the file as from the eager model it was written from."
     )
-    body = [
-        f"- **{b}**: {machine_line()} {common} Measured in {elapsed / 60:.1f} min. " + "; ".join(n)
-        for b, n in notes.items()
-    ]
+    body = []
+    for b, n in notes.items():
+        again = measured[b]
+        kept = other_figures(old_notes.pop(b, ""), again)
+        when = f"Measured in {elapsed / 60:.1f} min"
+        if kept:  # some of this baseline's rows come from the earlier run
+            when += f" ({', '.join(sorted(again))} rows; the others' figures from an earlier run)"
+        body.append(f"- **{b}**: {machine_line()} {common} {when}. " + "; ".join([*n, *kept]))
     body += [f"- skipped: {s}" for s in skipped]
-    write_section([*old_rows, *table[2:]], [*old_notes, *body], args.no_write or args.quick)
+    write_section(
+        [*old_rows, *table[2:]], [*old_notes.values(), *body], args.no_write or args.quick
+    )
 
 
 def write_section(table_rows: list[str], notes: list[str], dry: bool) -> None:
     """Print the section (table, target lines, notes) and write it unless ``dry``."""
     cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in table_rows]
+    first = {b: i for i, b in reversed(list(enumerate(c[0] for c in cells)))}
+    runtimes = [*TARGETS, "openvino"]
+    order = sorted(
+        range(len(cells)),
+        key=lambda i: (
+            first[cells[i][0]],
+            runtimes.index(cells[i][1]) if cells[i][1] in runtimes else 9,
+            i,
+        ),
+    )
+    cells = [cells[i] for i in order]
+    table_rows = [table_rows[i] for i in order]
     head = markdown_table(HEADERS, []).splitlines()
     text = (
         "\n".join([*head, *table_rows]) + "\n\n" + "\n".join([*target_lines(cells), *sorted(notes)])
