@@ -413,10 +413,21 @@ def kept_rows(
     return rows, notes
 
 
-def other_figures(note: str, runtimes: set[str]) -> list[str]:
-    """The ``"; "``-separated figures of a note line that name none of ``runtimes``."""
+def other_figures(note: str, runtimes: set[str]) -> tuple[list[str], str]:
+    """The figures of a note line for the runtimes not in ``runtimes``, and how they were run.
+
+    Figures are the ``"; "``-separated items after "Measured in ... min." that start
+    with a runtime's name; the second value repeats the note's latency repetitions
+    and duration, or is empty when no figure is kept.
+    """
     figures = note.split(" min. ", 1)[1].split("; ") if " min. " in note else []
-    return [f for f in figures if f.split(" ")[0] not in runtimes]
+    known = {*TARGETS, "openvino"}
+    kept = [f for f in figures if f.split(" ")[0] in known - runtimes]
+    how = re.search(r"median per image of (\d+) \(b1\) / (\d+) \(b32\) runs", note)
+    took = re.search(r"Measured in ([\d.]+) min", note)
+    if not kept or how is None or took is None:
+        return kept, ""
+    return kept, f"{how[1]} (b1) / {how[2]} (b32) runs, {took[1]} min"
 
 
 def main() -> None:
@@ -479,10 +490,11 @@ def main() -> None:
     body = []
     for b, n in notes.items():
         again = measured[b]
-        kept = other_figures(old_notes.pop(b, ""), again)
+        kept, how = other_figures(old_notes.pop(b, ""), again)
         when = f"Measured in {elapsed / 60:.1f} min"
         if kept:  # some of this baseline's rows come from the earlier run
-            when += f" ({', '.join(sorted(again))} rows; the others' figures from an earlier run)"
+            when += f" ({', '.join(sorted(again))} rows; the other rows from an earlier run"
+            when += f": {how})" if how else ")"
         body.append(f"- **{b}**: {machine_line()} {common} {when}. " + "; ".join([*n, *kept]))
     body += [f"- skipped: {s}" for s in skipped]
     write_section(
