@@ -70,6 +70,8 @@ from dfcompress.quant import quantize
 from dfcompress.report._scoring import scores_of
 
 TARGETS = ("xnnpack", "onnxruntime")
+#: Every runtime column value, in table order (openvino: the NNCF reference).
+RUNTIMES = (*TARGETS, "openvino")
 SUFFIX = {"xnnpack": ".pte", "onnxruntime": ".onnx"}
 QAT_LR, QAT_EPOCHS, QAT_IMAGES = 3e-5, 1, 2000
 #: Weight of the distillation term in QAT (the rest: the label loss). Chosen on 1000
@@ -387,6 +389,11 @@ def target_lines(rows: list[list[str]]) -> list[str]:
     return out
 
 
+def _cells(line: str) -> list[str]:
+    """The stripped cells of one markdown table row."""
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
 def kept_rows(
     measured: dict[str, set[str]] | None = None,
 ) -> tuple[list[str], dict[str, str]]:
@@ -400,13 +407,14 @@ def kept_rows(
     text = RESULTS.read_text() if RESULTS.exists() else ""
     m = re.search(r"<!-- begin:deploy -->(.*?)<!-- end:deploy -->", text, re.S)
     lines = (m.group(1) if m else "").splitlines()
-    if "| " + " | ".join(HEADERS) + " |" not in lines:
+    header = "| " + " | ".join(HEADERS) + " |"
+    if header not in lines:
         return [], {}
     rows = []
-    for ln in lines[2 + lines.index("| " + " | ".join(HEADERS) + " |") :]:
+    for ln in lines[2 + lines.index(header) :]:
         if not ln.startswith("| "):
             break
-        cells = [c.strip() for c in ln.strip().strip("|").split("|")]
+        cells = _cells(ln)
         if cells[1] not in measured.get(cells[0], ()):
             rows.append(ln)
     notes = {ln[4:].split("**")[0]: ln for ln in lines if ln.startswith("- **")}
@@ -421,8 +429,7 @@ def other_figures(note: str, runtimes: set[str]) -> tuple[list[str], str]:
     and duration, or is empty when no figure is kept.
     """
     figures = note.split(" min. ", 1)[1].split("; ") if " min. " in note else []
-    known = {*TARGETS, "openvino"}
-    kept = [f for f in figures if f.split(" ")[0] in known - runtimes]
+    kept = [f for f in figures if f.split(" ")[0] in set(RUNTIMES) - runtimes]
     how = re.search(r"median per image of (\d+) \(b1\) / (\d+) \(b32\) runs", note)
     took = re.search(r"Measured in ([\d.]+) min", note)
     if not kept or how is None or took is None:
@@ -504,16 +511,12 @@ def main() -> None:
 
 def write_section(table_rows: list[str], notes: list[str], dry: bool) -> None:
     """Print the section (table, target lines, notes) and write it unless ``dry``."""
-    cells = [[c.strip() for c in ln.strip().strip("|").split("|")] for ln in table_rows]
+    cells = [_cells(ln) for ln in table_rows]
     first = {b: i for i, b in reversed(list(enumerate(c[0] for c in cells)))}
-    runtimes = [*TARGETS, "openvino"]
+    rank = {r: i for i, r in enumerate(RUNTIMES)}
     order = sorted(
         range(len(cells)),
-        key=lambda i: (
-            first[cells[i][0]],
-            runtimes.index(cells[i][1]) if cells[i][1] in runtimes else 9,
-            i,
-        ),
+        key=lambda i: (first[cells[i][0]], rank.get(cells[i][1], len(RUNTIMES)), i),
     )
     cells = [cells[i] for i in order]
     table_rows = [table_rows[i] for i in order]
