@@ -5,9 +5,11 @@ under ``$DFC_BASELINES``, e.g. EfficientNet-B0) and each target it writes, with
 :func:`dfcompress.export`, and runs in that target's runtime:
 
 - ``float``: the model as trained;
-- ``dfc int8``: ``quantize(model, "int8", calib, target=t)`` (post-training);
-- ``dfc int8 + bias corr.``: the same with ``bias_correction=True`` (each int8
-  layer's mean output error on the calibration images subtracted from its bias);
+- ``dfc int8``: ``quantize(model, "int8", calib, target=t)`` (post-training; the
+  default bias correction: on for networks with depthwise convolutions);
+- ``dfc int8 + bias corr.`` (``dfc int8, no bias corr.`` where the default corrects):
+  the same with bias correction the other way round (each int8 layer's mean output
+  error on the calibration images subtracted from its bias);
 - ``dfc int8 + QAT``: the same with one epoch of quantization-aware distillation from
   the float model, half soft targets, half labels (``quantize(..., finetune=...)``:
   the calibrated target model trains before it is frozen);
@@ -67,6 +69,7 @@ from dfcompress.io import load
 from dfcompress.prune.distill import distill, distill_finetune
 from dfcompress.prune.structured import prune_channels
 from dfcompress.quant import quantize
+from dfcompress.quant.api import auto_bias_correction
 from dfcompress.report._scoring import scores_of
 
 TARGETS = ("xnnpack", "onnxruntime")
@@ -147,10 +150,13 @@ def dfc_models(
         )
         return quantize(model, "int8", finetune=ft, **q)
 
+    # the row beside the default: bias correction the other way round
+    corrected = auto_bias_correction(model, [n for n, _ in model.named_modules()], True, None)
+    other = "dfc int8, no bias corr." if corrected else "dfc int8 + bias corr."
     return {
         "float": lambda: model,
         "dfc int8": lambda: quantize(model, "int8", **q),
-        "dfc int8 + bias corr.": lambda: quantize(model, "int8", bias_correction=True, **q),
+        other: lambda: quantize(model, "int8", bias_correction=not corrected, **q),
         "dfc int8 + QAT": qat,
         "s50": lambda: pruned,
         "s50 + int8": lambda: quantize(pruned, "int8", **q),

@@ -140,7 +140,10 @@ def with_batch_statistics(net: nn.Module, size: int) -> nn.Module:
 
 
 def int8(net: nn.Module, calib: torch.Tensor) -> nn.Module:
-    return quantize(net, "int8", calibration=calib, target="xnnpack", progress=False)
+    # speed and memory rows: no bias correction pass (it changes biases, not the graph)
+    return quantize(
+        net, "int8", calibration=calib, target="xnnpack", progress=False, bias_correction=False
+    )
 
 
 def measure(

@@ -74,14 +74,18 @@ DEPLOYED_TARGET = 0.97
 Build = Callable[[nn.Module, torch.Tensor], nn.Module]
 
 
-def _quant(
-    config: str | IntQuant | Mixed, bias_correction: bool | None = None, **options: Any
-) -> Build:
+def _quant(config: str | IntQuant | Mixed, bias_correction: bool = False, **options: Any) -> Build:
     def build(model: nn.Module, calib: torch.Tensor) -> nn.Module:
-        kw = dict(options)
-        if bias_correction is not None:
-            kw["bias_correction"] = bias_correction
-        return dfc.quantize(model, config, calibration=calib, pack=True, progress=False, **kw)
+        # explicit either way: a row without "bias correction" in its name has none
+        return dfc.quantize(
+            model,
+            config,
+            calibration=calib,
+            pack=True,
+            progress=False,
+            bias_correction=bias_correction,
+            **options,
+        )
 
     return build
 

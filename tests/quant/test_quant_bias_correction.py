@@ -22,18 +22,42 @@ def _mean_shift(q: nn.Module, net: nn.Module, x: torch.Tensor) -> float:
         return float((q(x) - net(x)).mean((0, 2, 3)).abs().mean())
 
 
-def test_bias_correction_halves_a_depthwise_mean_shift_and_auto_uses_data_only() -> None:
+def test_bias_correction_halves_a_depthwise_mean_shift_and_is_on_by_default_there() -> None:
     net, x = _depthwise_net(), torch.randn(32, 8, 8, 8) + 1.0
     cfg = IntQuant(3, PerChannel(0))
     on = quantize(net, cfg, calibration=x, bias_correction=True, progress=False)
-    auto = quantize(net, cfg, calibration=x, bias_correction=None, progress=False)
-    off = quantize(net, cfg, calibration=x, progress=False)  # the default
+    off = quantize(net, cfg, calibration=x, bias_correction=False, progress=False)
+    auto = quantize(net, cfg, calibration=x, progress=False)  # the default: None
     assert _mean_shift(on, net, x) < 0.5 * _mean_shift(off, net, x)
     with torch.no_grad():
         assert torch.equal(auto(x), on(x))
         # without data there is nothing to correct with: the same model as off
-        bare = quantize(net, cfg, bias_correction=None, progress=False)
+        bare = quantize(net, cfg, progress=False)
         assert torch.equal(bare(x), off(x))
+
+
+def test_default_leaves_bias_correction_off_without_depthwise_layers_and_for_qat() -> None:
+    torch.manual_seed(4)
+    dense = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 4, 1)).eval()
+    x = torch.randn(32, 8, 8, 8) + 1.0
+    cfg = IntQuant(3, PerChannel(0))
+    with torch.no_grad():
+        auto = quantize(dense, cfg, calibration=x, progress=False)(x)
+        off = quantize(dense, cfg, calibration=x, bias_correction=False, progress=False)(x)
+        on = quantize(dense, cfg, calibration=x, bias_correction=True, progress=False)(x)
+    assert torch.equal(auto, off) and not torch.equal(auto, on)
+    # quantization-aware training adjusts the biases itself: no correction before it
+    net = _depthwise_net()
+
+    def untouched(model: nn.Module, step: int) -> None:
+        pass
+
+    with torch.no_grad():
+        qat = quantize(net, cfg, calibration=x, finetune=untouched, progress=False)(x)
+        qat_off = quantize(
+            net, cfg, calibration=x, finetune=untouched, bias_correction=False, progress=False
+        )(x)
+    assert torch.equal(qat, qat_off)
 
 
 def test_bias_correction_removes_the_mean_error_of_rounded_inputs() -> None:

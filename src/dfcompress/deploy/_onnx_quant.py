@@ -132,7 +132,7 @@ def quantize(
     progress: bool = True,
     max_samples: int = 256,
     input_shape: Sequence[int] | None = None,
-    bias_correction: bool | None = False,
+    bias_correction: bool | None = None,
     finetune: Callable[[nn.Module, int], None] | None = None,
     rounding: str = "nearest",
 ) -> nn.Module:
@@ -165,7 +165,10 @@ def quantize(
         progress=progress,
         max_samples=max_samples,
         input_shape=input_shape,
-        bias_correction=bias_correction,
+        # the default rule: off for quantization-aware training, which runs below
+        bias_correction=(
+            False if bias_correction is None and finetune is not None else bias_correction
+        ),
         rounding=rounding,
     )
     if not data:

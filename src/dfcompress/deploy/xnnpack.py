@@ -153,8 +153,9 @@ def quantize(
         max_samples: Calibration samples to use.
         input_shape: One sample's shape for synthesized inputs.
         bias_correction: Subtract each int8 layer's mean weight error from its bias
-            (one more pass; with ``finetune``, before training). None: on when
-            ``calibration`` is given.
+            (one more pass; with ``finetune``, before training). None: the default
+            rule of :func:`dfcompress.quantize` (on for post-training quantization
+            of a network with depthwise convolutions, from real data).
         finetune: Quantization-aware training: ``finetune(model, 0)`` trains the
             calibrated graph (fake quantizers with the calibrated ranges, kept fixed;
             BatchNorm with its running statistics, dropout off) in place before it
@@ -167,7 +168,7 @@ def quantize(
         An ``nn.Module`` running the converted graph on any batch size; ``summary``
         lists its layers; ``dfcompress.export`` writes its ``.pte``.
     """
-    from dfcompress.quant.api import check_calibration_options
+    from dfcompress.quant.api import auto_bias_correction, check_calibration_options
 
     check_bool(progress, "progress")
     input_shape = check_calibration_options(max_samples, bias_correction, input_shape, finetune)
@@ -213,7 +214,11 @@ def quantize(
     with torch.no_grad(), _ranges_from_inputs(prepared):
         for x in data:
             prepared(x)
-    use_bc = real if bias_correction is None else bias_correction
+    use_bc = (
+        auto_bias_correction(model, plan.int8, real, finetune)
+        if bias_correction is None
+        else bias_correction
+    )
     corrected = 0
     if finetune is not None:
         from torchao.quantization.pt2e.fake_quantize import disable_observer, enable_fake_quant

@@ -43,6 +43,29 @@ def check_calibration_options(
     return shape
 
 
+def auto_bias_correction(
+    model: nn.Module, layers: Iterable[str], real_data: bool, finetune: object
+) -> bool:
+    """What ``bias_correction=None`` (the default) means for ``model``.
+
+    On for post-training quantization (no ``finetune``) from real calibration data
+    (not synthesized) when one of ``layers``, the layers getting integer weights,
+    is a depthwise convolution. Rounding a depthwise filter of a few taps shifts
+    its output's mean, and nothing after it averages the shift out: bias
+    correction removes it (Nagel et al., 2019). Measured on the deployed files:
+    EfficientNet-B0 +0.0006 to +0.0013 AUC on both runtimes and two image sets,
+    ImageNet MobileNetV2 0.74 -> 0.81 top-1 agreement; on networks without
+    depthwise layers it moved AUC either way by up to 0.0015, so it stays off
+    there. Training (``finetune``) adjusts the biases itself.
+    """
+    from dfcompress.prune._caps import is_depthwise
+
+    if not real_data or finetune is not None:
+        return False
+    mods = dict(model.named_modules())
+    return any(is_depthwise(mods[n]) for n in layers if n in mods)
+
+
 def _quantizes_inputs(config: Config) -> bool:
     """Whether layers given ``config`` need calibrated activation ranges."""
     if not isinstance(config, IntQuant):
@@ -254,7 +277,7 @@ def quantize(
     max_samples: int = 256,
     input_shape: Sequence[int] | None = None,
     fold_bn: bool = True,
-    bias_correction: bool | None = False,
+    bias_correction: bool | None = None,
     bn_reestimation: bool = False,
     pack: bool = False,
     finetune: Callable[[nn.Module, int], None] | None = None,
@@ -289,9 +312,11 @@ def quantize(
         bias_correction: Subtract from each quantized layer's bias the mean
             output error its quantization (weight, and input and output where
             quantized) causes on the calibration data; one more pass over it.
-            Off by default; None: on when ``calibration`` is given and a layer
-            gets integer weights, off for synthesized inputs. Pretrained
-            depthwise networks gain most (see the quantization docs).
+            None (default): on for a network with a depthwise convolution that
+            gets integer weights, when ``calibration`` is given and ``finetune``
+            is not; off otherwise (synthesized inputs, networks without depthwise
+            layers, quantization-aware training). Same rule with a ``target``.
+            Pretrained depthwise networks gain most (see the quantization docs).
         bn_reestimation: Recompute unfolded BatchNorm statistics through the
             quantized layers on the calibration data (with ``fold_bn=False``).
         pack: Store weights as integers (int8, or two int4 per byte) so the
@@ -431,10 +456,9 @@ def quantize(
         per_row = {n for n, c in plan.items() if _per_row_weights(c)}
         model = _range_equalized(model, calibration, per_row, inplace)
         inplace = True  # ``model`` is now the caller's own (inplace) or a copy made here
-    if bias_correction is None:  # on for integer weights when real data is given
-        bias_correction = calibration is not None and any(
-            isinstance(c, IntQuant) for c in plan.values()
-        )
+    if bias_correction is None:
+        ints = [n for n, c in plan.items() if isinstance(c, IntQuant)]
+        bias_correction = auto_bias_correction(model, ints, calibration is not None, finetune)
     qz.bias_correction = bias_correction
     data: Iterable[Any] | torch.Tensor | None = calibration
     if calibration is None and any(_quantizes_inputs(c) for c in plan.values()):
