@@ -52,15 +52,18 @@ from dfcompress.quant import IntQuant, Mixed, PerChannel, PerGroup, resolve_conf
 TARGETS = {
     "int8 + bias correction": 0.97,
     "int8 + GPTQ + bias correction": 0.97,
+    "int8 + balanced rounding + bias correction": 0.97,
     "int8 (auto smoothing) + GPTQ + bias correction": 0.97,
     "int8 + adaptive rounding + bias correction": 0.97,
     "int8-weight + bias correction": 0.995,
     "int8-weight + GPTQ + bias correction": 0.995,
+    "int8-weight + balanced rounding + bias correction": 0.995,
     "int8-weight + adaptive rounding + bias correction": 0.995,
     "int4-mixed + bias correction": 0.95,
     "int4-mixed + GPTQ + bias correction": 0.95,
     "int4-mixed + adaptive rounding + bias correction": 0.95,
     "int4-mixed (max_size 0.20) + GPTQ + bias correction": 0.95,
+    "int4-mixed (max_size 0.20) + balanced rounding + bias correction": 0.95,
     "p50 + sensitivity": 0.90,
     "p50 + sensitivity + reconstruction": 0.90,
 }
@@ -135,8 +138,15 @@ VARIANTS: dict[str, Build] = {
     "int8-weight + GPTQ + bias correction": _quant(
         "int8-weight", bias_correction=True, rounding="gptq"
     ),
+    "int8-weight + balanced rounding": _quant("int8-weight", rounding="balanced"),
+    "int8-weight + balanced rounding + bias correction": _quant(
+        "int8-weight", bias_correction=True, rounding="balanced"
+    ),
     "int8": _quant("int8"),
     "int8 + bias correction": _quant("int8", bias_correction=True),
+    "int8 + balanced rounding + bias correction": _quant(
+        "int8", bias_correction=True, rounding="balanced"
+    ),
     "int8 + GPTQ + bias correction": _quant("int8", bias_correction=True, rounding="gptq"),
     "int8 (auto smoothing) + GPTQ + bias correction": _quant(
         INT8_AUTO, bias_correction=True, rounding="gptq"
@@ -156,6 +166,9 @@ VARIANTS: dict[str, Build] = {
     ),
     "int4-mixed (max_size 0.20) + GPTQ + bias correction": _quant(
         Mixed(max_size=0.20), bias_correction=True, rounding="gptq"
+    ),
+    "int4-mixed (max_size 0.20) + balanced rounding + bias correction": _quant(
+        Mixed(max_size=0.20), bias_correction=True, rounding="balanced"
     ),
     "p30 global L1": _prune(0.3, False),
     "p50 global L1": _prune(0.5, False),
@@ -422,7 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         f"float model ({confident:.0%} of them with a top-1 probability above 0.5), "
         f"{args.calib} other crops to calibrate (and to scan sensitivity). Eager models; "
         "integer variants are packed. Bias correction (`bias_correction=True`), GPTQ rounding "
-        "(`rounding='gptq'`), adaptive rounding (`rounding='adaptive'`, only with `--slow`) "
+        "(`rounding='gptq'`), balanced rounding (`rounding='balanced'`, data-free: each "
+        "filter's sum of codes kept), adaptive rounding (`rounding='adaptive'`, only with `--slow`) "
         "and cross-layer equalization only where the row says so; the int8 rows quantize "
         "activations too (uint8 per tensor), int8-weight only the weights; `auto smoothing` "
         "picks each layer's activation equalization strength. Pruned rows prune "

@@ -209,13 +209,13 @@ def _target_options(target: str, **given: Any) -> None:
 
 
 def _check_rounding(rounding: object, calibration: object) -> None:
-    from dfcompress.quant.quantizer import ROUNDINGS
+    from dfcompress.quant.quantizer import DATA_ROUNDINGS, ROUNDINGS
 
     if rounding not in ROUNDINGS:
         raise DfcompressError(
             f"rounding={rounding!r} is unknown: use one of {', '.join(map(repr, ROUNDINGS))}"
         )
-    if rounding != "nearest" and calibration is None:
+    if rounding in DATA_ROUNDINGS and calibration is None:
         raise DfcompressError(
             f"rounding={rounding!r} chooses each layer's rounding from data: pass calibration= "
             "(a loader or a tensor of inputs), or use rounding='nearest'"

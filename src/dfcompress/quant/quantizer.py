@@ -39,6 +39,7 @@ from dfcompress._validate import check_bool, check_int, check_model
 from dfcompress.errors import DfcompressError
 from dfcompress.quant import _layers
 from dfcompress.quant._adaround import adaround_model
+from dfcompress.quant._balanced import balanced_rounding
 from dfcompress.quant._bnfold import _set_submodule, fold_batchnorms
 from dfcompress.quant._crosslayer import equalize_pairs
 from dfcompress.quant._gptq import MAX_COLUMNS
@@ -56,7 +57,10 @@ _log = logging.getLogger("dfcompress")
 Rule = tuple[SelectorLike, Config | str]
 
 #: The weight rounding modes (see :class:`Quantizer`).
-ROUNDINGS: tuple[str, ...] = ("nearest", "adaptive", "gptq")
+ROUNDINGS: tuple[str, ...] = ("nearest", "adaptive", "gptq", "balanced")
+
+#: The rounding modes that choose codes from calibration data.
+DATA_ROUNDINGS: tuple[str, ...] = ("adaptive", "gptq")
 
 
 def _unwrappable(name: str, module: nn.Module, parents: dict[str, nn.Module]) -> FloatReason | None:
@@ -107,7 +111,12 @@ class Quantizer:
             inputs the model quantized so far gives it and rounded one input
             column at a time, the columns not yet rounded corrected for the
             error (GPTQ-style; kept per group only where it lands closer to the
-            float output than nearest rounding).
+            float output than nearest rounding); or ``"balanced"``: nearest, then
+            the fewest weights of each unit sharing a scale moved to their other
+            nearest code so that the unit's sum of codes is its rounded true sum
+            (each filter's response to a constant input kept; data-free: in
+            ``calibrate``, or ``convert`` when no calibration runs; see
+            :mod:`dfcompress.quant._balanced`).
         cross_layer_equalization: Before wrapping, rescale consecutive
             convolutions (conv -> ReLU/ReLU6/identity -> conv, depthwise
             included) so that each channel's weight range is shared evenly
@@ -280,7 +289,7 @@ class Quantizer:
             for q in (m.input_quant, m.output_quant)
             if q is not None and q.mode != "dynamic"
         ]
-        adaptive = self.rounding != "nearest"
+        adaptive = self.rounding in DATA_ROUNDINGS
         if not inputs and not (self.bias_correction or self.bn_reestimation or adaptive):
             return  # nothing to calibrate: weights are quantized from themselves
         for q in inputs:
@@ -325,6 +334,8 @@ class Quantizer:
             rounded, fitted = gptq_sequential(
                 model, data, progress, max_samples, max_columns=MAX_COLUMNS
             )
+        elif self.rounding == "balanced":
+            rounded = balanced_rounding(layers)
         if self.bias_correction:
             correct_biases(model, data, progress, max_samples, reference=rounded, skip=fitted)
         if self.bn_reestimation:
@@ -346,6 +357,8 @@ class Quantizer:
                         f"layer {name!r} quantizes its {what} but was not calibrated: "
                         "run Quantizer.calibrate(model, data) before convert()"
                     )
+            if self.rounding == "balanced" and layer.weight_quant.mode != "fixed":
+                balanced_rounding({name: layer})  # no calibration ran: rounded here
             layer.freeze_()
             if pack:
                 if layer.weight_quant.mode == "dynamic":
