@@ -108,3 +108,11 @@ def test_balanced_rounding_is_for_eager_models_only() -> None:
                  rounding="balanced")  # fmt: skip
     with pytest.raises(DfcompressError, match="'balanced'"):
         quantize(dw_net(), "int8-weight", rounding="balance")
+
+
+def test_xnnpack_target_names_the_roundings_it_takes() -> None:
+    pytest.importorskip("executorch")
+    from dfcompress.deploy import xnnpack
+
+    with pytest.raises(DfcompressError, match="'nearest' or 'gptq'"):
+        xnnpack.quantize(dw_net(), "int8", torch.randn(4, 3, 8, 8), rounding="balanced")

@@ -171,6 +171,11 @@ def quantize(
     from dfcompress.quant.api import auto_bias_correction, check_calibration_options
 
     check_bool(progress, "progress")
+    if rounding not in ("nearest", "gptq"):
+        raise DfcompressError(
+            f"rounding={rounding!r} is not available for the xnnpack target: use 'nearest' "
+            "or 'gptq'"
+        )
     input_shape = check_calibration_options(max_samples, bias_correction, input_shape, finetune)
     plan = make_plan(model, config, select)
     warn_float(

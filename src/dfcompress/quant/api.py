@@ -348,7 +348,12 @@ def quantize(
             quantized so far gives it, then rounded one input column at a time
             with the columns not yet rounded corrected for the error
             (GPTQ-style; runs the model up to each layer, minutes for a
-            MobileNetV2 on a CPU; needs ``calibration``).
+            MobileNetV2 on a CPU; needs ``calibration``). ``"balanced"``:
+            nearest rounding, then in each output row (or group) the fewest
+            weights moved to their other nearest code so that the row's sum of
+            codes is the rounded sum of its weights, keeping each filter's
+            response to flat regions; data-free and instant. Not with a
+            ``target`` (those take ``"nearest"`` or ``"gptq"``).
         cross_layer_equalization: Rescale consecutive convolutions (conv ->
             ReLU/ReLU6 -> conv, depthwise included) so that their per-channel
             weight ranges are even, without changing the float model; data-free.
