@@ -165,3 +165,18 @@ def layer_weight_errors(net: nn.Module, q: nn.Module, x: torch.Tensor) -> dict[s
                 )
         errors[name] = float(out.pow(2).mean())
     return errors
+
+
+def same_scale_layers(a: nn.Module, b: nn.Module) -> list[tuple[QuantLayer, QuantLayer]]:
+    """The quantized layers of two quantizations of one net, paired; their weight
+    scales must be equal (a rounding mode chooses codes, never scales)."""
+    pairs = list(
+        zip(
+            (m for m in a.modules() if isinstance(m, QuantLayer)),
+            (m for m in b.modules() if isinstance(m, QuantLayer)),
+            strict=True,
+        )
+    )
+    for x, y in pairs:
+        torch.testing.assert_close(y.weight_scale.float(), x.weight_scale.float())
+    return pairs
