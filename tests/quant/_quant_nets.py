@@ -167,6 +167,17 @@ def layer_weight_errors(net: nn.Module, q: nn.Module, x: torch.Tensor) -> dict[s
     return errors
 
 
+def flat_region_depthwise() -> nn.Conv2d:
+    """Depthwise filters whose BatchNorm-folded responses to flat inputs nearly cancel
+    (pretrained-like: edge and texture filters), seeded."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 16, 3, padding=1, groups=16)
+    with torch.no_grad():
+        w = torch.randn(16, 1, 3, 3)
+        conv.weight.copy_(w - w.mean((2, 3), keepdim=True) + 0.01 * torch.randn(16, 1, 1, 1))
+    return conv
+
+
 def same_scale_layers(a: nn.Module, b: nn.Module) -> list[tuple[QuantLayer, QuantLayer]]:
     """The quantized layers of two quantizations of one net, paired; their weight
     scales must be equal (a rounding mode chooses codes, never scales)."""

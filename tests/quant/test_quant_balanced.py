@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _quant_nets import dw_net, same_scale_layers
+from _quant_nets import dw_net, flat_region_depthwise, same_scale_layers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -37,22 +37,12 @@ def test_balanced_codes_keep_each_rows_rounded_sum_within_a_step(units: object) 
     assert bool(((q - near) * need[:, None] >= 0).all())
 
 
-def _flat_region_filters() -> nn.Module:
-    """Depthwise filters whose responses to a constant input nearly cancel (pretrained-like)."""
-    torch.manual_seed(0)
-    conv = nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False)
-    with torch.no_grad():
-        w = torch.randn(16, 1, 3, 3)
-        conv.weight.copy_(w - w.mean((2, 3), keepdim=True) + 0.01 * torch.randn(16, 1, 1, 1))
-    return nn.Sequential(conv).eval()
-
-
 def _weights(q: nn.Module) -> list[torch.Tensor]:
     return [m.quantized_weight().detach() for m in q.modules() if isinstance(m, QuantLayer)]
 
 
 def test_balanced_rounding_keeps_flat_region_responses_without_data() -> None:
-    net = _flat_region_filters()
+    net = nn.Sequential(flat_region_depthwise()).eval()
     cfg = IntQuant(8, PerChannel(0))
     nearest = quantize(net, cfg, progress=False)
     balanced = quantize(net, cfg, rounding="balanced", progress=False)  # no calibration

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from _quant_nets import dw_net, layer_weight_errors, same_scale_layers
+from _quant_nets import dw_net, flat_region_depthwise, layer_weight_errors, same_scale_layers
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -21,16 +21,6 @@ def _wrapped(layer: nn.Module, config: IntQuant) -> QuantLayer:
     inner = q[0]
     assert isinstance(inner, QuantLayer)
     return inner
-
-
-def _depthwise_like() -> nn.Module:
-    """Depthwise filters whose BatchNorm-folded responses to flat inputs nearly cancel."""
-    torch.manual_seed(0)
-    conv = nn.Conv2d(16, 16, 3, padding=1, groups=16)
-    with torch.no_grad():
-        w = torch.randn(16, 1, 3, 3)
-        conv.weight.copy_(w - w.mean((2, 3), keepdim=True) + 0.01 * torch.randn(16, 1, 1, 1))
-    return conv
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -71,7 +61,7 @@ def test_gptq_codes_stay_on_the_grid_and_pack() -> None:
 
 
 def test_gptq_fixes_the_flat_region_error_of_depthwise_filters() -> None:
-    conv = _depthwise_like()
+    conv = flat_region_depthwise()
     layer = _wrapped(conv, IntQuant(8, PerChannel(0)))
     x = 3.0 + 0.1 * torch.randn(16, 16, 10, 10)  # mostly flat, as after ReLU6 on plain regions
     h = input_gram(layer, x)

@@ -81,8 +81,8 @@ def balanced_rounding(layers: dict[str, QuantLayer]) -> dict[str, torch.Tensor]:
     originals: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for name, layer in layers.items():
-            wq = getattr(layer, "weight_quant", None)
-            if wq is None or wq.mode == "dynamic" or not _supported(layer):
+            wq = layer.weight_quant
+            if wq.mode == "dynamic" or not _supported(layer):
                 continue  # dynamic weight ranges change at every forward
             weight, w, s, z = float_weight(layer, "balanced rounding")
             shape = _units(layer, w)
