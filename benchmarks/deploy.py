@@ -451,8 +451,11 @@ def main() -> None:
     ap.add_argument(
         "--b1-runs",
         type=int,
-        default=60,
-        help="interleaved batch-1 runs (20 left 15 %% between two files of one graph)",
+        default=300,
+        help=(
+            "interleaved batch-1 runs (20 left 15 %%, 60 left 2-4 %% between two files of "
+            "one graph)"
+        ),
     )
     ap.add_argument(
         "--target", action="append", choices=TARGETS, default=[], help="only these targets"

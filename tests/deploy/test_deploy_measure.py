@@ -58,8 +58,11 @@ def test_latencies_time_every_file_at_every_batch(tmp_path: Path, double: str) -
     lat = latencies(arts, x, batches=(1, 3), repeats=2, warmup=1, threads=1)
     assert set(lat) == {"a", "b"} and all(set(v) == {1, 3} for v in lat.values())
     assert all(ms > 0 for v in lat.values() for ms in v.values())
-    # interleaved: each round runs batch 1 on a then b, then batch 3 on a then b
+    # interleaved: each round runs batch 1 on every file, then batch 3; every other
+    # round in reverse file order, so neither file is always timed after the other
     assert seen[:4] == [("a", 1), ("b", 1), ("a", 3), ("b", 3)] and len(seen) == 12
+    assert seen[4:8] == [("b", 1), ("a", 1), ("b", 3), ("a", 3)]
+    assert seen[8:] == seen[:4]
 
 
 def test_fresh_process_loads_the_file_and_reports_its_peak(tmp_path: Path, double: str) -> None:

@@ -111,7 +111,8 @@ def latencies(
     """Median milliseconds per image of each artifact at each batch size, interleaved.
 
     Every round runs each batch size on each artifact once, so the files are timed
-    under the same machine load.
+    under the same machine load; every other round runs the artifacts in reverse
+    order, so none is always the one timed after a given other.
 
     Args:
         artifacts: ``{name: artifact}``.
@@ -137,9 +138,12 @@ def latencies(
     try:
         if threads is not None:
             torch.set_num_threads(threads)
+        names = list(artifacts)
         for r in range(warmup + repeats):
+            order = names if r % 2 == 0 else names[::-1]
             for b, x in inputs.items():
-                for name, art in artifacts.items():
+                for name in order:
+                    art = artifacts[name]
                     t0 = time.perf_counter()
                     art.run(x)
                     if r >= warmup:
