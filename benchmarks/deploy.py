@@ -453,8 +453,8 @@ def main() -> None:
         type=int,
         default=300,
         help=(
-            "interleaved batch-1 runs (20 left 15 %%, 60 left 2-4 %% between two files of "
-            "one graph)"
+            "interleaved batch-1 runs (between two files of one graph: 20 left 15 %%, "
+            "60 left 2-4 %%, 300 still up to 7 %% on a shared machine)"
         ),
     )
     ap.add_argument(
