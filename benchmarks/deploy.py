@@ -30,7 +30,8 @@ Columns: eager AUC (the model before export; n/a for file-only tools), deployed 
 (the file run in its runtime), the fraction of test decisions the file shares with
 its eager model, the deployed AUC's difference from the same runtime's float file,
 speed-up over that float file at batch 1 and batch 32 (median per-image latency,
-every file of a runtime timed round by round), latency, file MB and the peak RSS of a
+every file of a runtime timed round by round, each timed run right after three untimed
+runs of the same file), latency, file MB and the peak RSS of a
 fresh process that loads the file and runs one image. A target whose dfcompress module
 is not installed is skipped with the reason; its peers still run. The xnnpack rows
 need ExecuTorch (the ``mobile`` extra); the EfficientNet-B0 checkpoint is
@@ -453,8 +454,9 @@ def main() -> None:
         type=int,
         default=300,
         help=(
-            "interleaved batch-1 runs (between two files of one graph: 20 left 15 %%, "
-            "60 left 2-4 %%, 300 still up to 7 %% on a shared machine)"
+            "interleaved batch-1 rounds, each timed run after 3 untimed runs of the same "
+            "file (cold runs right after other files left two files of one graph up to "
+            "7 %% apart even at 300)"
         ),
     )
     ap.add_argument(
@@ -491,7 +493,9 @@ def main() -> None:
     table = markdown_table(HEADERS, rows).splitlines()
     common = (
         f"{peers.cpu_flags()} Latency: median per image of {reps[0]} (b1) / {reps[1]} (b32) "
-        "runs, every file of a runtime timed round by round, torch 1 thread; ONNX Runtime "
+        "runs, every file of a runtime timed round by round in a seeded random order, each "
+        "timed run right after 3 untimed runs of the same file (its steady latency, as an "
+        "app running one detector sees it), torch 1 thread; ONNX Runtime "
         "and OpenVINO sessions 1 thread. Peak RSS: VmHWM of a fresh process that imports only "
         "the runtime's own package (torch too for ExecuTorch's input tensor), loads the file "
         "and runs one image: what an app serving the file needs. Calibration: the same val "

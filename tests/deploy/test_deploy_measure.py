@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from torch import nn
 
 import _double_target
-from dfcompress.deploy import _targets
+from dfcompress.deploy import _measure, _targets
 from dfcompress.deploy._export import export
 from dfcompress.deploy._measure import batch_of, fresh_peak_rss, latencies, measure_artifacts
 from dfcompress.deploy._probe import main as probe_main
@@ -42,10 +43,7 @@ def test_batch_of_repeats_rows_to_the_size_asked() -> None:
         batch_of(torch.zeros(0, 3), 2)
 
 
-def test_latencies_time_every_file_at_every_batch(tmp_path: Path, double: str) -> None:
-    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    arts = {k: export(_net(w), tmp_path / f"{k}.pt", x) for k, w in (("a", 2), ("b", 4))}
-    seen: list[tuple[str, int]] = []
+def _spied(arts: dict[str, Any], seen: list[tuple[str, int]]) -> None:
     for k, art in arts.items():
         inner = art._runner
         assert inner is not None
@@ -55,14 +53,66 @@ def test_latencies_time_every_file_at_every_batch(tmp_path: Path, double: str) -
             return inner(b)
 
         object.__setattr__(art, "_runner", spy)
-    lat = latencies(arts, x, batches=(1, 3), repeats=2, warmup=1, threads=1)
-    assert set(lat) == {"a", "b"} and all(set(v) == {1, 3} for v in lat.values())
+
+
+def test_latencies_time_every_file_at_every_batch(tmp_path: Path, double: str) -> None:
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    names = ("a", "b", "c", "d")
+    arts = {
+        k: export(_net(w), tmp_path / f"{k}.pt", x)
+        for k, w in zip(names, (2, 3, 4, 5), strict=True)
+    }
+    seen: list[tuple[str, int]] = []
+    _spied(arts, seen)
+    lat = latencies(arts, x, batches=(1, 3), repeats=6, warmup=1, threads=1, settle=2)
+    assert set(lat) == set(names) and all(set(v) == {1, 3} for v in lat.values())
     assert all(ms > 0 for v in lat.values() for ms in v.values())
-    # interleaved: each round runs batch 1 on every file, then batch 3; every other
-    # round in reverse file order, so neither file is always timed after the other
-    assert seen[:4] == [("a", 1), ("b", 1), ("a", 3), ("b", 3)] and len(seen) == 12
-    assert seen[4:8] == [("b", 1), ("a", 1), ("b", 3), ("a", 3)]
-    assert seen[8:] == seen[:4]
+    # the warm-up round: one run per file and batch; then each file runs three times
+    # in a row (two untimed, one timed) per batch and round
+    assert len(seen) == 4 * 2 + 6 * 4 * 2 * 3
+    rounds = [seen[8 + i * 24 : 8 + (i + 1) * 24] for i in range(6)]
+    orders = []
+    for rnd in rounds:
+        blocks = [rnd[j : j + 3] for j in range(0, 24, 3)]
+        assert all(len(set(blk)) == 1 for blk in blocks)  # the same file and batch
+        assert [blk[0][1] for blk in blocks] == [1] * 4 + [3] * 4  # batch 1, then 3
+        order = [blk[0][0] for blk in blocks[:4]]
+        assert sorted(order) == sorted(names) and order == [blk[0][0] for blk in blocks[4:]]
+        orders.append(tuple(order))
+    # the order changes between rounds, so no file is always the one after another
+    assert len(set(orders)) > 1
+    assert len({o[o.index("a") + 1] for o in orders if o[-1] != "a"}) > 1
+    # seeded: the same order again
+    first = list(seen)
+    again: list[tuple[str, int]] = []
+    _spied(arts, again)
+    latencies(arts, x, batches=(1, 3), repeats=6, warmup=1, threads=1, settle=2)
+    assert again == first
+
+
+def test_latencies_time_the_run_after_the_settling_ones(
+    tmp_path: Path, double: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file that is slow only right after another file is timed at its steady speed."""
+    x = torch.rand(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    arts = {k: export(_net(2), tmp_path / f"{k}.pt", x) for k in ("a", "b")}
+    clock = [0.0]
+    last: list[str] = [""]
+    for k, art in arts.items():
+
+        def run(b: torch.Tensor, k: str = k) -> torch.Tensor:
+            clock[0] += 1.0 if last[0] == k else 5.0  # 5 s right after the other file
+            last[0] = k
+            return torch.zeros(int(b.shape[0]), 1)
+
+        object.__setattr__(art, "_runner", run)
+    monkeypatch.setattr(_measure.time, "perf_counter", lambda: clock[0])
+    steady = latencies(arts, x, batches=(1,), repeats=5, settle=1)
+    assert steady == {"a": {1: 1000.0}, "b": {1: 1000.0}}
+    cold = latencies(arts, x, batches=(1,), repeats=5, settle=0)
+    assert cold["a"][1] > 1000.0 and cold["b"][1] > 1000.0
+    with pytest.raises(DfcompressError, match="settle=-1"):
+        latencies(arts, x, settle=-1)
 
 
 def test_fresh_process_loads_the_file_and_reports_its_peak(tmp_path: Path, double: str) -> None:
