@@ -21,12 +21,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from dfcompress.deploy import Artifact
+from dfcompress.deploy._measure import fresh_latencies, latencies
+from dfcompress.deploy._targets import TARGETS
 
 MAX_BATCH = 32
 
@@ -110,6 +113,19 @@ def plain_artifact(kind: str, path: Path) -> Artifact:
     if kind == "openvino":  # the IR is the .xml graph and the .bin weights beside it
         size += path.with_suffix(".bin").stat().st_size
     return Artifact(path, kind, size, None, {"runner": "plain"}, run)
+
+
+def timed(
+    files: dict[str, Artifact], x: torch.Tensor, **options: Any
+) -> tuple[dict[str, dict[int, float]], bool]:
+    """Latencies of one runtime's files, and whether a fresh process timed them.
+
+    Files that a dfcompress target loads are timed in a fresh process that loads them
+    (``fresh_latencies``); OpenVINO's IR files in this process, on their own runners.
+    """
+    if all(a.target in TARGETS for a in files.values()):
+        return fresh_latencies(files, x, threads=1, **options), True
+    return latencies(files, x, threads=1, **options), False
 
 
 def constant_binary_weights(model: nn.Module) -> tuple[nn.Module, int]:

@@ -30,8 +30,8 @@ Columns: eager AUC (the model before export; n/a for file-only tools), deployed 
 (the file run in its runtime), the fraction of test decisions the file shares with
 its eager model, the deployed AUC's difference from the same runtime's float file,
 speed-up over that float file at batch 1 and batch 32 (median per-image latency,
-every file of a runtime timed round by round, each timed run right after three untimed
-runs of the same file), latency, file MB and the peak RSS of a
+every file of a runtime timed round by round in a fresh process that loads them, each
+timed run right after three untimed runs of the same file), latency, file MB and the peak RSS of a
 fresh process that loads the file and runs one image. A target whose dfcompress module
 is not installed is skipped with the reason; its peers still run. The xnnpack rows
 need ExecuTorch (the ``mobile`` extra); the EfficientNet-B0 checkpoint is
@@ -62,7 +62,6 @@ from dfcompress import export
 from dfcompress.data import loader
 from dfcompress.demo import DEMO_SIZE, load_demo_detector
 from dfcompress.deploy import Artifact
-from dfcompress.deploy._measure import latencies
 from dfcompress.deploy._targets import target_module
 from dfcompress.errors import DfcompressError
 from dfcompress.evaluate.metrics import auc
@@ -174,8 +173,9 @@ def runtime_rows(
     """Deployed AUC, interleaved latency and fresh-process RSS of one runtime's files."""
     images, labels = test
     x = images[: peers.MAX_BATCH]
-    lat1 = latencies({k: a for k, (_, a) in files.items()}, x, batches=(1,), repeats=reps[0])
-    lat32 = latencies({k: a for k, (_, a) in files.items()}, x, batches=(32,), repeats=reps[1])
+    arts = {k: a for k, (_, a) in files.items()}
+    lat1, _ = peers.timed(arts, x, batches=(1,), repeats=reps[0])
+    lat32, _ = peers.timed(arts, x, batches=(32,), repeats=reps[1])
     f_art = files["float"][1] if "float" in files else None
     float_auc = auc(labels, deployed_scores(f_art, images).numpy()) if f_art else None
     rows: list[list[object]] = []
@@ -493,7 +493,8 @@ def main() -> None:
     table = markdown_table(HEADERS, rows).splitlines()
     common = (
         f"{peers.cpu_flags()} Latency: median per image of {reps[0]} (b1) / {reps[1]} (b32) "
-        "runs, every file of a runtime timed round by round in a seeded random order, each "
+        "runs, every file of a runtime timed round by round in a fresh process that loads "
+        "them (OpenVINO's in the benchmark's process), in a seeded random order, each "
         "timed run right after 3 untimed runs of the same file (its steady latency, as an "
         "app running one detector sees it), torch 1 thread; ONNX Runtime "
         "and OpenVINO sessions 1 thread. Peak RSS: VmHWM of a fresh process that imports only "

@@ -40,7 +40,7 @@ import _deploy_peers as peers
 from _resnets import resnet
 from _results import machine_line, markdown_table, update_section
 from dfcompress import export, quantize
-from dfcompress.deploy._measure import latencies
+from dfcompress.deploy._measure import fresh_latencies
 from dfcompress.deploy.native import run_native
 from dfcompress.errors import DfcompressError
 from dfcompress.models import bnext
@@ -165,7 +165,7 @@ def measure(
             k: export(m, Path(tmp) / f"{i}.pte", test, max_batch=1, check=False)
             for i, (k, m) in enumerate(eager.items())
         }
-        times = latencies(arts, test[:1], batches=(1,), repeats=repeats)
+        times = fresh_latencies(arts, test[:1], batches=(1,), repeats=repeats)
         for name, art in arts.items():
             with torch.no_grad():
                 ref = torch.cat([eager[name](test[i : i + 1]) for i in range(len(test))])
@@ -239,7 +239,8 @@ def main() -> None:
         "files written by `dfcompress.export` (int8: `quantize(model, 'int8', 8 calibration "
         "images, target='xnnpack')`; s50: `prune_channels(model, 0.5)`, not fine-tuned). "
         "Latency: median of "
-        f"{repeats} interleaved runs, each after 3 untimed runs of the same file, 1 thread. "
+        f"{repeats} interleaved runs, each after 3 untimed runs of the same file, in a fresh "
+        "process that loads the files, 1 thread. "
         "Peak RSS: VmHWM of a fresh process "
         "that imports torch and ExecuTorch's runtime, loads the file and runs one image; "
         f"the same imports with no file peak at {base / 1e6:.0f} MB, and 'RSS over imports' "

@@ -44,7 +44,6 @@ import dfcompress.io as dio
 from _results import machine_line, markdown_table, update_section
 from dfcompress.data.imagenet import crops
 from dfcompress.deploy import Artifact
-from dfcompress.deploy._measure import latencies
 from dfcompress.models import pretrained_mobilenet_v2
 from dfcompress.quant import IntQuant, Mixed, PerChannel, PerGroup, resolve_config
 
@@ -311,6 +310,8 @@ def deployed_rows(
     """Top-1 agreement, KL, file ratio and speed-up of the files each runtime runs."""
     import tempfile
 
+    from _deploy_peers import timed
+
     rows: list[list[object]] = []
     notes: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -321,7 +322,7 @@ def deployed_rows(
         mine: dict[tuple[str, str], torch.Tensor] = {}
         lat: dict[str, dict[str, dict[int, float]]] = {}
         for runtime, files in runtimes.items():
-            lat[runtime] = latencies(files, x_eval[:32], batches=(1,), repeats=20, threads=1)
+            lat[runtime], _ = timed(files, x_eval[:32], batches=(1,), repeats=20)
             for name, art in files.items():
                 out = torch.cat([art.run(x_eval[i : i + 32]) for i in range(0, len(x_eval), 32)])
                 got.setdefault(runtime, {})[name] = scores(ref, out.float())
@@ -514,7 +515,8 @@ def _deployed_section(
         "preset) of that float file's OpenVINO model, run by OpenVINO (reference runtime, "
         "not a phone one). The target's peer figure is the best peer of any runtime. "
         "Latency: median of 20 interleaved runs of one image, each after 3 untimed runs of "
-        "the same file, 1 thread. "
+        "the same file, in a fresh process per runtime that loads the files (OpenVINO's in "
+        "the benchmark's process), 1 thread. "
         "`top-1 = eager model`: the file's top-1 agreement with the eager model "
         "`quantize` returned, which computes the same arithmetic up to float rounding "
         "ties. This int8 network turns such ties into other decisions: moving the input "

@@ -12,9 +12,17 @@ from torch import nn
 
 import _double_target
 from dfcompress.deploy import _measure, _targets
+from dfcompress.deploy._artifact import Artifact
 from dfcompress.deploy._export import export
-from dfcompress.deploy._measure import batch_of, fresh_peak_rss, latencies, measure_artifacts
+from dfcompress.deploy._measure import (
+    batch_of,
+    fresh_latencies,
+    fresh_peak_rss,
+    latencies,
+    measure_artifacts,
+)
 from dfcompress.deploy._probe import main as probe_main
+from dfcompress.deploy._timer import main as timer_main
 from dfcompress.errors import DfcompressError
 
 
@@ -113,6 +121,39 @@ def test_latencies_time_the_run_after_the_settling_ones(
     assert cold["a"][1] > 1000.0 and cold["b"][1] > 1000.0
     with pytest.raises(DfcompressError, match="settle=-1"):
         latencies(arts, x, settle=-1)
+
+
+def test_fresh_latencies_load_the_files_in_another_process(tmp_path: Path, double: str) -> None:
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    arts = {k: export(_net(w), tmp_path / f"{k}.pt", x) for k, w in (("a", 2), ("b", 4))}
+    ran: list[str] = []
+    for k, art in arts.items():
+        # this process's runners must not be the ones timed
+        object.__setattr__(art, "_runner", lambda b, k=k: ran.append(k))
+    lat = fresh_latencies(arts, x, batches=(1, 3), repeats=2, settle=1)
+    assert ran == []
+    assert list(lat) == ["a", "b"] and all(set(v) == {1, 3} for v in lat.values())
+    assert all(0 < ms < 10_000 for v in lat.values() for ms in v.values())
+    # the costs say how they were timed
+    cost = measure_artifacts(arts, x, batch_n=3, repeats=1, memory=False)["a"]
+    assert cost.fresh_process and cost.settle == 3 and ran == []
+    in_here = measure_artifacts(arts, x, batch_n=3, repeats=1, memory=False, fresh_process=False)
+    assert not in_here["a"].fresh_process and ran
+
+
+def test_fresh_latencies_refuse_what_a_process_cannot_load(tmp_path: Path, double: str) -> None:
+    x = torch.rand(1, 3, 8, 8)
+    plain = Artifact(tmp_path / "m.xml", "openvino", 1, None, {}, lambda b: b)
+    with pytest.raises(DfcompressError, match=r"'ov'.*target 'openvino'.*latencies\(\)"):
+        fresh_latencies({"ov": plain}, x)
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a model")
+    broken = Artifact(bad, double, bad.stat().st_size, None, {}, lambda b: b)
+    with pytest.raises(DfcompressError, match=r"broken\.pt.*failed"):
+        fresh_latencies({"broken": broken}, x, repeats=1)
+    with pytest.raises(DfcompressError, match="repeats=0"):
+        fresh_latencies({"broken": broken}, x, repeats=0)
+    assert timer_main([]) == 2
 
 
 def test_fresh_process_loads_the_file_and_reports_its_peak(tmp_path: Path, double: str) -> None:

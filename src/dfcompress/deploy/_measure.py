@@ -5,7 +5,9 @@ and at batch N; several artifacts are timed round by round (interleaved), so loa
 from other processes on the machine hits them all alike, and the median is kept.
 Each timed run comes right after ``settle`` untimed runs of the same file: the
 steady latency of an application that runs one detector frame after frame, not
-the first run after another file pushed it out of the caches.
+the first run after another file pushed it out of the caches. By default the files
+are timed in a fresh process that loads them (:func:`fresh_latencies`), as an
+application does, not in the process that built, calibrated and exported them.
 
 Peak memory is that of a *fresh* Python process that loads the file with its
 target's ``load_artifact`` and runs one image (``python -m dfcompress.deploy._probe``):
@@ -21,6 +23,7 @@ import random
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -34,7 +37,14 @@ from dfcompress.deploy._artifact import Artifact
 from dfcompress.deploy._targets import TARGETS, check_target
 from dfcompress.errors import DfcompressError
 
-__all__ = ["DeployedCost", "batch_of", "fresh_peak_rss", "latencies", "measure_artifacts"]
+__all__ = [
+    "DeployedCost",
+    "batch_of",
+    "fresh_latencies",
+    "fresh_peak_rss",
+    "latencies",
+    "measure_artifacts",
+]
 
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -49,8 +59,6 @@ class DeployedCost:
         latency_ms_bn: Median milliseconds per image at batch ``batch_n``.
         batch_n: The large batch.
         repeats: Timed runs per batch size (interleaved with the other files).
-        settle: Untimed runs of the file right before each timed run (the timed run
-            finds the file warm, as in an application that runs it over and over).
         threads: Torch intra-op threads during the timing (runtimes that take their own
             thread setting say so in the artifact's details).
         peak_rss_bytes: Peak resident memory of a fresh process that loads the file and
@@ -60,6 +68,10 @@ class DeployedCost:
             (:func:`dfcompress.deploy.native.run_native`: no Python, no libtorch).
             None for other targets, or where the runner cannot be built (no C++
             compiler).
+        settle: Untimed runs of the file right before each timed run (the timed run
+            finds the file warm, as in an application that runs it over and over).
+        fresh_process: Whether the file was timed in a fresh process that loaded it
+            (else in the process that exported it).
     """
 
     size_bytes: int
@@ -71,6 +83,7 @@ class DeployedCost:
     peak_rss_bytes: int | None
     runtime_rss_bytes: int | None = None
     settle: int = 3
+    fresh_process: bool = True
 
     @property
     def peak_rss_mb(self) -> float | None:
@@ -104,6 +117,26 @@ def batch_of(example: torch.Tensor, n: int) -> torch.Tensor:
         )
     reps = -(-n // int(example.shape[0]))
     return example.repeat(reps, *([1] * (example.dim() - 1)))[:n].contiguous()
+
+
+def _check_timing(
+    example: torch.Tensor,
+    batches: Sequence[int],
+    repeats: int,
+    warmup: int,
+    threads: int | None,
+    settle: int,
+    seed: int,
+) -> None:
+    check_tensor(example, "example", finite=False)
+    check_int(repeats, "repeats", low=1)
+    check_int(warmup, "warmup", low=0)
+    check_int(settle, "settle", low=0)
+    check_int(seed, "seed", low=0)
+    for b in batches:
+        check_int(b, "batches", low=1)
+    if threads is not None:
+        check_int(threads, "threads", low=1)
 
 
 def latencies(
@@ -142,15 +175,7 @@ def latencies(
     Returns:
         ``{name: {batch: ms per image}}``.
     """
-    check_tensor(example, "example", finite=False)
-    check_int(repeats, "repeats", low=1)
-    check_int(warmup, "warmup", low=0)
-    check_int(settle, "settle", low=0)
-    check_int(seed, "seed", low=0)
-    for b in batches:
-        check_int(b, "batches", low=1)
-    if threads is not None:
-        check_int(threads, "threads", low=1)
+    _check_timing(example, batches, repeats, warmup, threads, settle, seed)
     inputs = {b: batch_of(example, b) for b in batches}
     times: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batches} for k in artifacts}
     rng = random.Random(seed)
@@ -176,6 +201,79 @@ def latencies(
         k: {b: 1000.0 * statistics.median(v) / b for b, v in per.items()}
         for k, per in times.items()
     }
+
+
+def fresh_latencies(
+    artifacts: Mapping[str, Artifact],
+    example: torch.Tensor,
+    *,
+    batches: Sequence[int] = (1, 32),
+    repeats: int = 10,
+    warmup: int = 1,
+    threads: int | None = 1,
+    settle: int = 3,
+    seed: int = 0,
+    timeout: float = 3600.0,
+) -> dict[str, dict[int, float]]:
+    """:func:`latencies` of the files, timed in a fresh process that loads them.
+
+    The process (``python -m dfcompress.deploy._timer``) loads every file with its
+    target's ``load_artifact``, as an application loads it, and times them as
+    :func:`latencies` does. The process that built, calibrated and exported the
+    models holds a large heap, other threads and the files' first sessions; in it,
+    two files of one graph came out up to 7 % apart, where a fresh process timed
+    two sessions of each within 3 %.
+
+    Raises:
+        DfcompressError: an artifact's target cannot be loaded by name (time it
+            with :func:`latencies`), or the process failed (its last error line
+            is in the message).
+    """
+    _check_timing(example, batches, repeats, warmup, threads, settle, seed)
+    files = []
+    for name, art in artifacts.items():
+        if art.target not in TARGETS:
+            raise DfcompressError(
+                f"artifact {name!r} has target {art.target!r}: a fresh process loads "
+                f"{sorted(TARGETS)} files only; time it with latencies()"
+            )
+        files.append([str(name), TARGETS[art.target], str(art.path)])
+    import numpy as np
+
+    with tempfile.TemporaryDirectory(prefix="dfcompress-timer-") as tmp:
+        where = Path(tmp)
+        np.save(where / "example.npy", example.detach().cpu().float().numpy())
+        spec = {
+            "files": files,
+            "example": str(where / "example.npy"),
+            "dtype": str(example.dtype).removeprefix("torch."),
+            "batches": [int(b) for b in batches],
+            "repeats": repeats,
+            "warmup": warmup,
+            "threads": threads,
+            "settle": settle,
+            "seed": seed,
+        }
+        (where / "spec.json").write_text(json.dumps(spec))
+        cmd = [sys.executable, "-m", "dfcompress.deploy._timer", str(where / "spec.json")]
+        try:
+            out = subprocess.run(
+                cmd, capture_output=True, text=True, env=_child_env(threads), timeout=timeout
+            )
+        except subprocess.TimeoutExpired as e:
+            raise DfcompressError(
+                f"timing {len(files)} files in a fresh process took over {timeout:g} s"
+            ) from e
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise DfcompressError(f"the process timing {[f[2] for f in files]} failed: {last}")
+    try:
+        report = json.loads(out.stdout.strip().splitlines()[-1])
+        return {str(k): {int(b): float(ms) for b, ms in per.items()} for k, per in report.items()}
+    except (IndexError, AttributeError, TypeError, ValueError) as e:
+        raise DfcompressError(
+            f"the timing process printed {out.stdout[-200:]!r}, not its latencies"
+        ) from e
 
 
 def _child_env(threads: int | None) -> dict[str, str]:
@@ -254,11 +352,14 @@ def measure_artifacts(
     threads: int | None = 1,
     memory: bool = True,
     settle: int = 3,
+    fresh_process: bool = True,
 ) -> dict[str, DeployedCost]:
     """Latency at batch 1 and ``batch_n`` (interleaved) and fresh-process peak RSS of each file.
 
     Latency as :func:`latencies` times it: each timed run after ``settle`` untimed
-    runs of the same file.
+    runs of the same file; in a fresh process that loads the files
+    (:func:`fresh_latencies`) unless ``fresh_process=False`` (then in this process,
+    on the artifacts' own runners).
 
     A file whose fresh process fails gets ``peak_rss_bytes=None``; the timing errors of
     its runner propagate. The fresh process imports dfcompress (and so torch) to load
@@ -270,7 +371,8 @@ def measure_artifacts(
     batches = sorted({1, batch_n})
     # two warm-up rounds: some runtimes (TorchScript's profiling executor) optimize
     # a graph only after its first calls at a shape
-    lat = latencies(
+    timer = fresh_latencies if fresh_process else latencies
+    lat = timer(
         artifacts,
         example,
         batches=batches,
@@ -294,6 +396,7 @@ def measure_artifacts(
             peak_rss_bytes=rss.get(name),
             runtime_rss_bytes=alone.get(name),
             settle=settle,
+            fresh_process=fresh_process,
         )
     return out
 
