@@ -256,23 +256,19 @@ def fresh_latencies(
         }
         (where / "spec.json").write_text(json.dumps(spec))
         cmd = [sys.executable, "-m", "dfcompress.deploy._timer", str(where / "spec.json")]
-        try:
-            out = subprocess.run(
-                cmd, capture_output=True, text=True, env=_child_env(threads), timeout=timeout
-            )
-        except subprocess.TimeoutExpired as e:
-            raise DfcompressError(
-                f"timing {len(files)} files in a fresh process took over {timeout:g} s"
-            ) from e
-    if out.returncode != 0:
-        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise DfcompressError(f"the process timing {[f[2] for f in files]} failed: {last}")
+        stdout = _run_child(
+            cmd,
+            threads,
+            timeout,
+            late=f"timing {len(files)} files in a fresh process took over {timeout:g} s",
+            failed=f"the process timing {[f[2] for f in files]} failed",
+        )
     try:
-        report = json.loads(out.stdout.strip().splitlines()[-1])
+        report = json.loads(stdout.strip().splitlines()[-1])
         return {str(k): {int(b): float(ms) for b, ms in per.items()} for k, per in report.items()}
     except (IndexError, AttributeError, TypeError, ValueError) as e:
         raise DfcompressError(
-            f"the timing process printed {out.stdout[-200:]!r}, not its latencies"
+            f"the timing process printed {stdout[-200:]!r}, not its latencies"
         ) from e
 
 
@@ -285,6 +281,26 @@ def _child_env(threads: int | None) -> dict[str, str]:
         for var in _THREAD_VARS:
             env[var] = str(threads)
     return env
+
+
+def _run_child(
+    cmd: list[str], threads: int | None, timeout: float, *, late: str, failed: str
+) -> str:
+    """Run ``cmd`` with ``threads`` in its environment; its stdout, or an error saying why not.
+
+    ``late`` is the message when it runs past ``timeout`` seconds; ``failed`` is
+    followed by the last line the process wrote to stderr when it fails.
+    """
+    try:
+        out = subprocess.run(
+            cmd, capture_output=True, text=True, env=_child_env(threads), timeout=timeout
+        )
+    except subprocess.TimeoutExpired as e:
+        raise DfcompressError(late) from e
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise DfcompressError(f"{failed}: {last}")
+    return out.stdout
 
 
 def fresh_peak_rss(
@@ -320,25 +336,19 @@ def fresh_peak_rss(
     ]
     if threads is not None:
         cmd.append(str(threads))
+    stdout = _run_child(
+        cmd,
+        threads,
+        timeout,
+        late=f"the {name!r} file {str(path)!r} did not load and run one image within {timeout:g} s",
+        failed=f"a fresh process could not load and run the {name!r} file {str(path)!r}",
+    )
     try:
-        out = subprocess.run(
-            cmd, capture_output=True, text=True, env=_child_env(threads), timeout=timeout
-        )
-    except subprocess.TimeoutExpired as e:
-        raise DfcompressError(
-            f"the {name!r} file {str(path)!r} did not load and run one image within {timeout:g} s"
-        ) from e
-    if out.returncode != 0:
-        last = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise DfcompressError(
-            f"a fresh process could not load and run the {name!r} file {str(path)!r}: {last}"
-        )
-    try:
-        report = json.loads(out.stdout.strip().splitlines()[-1])
+        report = json.loads(stdout.strip().splitlines()[-1])
         return int(report["peak_rss_bytes"])
     except (IndexError, KeyError, TypeError, ValueError) as e:
         raise DfcompressError(
-            f"the probe of {str(path)!r} printed {out.stdout[-200:]!r}, not its peak memory"
+            f"the probe of {str(path)!r} printed {stdout[-200:]!r}, not its peak memory"
         ) from e
 
 
