@@ -117,15 +117,15 @@ def plain_artifact(kind: str, path: Path) -> Artifact:
 
 def timed(
     files: dict[str, Artifact], x: torch.Tensor, **options: Any
-) -> tuple[dict[str, dict[int, float]], bool]:
-    """Latencies of one runtime's files, and whether a fresh process timed them.
+) -> dict[str, dict[int, float]]:
+    """Latencies of one runtime's files.
 
     Files that a dfcompress target loads are timed in a fresh process that loads them
     (``fresh_latencies``); OpenVINO's IR files in this process, on their own runners.
     """
     if all(a.target in TARGETS for a in files.values()):
-        return fresh_latencies(files, x, threads=1, **options), True
-    return latencies(files, x, threads=1, **options), False
+        return fresh_latencies(files, x, threads=1, **options)
+    return latencies(files, x, threads=1, **options)
 
 
 def constant_binary_weights(model: nn.Module) -> tuple[nn.Module, int]:

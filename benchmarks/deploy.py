@@ -174,8 +174,8 @@ def runtime_rows(
     images, labels = test
     x = images[: peers.MAX_BATCH]
     arts = {k: a for k, (_, a) in files.items()}
-    lat1, _ = peers.timed(arts, x, batches=(1,), repeats=reps[0])
-    lat32, _ = peers.timed(arts, x, batches=(32,), repeats=reps[1])
+    lat1 = peers.timed(arts, x, batches=(1,), repeats=reps[0])
+    lat32 = peers.timed(arts, x, batches=(32,), repeats=reps[1])
     f_art = files["float"][1] if "float" in files else None
     float_auc = auc(labels, deployed_scores(f_art, images).numpy()) if f_art else None
     rows: list[list[object]] = []

@@ -322,7 +322,7 @@ def deployed_rows(
         mine: dict[tuple[str, str], torch.Tensor] = {}
         lat: dict[str, dict[str, dict[int, float]]] = {}
         for runtime, files in runtimes.items():
-            lat[runtime], _ = timed(files, x_eval[:32], batches=(1,), repeats=20)
+            lat[runtime] = timed(files, x_eval[:32], batches=(1,), repeats=20)
             for name, art in files.items():
                 out = torch.cat([art.run(x_eval[i : i + 32]) for i in range(0, len(x_eval), 32)])
                 got.setdefault(runtime, {})[name] = scores(ref, out.float())
