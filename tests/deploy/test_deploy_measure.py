@@ -123,6 +123,35 @@ def test_latencies_time_the_run_after_the_settling_ones(
         latencies(arts, x, settle=-1)
 
 
+def test_pte_files_are_timed_on_the_threads_asked(tmp_path: Path) -> None:
+    """ExecuTorch's pool (XNNPACK's threads) follows ``threads`` like torch, then is restored."""
+    pytest.importorskip("executorch")
+    from executorch.extension.pybindings import portable_lib
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    art = export(_net(2), tmp_path / "m.pte", x, target="xnnpack")
+    inner = art._runner
+    assert inner is not None
+    pools: list[int] = []
+
+    def spy(b: torch.Tensor) -> torch.Tensor:
+        pools.append(int(portable_lib._threadpool_get_thread_count()))
+        return inner(b)
+
+    object.__setattr__(art, "_runner", spy)
+    start = int(portable_lib._threadpool_get_thread_count())
+    portable_lib._unsafe_reset_threadpool(2)  # as on a 2-core machine, whatever this one has
+    try:
+        latencies({"m": art}, x, batches=(1,), repeats=2, warmup=0, settle=0, threads=1)
+        assert pools == [1, 1]
+        assert portable_lib._threadpool_get_thread_count() == 2
+        pools.clear()
+        latencies({"m": art}, x, batches=(1,), repeats=2, warmup=0, settle=0, threads=None)
+        assert pools == [2, 2]
+    finally:
+        portable_lib._unsafe_reset_threadpool(start)
+
+
 def test_fresh_latencies_load_the_files_in_another_process(tmp_path: Path, double: str) -> None:
     x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     arts = {k: export(_net(w), tmp_path / f"{k}.pt", x) for k, w in (("a", 2), ("b", 4))}

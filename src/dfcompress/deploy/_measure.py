@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -59,8 +60,8 @@ class DeployedCost:
         latency_ms_bn: Median milliseconds per image at batch ``batch_n``.
         batch_n: The large batch.
         repeats: Timed runs per batch size (interleaved with the other files).
-        threads: Torch intra-op threads during the timing (runtimes that take their own
-            thread setting say so in the artifact's details).
+        threads: Threads during the timing: torch's intra-op threads and ExecuTorch's
+            thread pool (``.pte`` files); ONNX Runtime sessions run one thread.
         peak_rss_bytes: Peak resident memory of a fresh process that loads the file and
             runs one image (None where it could not be measured).
         runtime_rss_bytes: The same for the runtime alone, as an application on a
@@ -168,7 +169,10 @@ def latencies(
         repeats: Timed rounds (one timed run per file and batch size each); the
             median is kept.
         warmup: Untimed rounds first.
-        threads: Torch intra-op threads during the timing (restored afterwards).
+        threads: Threads during the timing, restored afterwards: torch's intra-op
+            threads, and ExecuTorch's thread pool when a file is a ``.pte`` (XNNPACK
+            runs on it; it starts with a thread per core). ``None`` leaves both as
+            they are. ONNX Runtime sessions of dfcompress's files run one thread.
         settle: Untimed runs of a file right before each of its timed runs.
         seed: Seed of the order of the files in each round.
 
@@ -180,7 +184,12 @@ def latencies(
     times: dict[str, dict[int, list[float]]] = {k: {b: [] for b in batches} for k in artifacts}
     rng = random.Random(seed)
     old = torch.get_num_threads()
-    try:
+    with ExitStack() as stack:
+        if threads is not None and any(a.target == "xnnpack" for a in artifacts.values()):
+            from dfcompress.deploy._xnnpack_runtime import thread_pool
+
+            stack.enter_context(thread_pool(threads))
+        stack.callback(torch.set_num_threads, old)
         if threads is not None:
             torch.set_num_threads(threads)
         names = list(artifacts)
@@ -195,8 +204,6 @@ def latencies(
                     art.run(x)
                     if r >= warmup:
                         times[name][b].append(time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(old)
     return {
         k: {b: 1000.0 * statistics.median(v) / b for b, v in per.items()}
         for k, per in times.items()

@@ -7,6 +7,9 @@ batches into chunks of the largest one the file accepts.
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,7 @@ from torch import nn
 from dfcompress.deploy._xnnpack_sigmoid import partitioner_configs
 from dfcompress.errors import DfcompressError
 
-__all__ = ["export_program", "lower", "runner"]
+__all__ = ["export_program", "lower", "runner", "thread_pool"]
 
 _PLUMBING = {"executorch_call_delegate", "getitem", "sym_size"}
 
@@ -112,3 +115,36 @@ def runner(path: Path) -> tuple[Any, int]:
         return torch.cat(outs) if len(outs) > 1 else outs[0].clone()
 
     return run, largest
+
+
+@contextmanager
+def thread_pool(threads: int) -> Iterator[None]:
+    """ExecuTorch's thread pool, on which XNNPACK runs the files, at ``threads`` for the block.
+
+    The pool is one per process and starts with a thread per core: a ``.pte`` file
+    timed beside an ONNX Runtime session of one thread would otherwise run on all
+    cores. The size the pool had is restored afterwards. The runtime's Python
+    bindings resize it with a private function; where an ExecuTorch release lacks
+    it, the pool is left as it is and a warning says so.
+    """
+    from executorch.extension.pybindings import portable_lib
+
+    get = getattr(portable_lib, "_threadpool_get_thread_count", None)
+    reset = getattr(portable_lib, "_unsafe_reset_threadpool", None)
+    if get is None or reset is None:
+        warnings.warn(
+            "this ExecuTorch cannot resize its thread pool from Python: .pte files run "
+            f"on its default pool, not on {threads} thread(s)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        yield
+        return
+    before = int(get())
+    if before != threads:
+        reset(threads)
+    try:
+        yield
+    finally:
+        if int(get()) != before:
+            reset(before)
