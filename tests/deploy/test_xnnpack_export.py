@@ -56,6 +56,23 @@ def test_int8_file_computes_what_the_eager_model_computes(
     assert (ref - got).abs().max() <= 0.25 * ref.abs().max() + 0.05
 
 
+def test_the_check_compares_the_file_with_the_eager_model_itself(tmp_path: Path) -> None:
+    """The reference is the model's own forward (XNNPACK's integer arithmetic), not its graph."""
+    q = dfcompress.quantize(
+        resnet_like(), "int8", calibration=CALIB, target="xnnpack", progress=False
+    )
+    art = dfcompress.export(q, tmp_path / "q.pte", TEST)
+    with torch.no_grad():
+        eager = q(TEST)
+    assert art.agreement is not None
+    assert art.agreement.max_abs_diff == float((art.run(TEST) - eager).abs().max())
+    # an eager model that no longer computes what its graph computes fails the check
+    inner = q.__dict__["emulated"]
+    q.__dict__["emulated"] = lambda x: inner(x) + 10.0
+    with pytest.raises(DfcompressError, match="does not reproduce the eager model"):
+        dfcompress.export(q, tmp_path / "moved.pte", TEST)
+
+
 def test_float_model_exports_and_matches(tmp_path: Path) -> None:
     net = resnet_like()
     art = dfcompress.export(net, tmp_path / "f.pte", TEST)

@@ -513,8 +513,11 @@ def export_artifact(
     details.update(quantized=quantized, max_batch=largest)
     agreement = None
     if check:
+        # the eager model the caller holds: a quantized model's forward runs XNNPACK's
+        # integer arithmetic, which its exported graph (q/dq in float) only approximates
+        eager = model if isinstance(model, XnnpackQuantized) else module
         with torch.no_grad():
-            ref = [t.detach().numpy() for t in flat_outputs(module(example.float()))]
+            ref = [t.detach().numpy() for t in flat_outputs(eager(example.float()))]
         got = [run(example).numpy()]
         agreement = check_agreement(
             ref, got, atol=atol, rtol=rtol, min_agreement=min_agreement, what=f"{path.name}"
