@@ -30,7 +30,7 @@ from dfcompress._calibration import calibration_inputs
 from dfcompress._datafree import default_input_shape, synthesize_inputs
 from dfcompress._summary import warn_float
 from dfcompress._validate import check_bool, check_int, check_number
-from dfcompress.deploy._artifact import Artifact, check_agreement, flat_outputs
+from dfcompress.deploy._artifact import Artifact, check_agreement
 from dfcompress.deploy._pt2e_bias import (
     correct_bias,
     float_weights,
@@ -39,6 +39,7 @@ from dfcompress.deploy._pt2e_bias import (
     snap_biases,
 )
 from dfcompress.deploy._pt2e_gptq import gptq_graph
+from dfcompress.deploy._result import eager_outputs
 from dfcompress.deploy._ste import drop_straight_through
 from dfcompress.deploy._xnnpack_model import XnnpackQuantized
 from dfcompress.deploy._xnnpack_plan import make_plan, make_quantizer, summary_rows
@@ -516,8 +517,7 @@ def export_artifact(
         # the eager model the caller holds: a quantized model's forward runs XNNPACK's
         # integer arithmetic, which its exported graph (q/dq in float) only approximates
         eager = model if isinstance(model, XnnpackQuantized) else module
-        with torch.no_grad():
-            ref = [t.detach().numpy() for t in flat_outputs(eager(example.float()))]
+        ref = eager_outputs(eager, example.float())
         got = [run(example).numpy()]
         agreement = check_agreement(
             ref, got, atol=atol, rtol=rtol, min_agreement=min_agreement, what=f"{path.name}"
