@@ -112,8 +112,12 @@ def real(session: nox.Session) -> None:
 
 @nox.session
 def zoo(session: nox.Session) -> None:
-    """timm, efficientnet_pytorch, torchvision and VideoMAE models: zoo tests and the benchmark."""
-    _install(session, ".[dev,zoo,video,onnx,report]", torch=ZOO_TORCH)
+    """timm, efficientnet_pytorch, torchvision and VideoMAE models: zoo tests and the benchmark.
+
+    ``mobile`` (ExecuTorch) installs beside torch 2.14.1 without replacing it: the
+    zoo's deployment tests export timm models to both targets, ``.pte`` included.
+    """
+    _install(session, ".[dev,zoo,video,onnx,report,mobile]", torch=ZOO_TORCH)
     session.run("python", "-m", "pytest", "-m", "zoo", "-p", "no:cacheprovider", "tests")
     if Path("benchmarks/zoo.py").exists():
         session.run("python", "benchmarks/zoo.py", *session.posargs)
