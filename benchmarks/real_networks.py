@@ -522,13 +522,26 @@ def _deployed_section(
         "ties. This int8 network turns such ties into other decisions: moving the input "
         "by 1e-6 (no visible change; it flips the few input codes that sat on a tie) "
         f"moves the eager model's own decisions as much ({'; '.join(moved)}). "
-        f"{peers_flags()} Ran in {(time.perf_counter() - start) / 60:.1f} min."
+        f"{near_ties(ref)} {peers_flags()} Ran in {(time.perf_counter() - start) / 60:.1f} min."
         f"\n\n{machine_line()}"
     )
     print(body)
     if not args.no_write:
         update_section("real-deployed", body)
     return 0
+
+
+def near_ties(ref: torch.Tensor) -> str:
+    """How many scored crops the float model itself barely decides (logit margins)."""
+    top2 = ref.topk(2, dim=1).values
+    margin = top2[:, 0] - top2[:, 1]
+    counts = ", ".join(f"{int((margin < t).sum())} below {t:g}" for t in (0.05, 0.1, 0.2))
+    return (
+        f"Near ties: of the {len(ref)} scored crops, the float model's top-1 logit leads "
+        f"its second by {counts} (median {float(margin.median()):.2f}); a variant whose "
+        "logits move by that much can flip them, and each flip costs "
+        f"{100 / len(ref):.2f} points of agreement."
+    )
 
 
 def peers_flags() -> str:
