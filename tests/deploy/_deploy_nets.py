@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from dfcompress.deploy import Artifact
 from dfcompress.models import BNext, efficientnet, mobilenet_v2
 from dfcompress.models._binary import BinaryActivation
 
@@ -172,3 +173,18 @@ def wide_depthwise() -> nn.Module:
         net[0].weight.mul_(20)
         net[0].bias.normal_(0, 2)
     return net
+
+
+def assert_int8_file_is_the_eager_model(
+    net: nn.Module, q: nn.Module, art: Artifact, test: Tensor
+) -> None:
+    """What a user checks after ``quantize`` + ``export`` of an int8 model.
+
+    The file passed export's own agreement check at the 99.5 % decision floor, and
+    the eager int8 model is a quantized copy of ``net``, not another network.
+    """
+    assert art.agreement is not None and art.agreement.passed
+    assert art.agreement.agreement is not None and art.agreement.agreement >= 0.995
+    with torch.no_grad():
+        ref, got = net(test), q(test)
+    assert (ref - got).abs().max() <= 0.25 * ref.abs().max() + 0.05

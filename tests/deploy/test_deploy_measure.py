@@ -152,6 +152,22 @@ def test_pte_files_are_timed_on_the_threads_asked(tmp_path: Path) -> None:
         portable_lib._unsafe_reset_threadpool(start)
 
 
+def test_an_executorch_that_cannot_resize_its_pool_is_timed_on_it_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("executorch")
+    from executorch.extension.pybindings import portable_lib
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    art = export(_net(2), tmp_path / "m.pte", x, target="xnnpack")
+    before = int(portable_lib._threadpool_get_thread_count())
+    monkeypatch.delattr(portable_lib, "_unsafe_reset_threadpool")
+    with pytest.warns(RuntimeWarning, match=r"default pool, not on 1 thread"):
+        lat = latencies({"m": art}, x, batches=(1,), repeats=2, warmup=0, settle=0, threads=1)
+    assert lat["m"][1] > 0.0
+    assert portable_lib._threadpool_get_thread_count() == before
+
+
 def test_fresh_latencies_load_the_files_in_another_process(tmp_path: Path, double: str) -> None:
     x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     arts = {k: export(_net(w), tmp_path / f"{k}.pt", x) for k, w in (("a", 2), ("b", 4))}
