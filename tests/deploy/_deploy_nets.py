@@ -177,14 +177,16 @@ def wide_depthwise() -> nn.Module:
 
 def assert_int8_file_is_the_eager_model(
     net: nn.Module, q: nn.Module, art: Artifact, test: Tensor
-) -> None:
+) -> Tensor:
     """What a user checks after ``quantize`` + ``export`` of an int8 model.
 
     The file passed export's own agreement check at the 99.5 % decision floor, and
     the eager int8 model is a quantized copy of ``net``, not another network.
+    Returns the eager int8 model's outputs on ``test``.
     """
     assert art.agreement is not None and art.agreement.passed
     assert art.agreement.agreement is not None and art.agreement.agreement >= 0.995
     with torch.no_grad():
         ref, got = net(test), q(test)
     assert (ref - got).abs().max() <= 0.25 * ref.abs().max() + 0.05
+    return got
